@@ -1,0 +1,31 @@
+# snapmend: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test lint unit crds deps build bench
+
+# Installs what the tests need (containerd, runc, kubectl check, static libc) when missing.
+deps:
+	bash scripts/install-test-deps.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The test command: lint, then every unit, integration and end-to-end test.
+test: deps lint
+	$(CARGO) test --workspace --no-fail-fast
+
+# Regenerate the CRD YAML from the Rust types.
+crds:
+	SNAPMEND_UPDATE_CRDS=1 $(CARGO) test -p snapmend-crds --test crd_yaml_matches_types
+
+demo: deps
+	$(CARGO) build --release --workspace --bins
+	./target/release/snapmend-demo
+
+bench: deps
+	bash bench/run.sh

@@ -1,0 +1,23 @@
+//! The shared vocabulary of snapmend: the `SnapshotRepair` custom resource and the
+//! node-helper `Report`, which the agent writes into `status.report`.
+
+pub mod labels;
+pub mod report;
+pub mod snapshot_repair;
+
+pub use report::{BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report};
+pub use snapshot_repair::{
+    ContentCheck, Phase, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
+    SnapshotRepairSpec, SnapshotRepairStatus,
+};
+
+use kube::CustomResourceExt;
+
+/// The CRD manifest exactly as it is committed in `crds/snapshotrepair.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let crd = SnapshotRepair::crd();
+    Ok(format!(
+        "# Generated from the Rust types in crds/src; do not edit. Regenerate with `make crds`.\n{}",
+        serde_yaml::to_string(&crd)?
+    ))
+}

@@ -1,0 +1,278 @@
+//! The node helper's Report: printed by `--json` and written to `status.report`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// At most this many findings are listed per layer; `findingsTotal` stays exact.
+pub const FINDINGS_CAP: usize = 100;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The image name as containerd records it.
+    pub image: String,
+    #[serde(default)]
+    pub manifest_digest: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub layers: Vec<LayerReport>,
+    /// How many mounted overlays use any of these snapshots (from mountinfo).
+    #[serde(default)]
+    pub mounts: u32,
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// Why the outcome is what it is, and what a person can do, when that is not obvious.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Outcome {
+    Healthy,
+    Corrupted,
+    Repaired,
+    Unrepairable,
+    #[default]
+    Error,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerReport {
+    pub index: u32,
+    pub digest: String,
+    pub diff_id: String,
+    pub chain_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_path: Option<String>,
+    pub blob: BlobState,
+    pub state: LayerState,
+    #[serde(default)]
+    pub findings_total: u64,
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+    /// Entries rewritten by a repair (absent for a verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_restored: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BlobState {
+    Verified,
+    Missing,
+    DigestMismatch,
+    DiffIdMismatch,
+    Unreadable,
+    #[default]
+    NotChecked,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum LayerState {
+    #[default]
+    Healthy,
+    Corrupted,
+    Repaired,
+    SnapshotMissing,
+    Unrepairable,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// Absolute path inside the layer, e.g. `/etc/passwd`.
+    pub path: String,
+    pub kind: FindingKind,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum FindingKind {
+    Missing,
+    Extra,
+    TypeMismatch,
+    ContentMismatch,
+    SizeMismatch,
+    ModeMismatch,
+    OwnerMismatch,
+    LinkTargetMismatch,
+    HardlinkMismatch,
+    DeviceMismatch,
+    XattrMismatch,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 11] = [
+        FindingKind::Missing,
+        FindingKind::Extra,
+        FindingKind::TypeMismatch,
+        FindingKind::ContentMismatch,
+        FindingKind::SizeMismatch,
+        FindingKind::ModeMismatch,
+        FindingKind::OwnerMismatch,
+        FindingKind::LinkTargetMismatch,
+        FindingKind::HardlinkMismatch,
+        FindingKind::DeviceMismatch,
+        FindingKind::XattrMismatch,
+    ];
+
+    /// Lower-case words used in the short summary ("1 missing, 2 mode").
+    pub fn summary_word(self) -> &'static str {
+        match self {
+            FindingKind::Missing => "missing",
+            FindingKind::Extra => "extra",
+            FindingKind::TypeMismatch => "type",
+            FindingKind::ContentMismatch => "content",
+            FindingKind::SizeMismatch => "size",
+            FindingKind::ModeMismatch => "mode",
+            FindingKind::OwnerMismatch => "owner",
+            FindingKind::LinkTargetMismatch => "link target",
+            FindingKind::HardlinkMismatch => "hardlink",
+            FindingKind::DeviceMismatch => "device",
+            FindingKind::XattrMismatch => "xattr",
+        }
+    }
+}
+
+impl Report {
+    /// Total findings over all layers (exact, not capped).
+    pub fn findings_total(&self) -> u64 {
+        self.layers.iter().map(|l| l.findings_total).sum()
+    }
+
+    /// Short human summary for the Findings printer column, e.g. `1 missing` or `none`.
+    /// Counts come from the listed findings; when the list was capped the exact total is appended.
+    pub fn findings_summary(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<FindingKind, u64>::new();
+        let mut missing_snapshots = 0u64;
+        for layer in &self.layers {
+            if layer.state == LayerState::SnapshotMissing {
+                missing_snapshots += 1;
+            }
+            for f in &layer.findings {
+                *counts.entry(f.kind).or_default() += 1;
+            }
+        }
+        let listed: u64 = counts.values().sum();
+        let mut parts: Vec<String> = Vec::new();
+        if missing_snapshots > 0 {
+            parts.push(format!("{missing_snapshots} snapshot missing"));
+        }
+        parts.extend(
+            counts
+                .iter()
+                .map(|(k, n)| format!("{n} {}", k.summary_word())),
+        );
+        let total = self.findings_total();
+        if total > listed {
+            parts.push(format!("{total} in all"));
+        }
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// Exit status of the node-helper CLI for this report (contract: 0 healthy/repaired,
+    /// 1 corruption or not fully repaired, 2 could not run).
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome {
+            Outcome::Healthy | Outcome::Repaired => 0,
+            Outcome::Corrupted | Outcome::Unrepairable => 1,
+            Outcome::Error => 2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(findings: Vec<Finding>, total: u64, state: LayerState) -> LayerReport {
+        LayerReport {
+            index: 0,
+            digest: "sha256:a".into(),
+            diff_id: "sha256:b".into(),
+            chain_id: "sha256:b".into(),
+            snapshot_id: Some("1".into()),
+            snapshot_path: None,
+            blob: BlobState::Verified,
+            state,
+            findings_total: total,
+            findings,
+            entries_restored: None,
+        }
+    }
+
+    fn finding(path: &str, kind: FindingKind) -> Finding {
+        Finding { path: path.into(), kind, detail: String::new() }
+    }
+
+    #[test]
+    fn summary_of_a_healthy_report_is_none() {
+        let r = Report { outcome: Outcome::Healthy, layers: vec![layer(vec![], 0, LayerState::Healthy)], ..Default::default() };
+        assert_eq!(r.findings_summary(), "none");
+        assert_eq!(r.exit_code(), 0);
+    }
+
+    #[test]
+    fn summary_counts_kinds_and_notes_the_cap() {
+        let r = Report {
+            outcome: Outcome::Corrupted,
+            layers: vec![layer(
+                vec![finding("/pause", FindingKind::Missing), finding("/a", FindingKind::ModeMismatch), finding("/b", FindingKind::Missing)],
+                250,
+                LayerState::Corrupted,
+            )],
+            ..Default::default()
+        };
+        assert_eq!(r.findings_summary(), "2 missing, 1 mode, 250 in all");
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn summary_names_missing_snapshots() {
+        let r = Report { outcome: Outcome::Corrupted, layers: vec![layer(vec![], 0, LayerState::SnapshotMissing)], ..Default::default() };
+        assert_eq!(r.findings_summary(), "1 snapshot missing");
+    }
+
+    #[test]
+    fn report_json_is_camel_case_as_in_the_contract() {
+        let r = Report {
+            image: "registry.k8s.io/pause:3.10".into(),
+            manifest_digest: "sha256:m".into(),
+            outcome: Outcome::Corrupted,
+            layers: vec![layer(vec![finding("/pause", FindingKind::Missing)], 1, LayerState::Corrupted)],
+            mounts: 3,
+            duration_ms: 41,
+            message: None,
+        };
+        let v = serde_json::to_value(&r).expect("serialize");
+        assert_eq!(v["manifestDigest"], "sha256:m");
+        assert_eq!(v["durationMs"], 41);
+        assert_eq!(v["layers"][0]["diffId"], "sha256:b");
+        assert_eq!(v["layers"][0]["findingsTotal"], 1);
+        assert_eq!(v["layers"][0]["findings"][0]["kind"], "Missing");
+        assert_eq!(v["layers"][0]["blob"], "Verified");
+        let back: Report = serde_json::from_value(v).expect("round trip");
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        for (o, code) in [
+            (Outcome::Healthy, 0),
+            (Outcome::Repaired, 0),
+            (Outcome::Corrupted, 1),
+            (Outcome::Unrepairable, 1),
+            (Outcome::Error, 2),
+        ] {
+            let r = Report { outcome: o, ..Default::default() };
+            assert_eq!(r.exit_code(), code, "{o:?}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The `SnapshotRepair` custom resource (snapmend.io/v1alpha1, cluster-scoped, short name `sr`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::report::Report;
+
+/// What a person or the operator asks for: verify (read-only) or repair one image's snapshots on one node.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "snapmend.io",
+    version = "v1alpha1",
+    kind = "SnapshotRepair",
+    plural = "snapshotrepairs",
+    shortname = "sr",
+    category = "snapmend",
+    status = "SnapshotRepairStatus",
+    derive = "PartialEq",
+    doc = "Verify, and if needed repair, the containerd overlayfs snapshots of one image on one node",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".status.target", description = "the image, or \"sandbox\" for the node's sandbox image"),
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Findings", type_ = "string", json_path = ".status.findings"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    selectable = ".spec.nodeName"
+)]
+#[x_kube(validation = Rule::new("(has(self.image) && self.image != '') != (has(self.sandboxImage) && self.sandboxImage)").message("exactly one of image and sandboxImage must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRepairSpec {
+    /// The node whose snapshots are checked. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("nodeName is immutable"))]
+    #[schemars(length(min = 1))]
+    pub node_name: String,
+    /// Image name as containerd records it (a tag or a digest reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// true: the node's configured sandbox (pause) image.
+    #[serde(default)]
+    pub sandbox_image: bool,
+    #[serde(default)]
+    pub action: RepairAction,
+    /// Cordon the node while repairing.
+    #[serde(default = "default_true")]
+    pub cordon: bool,
+    #[serde(default)]
+    pub content_check: ContentCheck,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RepairAction {
+    Verify,
+    #[default]
+    Repair,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ContentCheck {
+    /// Hash every regular file.
+    #[default]
+    Full,
+    /// Compare metadata and sizes only.
+    Metadata,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Verifying,
+    Cordoning,
+    Repairing,
+    Uncordoning,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// What the node helper must do now; written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairRequest {
+    /// Changes for every new request.
+    pub id: String,
+    pub action: RepairAction,
+}
+
+/// The node helper's Report for one request; written by the agent only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestReport {
+    pub request_id: String,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRepairStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The image, or `sandbox` for the node's sandbox image (printer column Target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RepairRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<RequestReport>,
+    /// true only if the operator changed the node's unschedulable from false to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cordoned_by_operator: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+impl SnapshotRepairSpec {
+    /// The Target column: the image, or `sandbox`.
+    pub fn target(&self) -> String {
+        match &self.image {
+            Some(i) if !i.is_empty() && !self.sandbox_image => i.clone(),
+            _ => "sandbox".to_string(),
+        }
+    }
+}

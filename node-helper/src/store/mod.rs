@@ -1,0 +1,1 @@
+//! Reading containerd's store from the files alone (works while containerd is hung).

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the packages snapmend's tests need on a fresh Debian machine (run as root).
+# containerd and runc are Debian's; kubectl must already be present or installable.
+set -euo pipefail
+need=()
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+command -v ctr >/dev/null || need+=(containerd)
+command -v getfattr >/dev/null || need+=(attr)
+command -v zstd >/dev/null || need+=(zstd)
+command -v cc >/dev/null || need+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)
+if ! command -v kubectl >/dev/null; then need+=(kubectl); fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The test suite fails, not skips, without these.
+for tool in containerd ctr runc kubectl cc getfattr; do
+  command -v "$tool" >/dev/null || { echo "missing required test tool: $tool" >&2; exit 1; }
+done
