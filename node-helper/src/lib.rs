@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod image;
+pub mod job;
 pub mod layer;
 pub mod store;
 
