@@ -117,6 +117,9 @@ pub struct SnapshotRepairStatus {
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RepairRequest>,
+    /// When the operator issued the current request; its age is measured against `--helper-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<RequestReport>,
     /// true only if the operator changed the node's unschedulable from false to true.
