@@ -24,10 +24,28 @@ pub enum Error {
     Layer { digest: String, reason: String },
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    /// A Kubernetes API call of the agent; `what` names the verb and object.
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The agent's HTTP endpoint or async runtime.
+    #[error("{what}: {source}")]
+    Serve {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    pub fn kube(what: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube { what: what.into(), source: Box::new(source) }
     }
 }
