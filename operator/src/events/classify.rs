@@ -434,9 +434,15 @@ fn find_strong(text: &str, exec: Option<&ExecTarget>, sandbox: bool) -> Option<S
     {
         return Some(Signature::MissingParent);
     }
-    if text.contains("lowerdir") && enoent
-        || text.contains("failed to mount rootfs component") && enoent
-        || text.contains("mount source: \"overlay\"") && enoent
+    if enoent
+        && has_any(
+            text,
+            &[
+                "lowerdir",
+                "failed to mount rootfs component",
+                "mount source: \"overlay\"",
+            ],
+        )
     {
         return Some(Signature::LowerdirMissing);
     }

@@ -385,7 +385,8 @@ fn normalisation_unescapes_quotes_newlines_and_whitespace() {
 
 #[test]
 fn exec_targets_are_found_in_runc_crun_and_go_wordings() {
-    let t = ExecTarget::find(r#"exec: "/pause": stat /pause: no such file or directory"#).unwrap();
+    let t = ExecTarget::find(r#"exec: "/pause": stat /pause: no such file or directory"#)
+        .expect("exec target");
     assert_eq!(
         (t.path.as_str(), t.failure),
         ("/pause", ExecFailure::NotFound)
@@ -393,12 +394,12 @@ fn exec_targets_are_found_in_runc_crun_and_go_wordings() {
     let t = ExecTarget::find(
         "executable file `nonexistent` not found in $path: no such file or directory",
     )
-    .unwrap();
+    .expect("exec target");
     assert_eq!(
         (t.path.as_str(), t.failure),
         ("nonexistent", ExecFailure::NotInPath)
     );
-    let t = ExecTarget::find("exec /entry.sh: exec format error").unwrap();
+    let t = ExecTarget::find("exec /entry.sh: exec format error").expect("exec target");
     assert_eq!(
         (t.path.as_str(), t.failure),
         ("/entry.sh", ExecFailure::FormatError)
