@@ -4,3 +4,4 @@
 pub mod classify;
 
 pub use classify::{Classification, Signature, Verdict, classify};
+pub mod target;
