@@ -6,6 +6,7 @@
 //! → `layer` (expected entries; verify and repair one layer) → `report` / `cli`;
 //! `agent` runs the same code for SnapshotRepair requests on its node.
 
+pub mod agent;
 pub mod error;
 pub mod image;
 pub mod job;

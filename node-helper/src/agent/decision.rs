@@ -1,0 +1,293 @@
+//! What the agent does with one observed SnapshotRepair: a pure function of the object,
+//! so every case of the protocol is a one-line unit test.
+//!
+//! Protocol (contract): act when `status.request.id` differs from `status.report.requestId`,
+//! only for this node, and answer with a report carrying that request id.
+
+use snapmend_crds::{ContentCheck, RepairAction, SnapshotRepair};
+
+use crate::job::Target;
+
+/// One request the agent must answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Work {
+    pub name: String,
+    pub request_id: String,
+    /// From the request, not the spec: the operator verifies first even when spec says Repair.
+    pub action: RepairAction,
+    pub target: Target,
+    pub content: ContentCheck,
+}
+
+/// Why an observed SnapshotRepair needs nothing from this agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    OtherNode,
+    Deleting,
+    NoRequest,
+    AlreadyAnswered,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Idle(Idle),
+    Run(Work),
+    /// The request cannot be run as specified; answer it with an Error report saying why.
+    Refuse {
+        name: String,
+        request_id: String,
+        reason: String,
+    },
+}
+
+/// Decides what the agent on `node` does with `sr`.
+pub fn decide(node: &str, sr: &SnapshotRepair) -> Decision {
+    if sr.spec.node_name != node {
+        return Decision::Idle(Idle::OtherNode);
+    }
+    if sr.metadata.deletion_timestamp.is_some() {
+        return Decision::Idle(Idle::Deleting);
+    }
+    let Some(status) = &sr.status else {
+        return Decision::Idle(Idle::NoRequest);
+    };
+    let Some(request) = &status.request else {
+        return Decision::Idle(Idle::NoRequest);
+    };
+    if request.id.is_empty() {
+        return Decision::Idle(Idle::NoRequest);
+    }
+    if status
+        .report
+        .as_ref()
+        .is_some_and(|r| r.request_id == request.id)
+    {
+        return Decision::Idle(Idle::AlreadyAnswered);
+    }
+    let name = sr.metadata.name.clone().unwrap_or_default();
+    match target_of(sr) {
+        Ok(target) => Decision::Run(Work {
+            name,
+            request_id: request.id.clone(),
+            action: request.action,
+            target,
+            content: sr.spec.content_check,
+        }),
+        Err(reason) => Decision::Refuse {
+            name,
+            request_id: request.id.clone(),
+            reason,
+        },
+    }
+}
+
+/// The image a SnapshotRepair names: exactly one of `image` and `sandboxImage` (the CRD's CEL
+/// rule enforces it on a real API server; the agent does not rely on that).
+pub fn target_of(sr: &SnapshotRepair) -> Result<Target, String> {
+    let image = sr.spec.image.as_deref().filter(|i| !i.is_empty());
+    match (image, sr.spec.sandbox_image) {
+        (Some(image), false) => Ok(Target::Image(image.to_string())),
+        (None, true) => Ok(Target::SandboxImage),
+        (Some(_), true) => {
+            Err("spec sets both image and sandboxImage; exactly one is allowed".into())
+        }
+        (None, false) => {
+            Err("spec sets neither image nor sandboxImage; exactly one is required".into())
+        }
+    }
+}
+
+/// Order in which pending requests are served: oldest SnapshotRepair first, then by name, so
+/// that a burst of requests is answered fairly and deterministically.
+pub fn queue_order(a: &SnapshotRepair, b: &SnapshotRepair) -> std::cmp::Ordering {
+    let created = |sr: &SnapshotRepair| sr.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    created(a)
+        .cmp(&created(b))
+        .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use snapmend_crds::{
+        Outcome, RepairRequest, Report, RequestReport, SnapshotRepairSpec, SnapshotRepairStatus,
+    };
+
+    fn sr(node: &str) -> SnapshotRepair {
+        let mut sr = SnapshotRepair::new(
+            "node-a-pause",
+            SnapshotRepairSpec {
+                node_name: node.into(),
+                image: None,
+                sandbox_image: true,
+                action: RepairAction::Repair,
+                cordon: true,
+                content_check: ContentCheck::Full,
+            },
+        );
+        sr.status = Some(SnapshotRepairStatus::default());
+        sr
+    }
+
+    fn requested(mut sr: SnapshotRepair, id: &str, action: RepairAction) -> SnapshotRepair {
+        sr.status.get_or_insert_with(Default::default).request = Some(RepairRequest {
+            id: id.into(),
+            action,
+        });
+        sr
+    }
+
+    fn answered(mut sr: SnapshotRepair, id: &str) -> SnapshotRepair {
+        sr.status.get_or_insert_with(Default::default).report = Some(RequestReport {
+            request_id: id.into(),
+            report: Report {
+                outcome: Outcome::Healthy,
+                ..Default::default()
+            },
+        });
+        sr
+    }
+
+    fn work(id: &str, action: RepairAction, target: Target) -> Decision {
+        Decision::Run(Work {
+            name: "node-a-pause".into(),
+            request_id: id.into(),
+            action,
+            target,
+            content: ContentCheck::Full,
+        })
+    }
+
+    #[test]
+    fn other_nodes_are_ignored_even_with_a_request() {
+        let sr = requested(sr("node-b"), "1", RepairAction::Verify);
+        assert_eq!(decide("node-a", &sr), Decision::Idle(Idle::OtherNode));
+    }
+
+    #[test]
+    fn no_status_or_no_request_means_nothing_to_do() {
+        let mut bare = sr("node-a");
+        bare.status = None;
+        assert_eq!(decide("node-a", &bare), Decision::Idle(Idle::NoRequest));
+        assert_eq!(
+            decide("node-a", &sr("node-a")),
+            Decision::Idle(Idle::NoRequest)
+        );
+        let empty_id = requested(sr("node-a"), "", RepairAction::Verify);
+        assert_eq!(decide("node-a", &empty_id), Decision::Idle(Idle::NoRequest));
+    }
+
+    #[test]
+    fn a_new_request_is_run_with_the_requested_action() {
+        let verify = requested(sr("node-a"), "1", RepairAction::Verify);
+        assert_eq!(
+            decide("node-a", &verify),
+            work("1", RepairAction::Verify, Target::SandboxImage)
+        );
+        let repair = requested(sr("node-a"), "2", RepairAction::Repair);
+        assert_eq!(
+            decide("node-a", &repair),
+            work("2", RepairAction::Repair, Target::SandboxImage)
+        );
+    }
+
+    #[test]
+    fn the_request_action_wins_over_the_spec_action() {
+        let mut s = requested(sr("node-a"), "1", RepairAction::Verify);
+        s.spec.action = RepairAction::Repair;
+        assert_eq!(
+            decide("node-a", &s),
+            work("1", RepairAction::Verify, Target::SandboxImage)
+        );
+    }
+
+    #[test]
+    fn an_answered_request_is_not_run_again() {
+        let s = answered(requested(sr("node-a"), "3", RepairAction::Repair), "3");
+        assert_eq!(decide("node-a", &s), Decision::Idle(Idle::AlreadyAnswered));
+    }
+
+    #[test]
+    fn a_report_for_an_older_request_does_not_answer_a_newer_one() {
+        let s = answered(requested(sr("node-a"), "4", RepairAction::Repair), "3");
+        assert_eq!(
+            decide("node-a", &s),
+            work("4", RepairAction::Repair, Target::SandboxImage)
+        );
+    }
+
+    #[test]
+    fn a_report_without_a_request_is_idle() {
+        let mut s = answered(sr("node-a"), "3");
+        if let Some(st) = s.status.as_mut() {
+            st.request = None;
+        }
+        assert_eq!(decide("node-a", &s), Decision::Idle(Idle::NoRequest));
+    }
+
+    #[test]
+    fn a_deleting_repair_is_left_to_the_operator() {
+        let mut s = requested(sr("node-a"), "1", RepairAction::Repair);
+        s.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(decide("node-a", &s), Decision::Idle(Idle::Deleting));
+    }
+
+    #[test]
+    fn image_targets_and_content_check_come_from_the_spec() {
+        let mut s = requested(sr("node-a"), "1", RepairAction::Verify);
+        s.spec.sandbox_image = false;
+        s.spec.image = Some("registry.k8s.io/pause:3.10".into());
+        s.spec.content_check = ContentCheck::Metadata;
+        assert_eq!(
+            decide("node-a", &s),
+            Decision::Run(Work {
+                name: "node-a-pause".into(),
+                request_id: "1".into(),
+                action: RepairAction::Verify,
+                target: Target::Image("registry.k8s.io/pause:3.10".into()),
+                content: ContentCheck::Metadata,
+            })
+        );
+    }
+
+    #[test]
+    fn a_spec_without_exactly_one_target_is_refused_with_a_reason() {
+        let mut both = requested(sr("node-a"), "1", RepairAction::Verify);
+        both.spec.image = Some("x:1".into());
+        let mut neither = requested(sr("node-a"), "1", RepairAction::Verify);
+        neither.spec.sandbox_image = false;
+        let mut empty = neither.clone();
+        empty.spec.image = Some(String::new());
+        for (s, word) in [(both, "both"), (neither, "neither"), (empty, "neither")] {
+            match decide("node-a", &s) {
+                Decision::Refuse {
+                    request_id, reason, ..
+                } => {
+                    assert_eq!(request_id, "1");
+                    assert!(reason.contains(word), "{reason}");
+                }
+                other => panic!("expected Refuse, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn queue_serves_the_oldest_first_then_by_name() {
+        let at = |name: &str, secs: i64| {
+            let mut s = sr("node-a");
+            s.metadata.name = Some(name.into());
+            s.metadata.creation_timestamp =
+                Some(Time(Timestamp::from_second(secs).expect("valid time")));
+            s
+        };
+        let mut all = [at("c", 5), at("b", 1), at("a", 5)];
+        all.sort_by(queue_order);
+        let names: Vec<_> = all
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["b", "a", "c"]);
+    }
+}

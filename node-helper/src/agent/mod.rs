@@ -1,0 +1,258 @@
+//! `snapmend-node-helper agent`: the per-node side of the SnapshotRepair protocol.
+//!
+//! - `decision`: what to do with one observed SnapshotRepair (pure).
+//! - `worker`: the one-at-a-time request queue; runs `job::verify`/`job::repair` and writes
+//!   `status.report` (`report_patch`, pure).
+//! - `presence`: the `snapmend-node-helper.<node>` Lease, renewed every 10 s.
+//! - `http`, `metrics`, `status`: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Every task survives the API server going away: the watch backs off and relists, the Lease
+//! and report writes retry. Only SIGTERM/SIGINT stops the agent.
+
+pub mod decision;
+pub mod http;
+pub mod metrics;
+pub mod presence;
+pub mod report_patch;
+pub mod shutdown;
+pub mod status;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use snapmend_crds::SnapshotRepair;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+pub use worker::StoreOptions;
+
+/// How long a running request may take to finish after SIGTERM before the agent exits anyway.
+/// Repairs are crash-safe (entry by entry, atomically), so cutting one short is safe.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentOptions {
+    pub node: String,
+    /// Lease holder identity: `<node>/<pod>` in a DaemonSet, the node name otherwise.
+    pub holder: String,
+    pub metrics_addr: SocketAddr,
+    pub lease_namespace: String,
+    pub store: StoreOptions,
+}
+
+/// Holder identity for the presence Lease.
+pub fn holder_identity(node: &str, pod: Option<&str>) -> String {
+    match pod {
+        Some(pod) if !pod.is_empty() => format!("{node}/{pod}"),
+        _ => node.to_string(),
+    }
+}
+
+/// The field selector that limits the watch to this node's SnapshotRepairs
+/// (`spec.nodeName` is a selectable field of the CRD).
+pub fn node_field_selector(node: &str) -> String {
+    format!("spec.nodeName={node}")
+}
+
+/// Runs the agent until SIGTERM or SIGINT, with the kube client from the environment
+/// (KUBECONFIG or in-cluster).
+pub async fn run(opts: AgentOptions) -> Result<()> {
+    let client = Client::try_default()
+        .await
+        .map_err(|source| Error::kube("load Kubernetes client configuration", source))?;
+    let (trigger, shutdown) = shutdown::channel();
+    let signals = tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        trigger.trigger();
+    });
+    let result = run_with(client, opts, shutdown).await;
+    signals.abort();
+    result
+}
+
+/// Runs the agent with `client` until `shutdown` fires.
+pub async fn run_with(
+    client: Client,
+    opts: AgentOptions,
+    shutdown: shutdown::Shutdown,
+) -> Result<()> {
+    let metrics = metrics::Metrics::new();
+    let status = status::AgentStatus::default();
+    let server = http::bind(
+        opts.metrics_addr,
+        metrics.clone(),
+        status.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let server = tokio::spawn(server);
+    info!(
+        node = opts.node,
+        holder = opts.holder,
+        lease_namespace = opts.lease_namespace,
+        "agent starting"
+    );
+
+    let srs: Api<SnapshotRepair> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, &opts.lease_namespace);
+    let (store, writer) = reflector::store();
+    let wake = Arc::new(Notify::new());
+
+    let presence = tokio::spawn(presence::keep_present(
+        leases,
+        opts.node.clone(),
+        opts.holder.clone(),
+        metrics.clone(),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let watch = tokio::spawn(watch_own_repairs(
+        srs.clone(),
+        opts.node.clone(),
+        writer,
+        Arc::clone(&wake),
+        metrics.clone(),
+        status,
+        shutdown.clone(),
+    ));
+    let work = tokio::spawn(
+        worker::Worker {
+            node: opts.node.clone(),
+            api: srs,
+            store,
+            wake,
+            store_options: opts.store.clone(),
+            metrics,
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+
+    let mut stop = shutdown;
+    stop.wait().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, work).await.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "a request was still running at shutdown; leaving it (repairs are crash-safe)");
+    }
+    let _ = watch.await;
+    let _ = presence.await;
+    match server.await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Serve {
+            what: "metrics server task".into(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// Mirrors this node's SnapshotRepairs into the reflector store and wakes the worker on every
+/// change. The watcher backs off and relists by itself after errors; it never ends on its own.
+async fn watch_own_repairs(
+    api: Api<SnapshotRepair>,
+    node: String,
+    writer: reflector::store::Writer<SnapshotRepair>,
+    wake: Arc<Notify>,
+    metrics: metrics::Metrics,
+    status: status::AgentStatus,
+    mut shutdown: shutdown::Shutdown,
+) {
+    let config = watcher::Config::default().fields(&node_field_selector(&node));
+    let stream = reflector(writer, watcher(api, config).default_backoff());
+    futures::pin_mut!(stream);
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            _ = shutdown.wait() => return,
+        };
+        match event {
+            Some(Ok(watcher::Event::InitDone)) => {
+                debug!(node, "SnapshotRepair watch listed");
+                status.watch_synced(true);
+                wake.notify_one();
+            }
+            Some(Ok(_)) => wake.notify_one(),
+            Some(Err(error)) => {
+                warn!(node, %error, "SnapshotRepair watch failed; backing off and relisting");
+                metrics.watch_error();
+                status.watch_synced(false);
+            }
+            None => {
+                warn!(node, "SnapshotRepair watch ended unexpectedly");
+                return;
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // No signal handlers (should not happen on Linux): only Ctrl-C stops us.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Entry point for the CLI: a runtime, the agent, and an exit status (0 after a clean stop,
+/// 2 when it could not start).
+pub fn main(opts: AgentOptions) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(source) => {
+            eprintln!(
+                "snapmend-node-helper agent: {}",
+                Error::Serve {
+                    what: "start the async runtime".into(),
+                    source
+                }
+            );
+            return 2;
+        }
+    };
+    match runtime.block_on(run(opts)) {
+        Ok(()) => 0,
+        Err(error) => {
+            tracing::error!(%error, "agent stopped");
+            eprintln!("snapmend-node-helper agent: {error}");
+            2
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_is_node_slash_pod_when_the_pod_is_known() {
+        assert_eq!(holder_identity("n1", Some("agent-x7")), "n1/agent-x7");
+        assert_eq!(holder_identity("n1", Some("")), "n1");
+        assert_eq!(holder_identity("n1", None), "n1");
+    }
+
+    #[test]
+    fn watch_is_limited_to_the_node_by_field_selector() {
+        assert_eq!(node_field_selector("node-a"), "spec.nodeName=node-a");
+    }
+}

@@ -1,0 +1,277 @@
+//! The request queue: one request at a time, oldest first, through the same job code as the
+//! CLI, answered by writing `status.report`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use snapmend_crds::{RepairAction, RequestReport, SnapshotRepair};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::decision::{Decision, Work, decide, queue_order};
+use super::metrics::Metrics;
+use super::report_patch::{refusal, report_merge_patch};
+use super::shutdown::Shutdown;
+use crate::error::{Error, Result};
+use crate::job::{self, JobOptions, Target};
+
+/// Where the node's containerd store is; the same options the CLI takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub root: PathBuf,
+    pub namespace: String,
+    pub config_path: PathBuf,
+}
+
+/// Rescan the store at least this often, even without watch events.
+const RESCAN: Duration = Duration::from_secs(30);
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+pub struct Worker {
+    pub node: String,
+    pub api: Api<SnapshotRepair>,
+    pub store: Store<SnapshotRepair>,
+    pub wake: Arc<Notify>,
+    pub store_options: StoreOptions,
+    pub metrics: Metrics,
+    pub shutdown: Shutdown,
+}
+
+/// A request the worker has handled, keyed by SnapshotRepair name: the resourceVersion of the
+/// cached copy it acted on. Until the cache moves past that version the worker does not pick
+/// the same object again, so a lagging cache cannot make it spin.
+type Handled = HashMap<String, Option<String>>;
+
+impl Worker {
+    pub async fn run(mut self) {
+        let mut handled = Handled::new();
+        while !self.shutdown.is_triggered() {
+            let Some(sr) = self.next_pending(&handled) else {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(RESCAN) => {}
+                    _ = self.shutdown.wait() => {}
+                }
+                continue;
+            };
+            let name = sr.metadata.name.clone().unwrap_or_default();
+            let cached_version = sr.metadata.resource_version.clone();
+            if self.serve(&name).await {
+                handled.insert(name, cached_version);
+            }
+        }
+        debug!(node = self.node, "request worker stopped");
+    }
+
+    /// The oldest cached SnapshotRepair with an unanswered request.
+    fn next_pending(&self, handled: &Handled) -> Option<Arc<SnapshotRepair>> {
+        let live: Vec<Arc<SnapshotRepair>> = self.store.state();
+        let mut pending: Vec<&Arc<SnapshotRepair>> = live
+            .iter()
+            .filter(|sr| !matches!(decide(&self.node, sr), Decision::Idle(_)))
+            .filter(|sr| {
+                let name = sr.metadata.name.clone().unwrap_or_default();
+                handled.get(&name) != Some(&sr.metadata.resource_version)
+            })
+            .collect();
+        pending.sort_by(|a, b| queue_order(a, b));
+        pending.first().map(|sr| Arc::clone(sr))
+    }
+
+    /// Answers the current request of `name`, re-read from the API server first so that a stale
+    /// cache never runs a request twice. True when done with this version of the object
+    /// (answered, or nothing to do); false when interrupted by shutdown.
+    async fn serve(&mut self, name: &str) -> bool {
+        let Some(current) = self.get_until_ok(name).await else {
+            return false;
+        };
+        let Some(current) = current else {
+            return true; // deleted meanwhile
+        };
+        let previous = current.status.as_ref().and_then(|s| s.report.clone());
+        match decide(&self.node, &current) {
+            Decision::Idle(why) => {
+                debug!(sr = name, ?why, "nothing to do after re-reading");
+                true
+            }
+            Decision::Refuse {
+                name,
+                request_id,
+                reason,
+            } => {
+                let span =
+                    info_span!("request", node = %self.node, sr = %name, request_id = %request_id);
+                async {
+                    warn!(%reason, "refusing request");
+                    let report = refusal(&request_id, current.spec.target(), reason);
+                    self.deliver(&name, previous, report).await
+                }
+                .instrument(span)
+                .await
+            }
+            Decision::Run(work) => {
+                let span = info_span!(
+                    "request",
+                    node = %self.node,
+                    sr = %work.name,
+                    request_id = %work.request_id,
+                    action = ?work.action
+                );
+                async {
+                    let report = self.run_job(&work).await;
+                    self.deliver(&work.name, previous, report).await
+                }
+                .instrument(span)
+                .await
+            }
+        }
+    }
+
+    /// Runs the job on a blocking thread (it reads and hashes whole layers).
+    async fn run_job(&self, work: &Work) -> RequestReport {
+        let opts = JobOptions {
+            root: self.store_options.root.clone(),
+            namespace: self.store_options.namespace.clone(),
+            config_path: self.store_options.config_path.clone(),
+            target: work.target.clone(),
+            content: work.content,
+            dry_run: false,
+        };
+        let action = work.action;
+        info!(target = ?work.target, content = ?work.content, "running request");
+        self.metrics.request_started();
+        let started = Instant::now();
+        let span = tracing::Span::current();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            match action {
+                RepairAction::Verify => job::verify(&opts),
+                RepairAction::Repair => job::repair(&opts),
+            }
+        })
+        .await;
+        let report = match joined {
+            Ok(report) => report,
+            Err(e) => snapmend_crds::Report {
+                image: match &work.target {
+                    Target::Image(i) => i.clone(),
+                    Target::SandboxImage => String::new(),
+                },
+                message: Some(format!("the {action:?} job did not finish: {e}")),
+                ..Default::default()
+            },
+        };
+        let elapsed = started.elapsed();
+        self.metrics.request_finished(action, &report, elapsed);
+        info!(
+            outcome = ?report.outcome,
+            findings = report.findings_total(),
+            duration_ms = elapsed.as_millis() as u64,
+            "request finished"
+        );
+        RequestReport {
+            request_id: work.request_id.clone(),
+            report,
+        }
+    }
+
+    /// Writes the report, retrying through API outages for as long as the request is still the
+    /// current one. True when written or no longer wanted; false on shutdown.
+    async fn deliver(
+        &mut self,
+        name: &str,
+        mut previous: Option<RequestReport>,
+        report: RequestReport,
+    ) -> bool {
+        let mut retry = RETRY_FIRST;
+        loop {
+            match self.patch_report(name, previous.as_ref(), &report).await {
+                Ok(()) => {
+                    info!(outcome = ?report.report.outcome, "report written");
+                    return true;
+                }
+                Err(error) if is_not_found(&error) => {
+                    info!("SnapshotRepair deleted before its report was written");
+                    return true;
+                }
+                Err(error) => {
+                    self.metrics.report_write_failed();
+                    warn!(%error, retry_in = ?retry, "writing the report failed");
+                }
+            }
+            if self.shutdown.sleep_or_stop(retry).await {
+                return false;
+            }
+            retry = (retry * 2).min(RETRY_MAX);
+            // The request may have moved on while the API server was away.
+            match self.api.get_opt(name).await {
+                Ok(None) => return true,
+                Ok(Some(sr)) => {
+                    let still_wanted = sr
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.request.as_ref())
+                        .is_some_and(|r| r.id == report.request_id);
+                    let answered = sr
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.report.as_ref())
+                        .is_some_and(|r| r.request_id == report.request_id);
+                    if !still_wanted || answered {
+                        info!(still_wanted, answered, "request superseded; report dropped");
+                        return true;
+                    }
+                    previous = sr.status.and_then(|s| s.report);
+                }
+                Err(error) => debug!(%error, "re-reading before retrying the report failed"),
+            }
+        }
+    }
+
+    async fn patch_report(
+        &self,
+        name: &str,
+        previous: Option<&RequestReport>,
+        report: &RequestReport,
+    ) -> Result<()> {
+        let patch = report_merge_patch(previous, report);
+        self.api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| {
+                Error::kube(
+                    format!("patch status.report of SnapshotRepair {name}"),
+                    source,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// GET with retries through API outages: Some(None) when the object is gone,
+    /// None on shutdown.
+    async fn get_until_ok(&mut self, name: &str) -> Option<Option<SnapshotRepair>> {
+        let mut retry = RETRY_FIRST;
+        loop {
+            match self.api.get_opt(name).await {
+                Ok(found) => return Some(found),
+                Err(error) => {
+                    warn!(sr = name, %error, retry_in = ?retry, "reading SnapshotRepair failed")
+                }
+            }
+            if self.shutdown.sleep_or_stop(retry).await {
+                return None;
+            }
+            retry = (retry * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+fn is_not_found(error: &Error) -> bool {
+    matches!(error, Error::Kube { source, .. } if matches!(source.as_ref(), kube::Error::Api(s) if s.is_not_found()))
+}
