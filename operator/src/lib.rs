@@ -1,2 +1,9 @@
+//! snapmend-operator: drives SnapshotRepairs through verify, cordon, repair and uncordon.
+//!
+//! `phases` decides (pure); `reconcile` observes and executes around it; `run` wires the
+//! controller, leader election, metrics and health endpoints together.
 
+pub mod conditions;
+pub mod duration;
+pub mod phases;
 pub mod events;
