@@ -1,6 +1,12 @@
 //! Image resolution: image name → manifest (this node's platform) → config → diffIDs →
 //! chainIDs → committed overlayfs snapshots. These types are what the `layer` engine consumes.
 
+pub mod chain_id;
+pub mod platform;
+pub mod resolve;
+
+pub use platform::Platform;
+
 use std::path::PathBuf;
 
 /// An image resolved from containerd's store, bottom layer first.

@@ -52,6 +52,16 @@ impl MetaDb {
         self.db.root.path(&[b"v1", ns.as_bytes()])
     }
 
+    /// The schema version (`v1/version`: 3 in containerd 1.6/1.7, 4 in 2.x).
+    pub fn schema_version(&self) -> Option<i64> {
+        self.db
+            .root
+            .bucket(b"v1")?
+            .get(b"version")
+            .and_then(varint)
+            .map(|(v, _)| v)
+    }
+
     /// Every namespace (each bucket directly under `v1`).
     pub fn namespaces(&self) -> Vec<String> {
         self.db
@@ -208,6 +218,7 @@ mod tests {
         );
         assert_eq!(db.image("k8s.io", "nope").unwrap(), None);
         assert_eq!(db.namespaces(), vec!["k8s.io".to_string()]);
+        assert_eq!(db.schema_version(), Some(3));
         assert_eq!(
             db.image_names("k8s.io"),
             vec!["broken".to_string(), "example.local/pause:3.9".to_string()]

@@ -47,3 +47,36 @@ impl StoreLayout {
         self.overlay_root.join("snapshots")
     }
 }
+
+/// The decoded databases and the content store of one containerd root, read once per job.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub layout: StoreLayout,
+    pub meta: meta_db::MetaDb,
+    pub snapshots: snapshotter_db::SnapshotterDb,
+    pub content: content::ContentStore,
+}
+
+impl Store {
+    /// Reads both bolt databases lock-free. A root without an overlayfs `metadata.db` has
+    /// no overlayfs snapshots yet.
+    pub fn open(layout: StoreLayout) -> crate::Result<Store> {
+        let meta = meta_db::MetaDb::read(&layout.meta_db())?;
+        let snapshots_path = layout.snapshotter_db();
+        let snapshots = if snapshots_path.exists() {
+            snapshotter_db::SnapshotterDb::read(&snapshots_path)?
+        } else {
+            snapshotter_db::SnapshotterDb {
+                path: snapshots_path,
+                snapshots: Default::default(),
+            }
+        };
+        let content = content::ContentStore::new(&layout.content_root());
+        Ok(Store {
+            layout,
+            meta,
+            snapshots,
+            content,
+        })
+    }
+}
