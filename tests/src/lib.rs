@@ -1,1 +1,3 @@
 
+pub mod containerd;
+pub mod image_builder;
