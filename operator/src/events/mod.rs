@@ -4,4 +4,5 @@
 pub mod classify;
 
 pub use classify::{Classification, Signature, Verdict, classify};
+pub mod decide;
 pub mod target;
