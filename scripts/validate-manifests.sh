@@ -10,6 +10,8 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 validator_version="1.37.0"
 k8s_versions=(1.33.0 1.37.0)
 venv="${SNAPMEND_TOOLS_DIR:-$repo/target/tools}/kubernetes-validate-$validator_version"
+# Another copy of deploy/ (the tests validate deliberately broken copies).
+deploy="${SNAPMEND_DEPLOY_DIR:-$repo/deploy}"
 
 command -v python3 >/dev/null || { echo "validate-manifests: python3 is required" >&2; exit 1; }
 command -v kubectl >/dev/null || { echo "validate-manifests: kubectl is required (kustomize)" >&2; exit 1; }
@@ -23,7 +25,7 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-kubectl kustomize "$repo/deploy" > "$work/deploy.yaml"
+kubectl kustomize "$deploy" > "$work/deploy.yaml"
 objects=$(grep -c '^kind:' "$work/deploy.yaml" || true)
 [ "$objects" -gt 0 ] || { echo "validate-manifests: kustomize rendered no objects" >&2; exit 1; }
 
@@ -32,7 +34,7 @@ for v in "${k8s_versions[@]}"; do
   echo "validate-manifests: $objects objects of deploy/ valid against Kubernetes $v (strict)"
 done
 
-"$venv/bin/python" - "$repo/deploy/crd/snapshotrepair.yaml" "$repo"/deploy/examples/*.yaml <<'PY'
+"$venv/bin/python" - "$deploy/crd/snapshotrepair.yaml" "$deploy"/examples/*.yaml <<'PY'
 """Validates SnapshotRepair examples against the CRD schema, rejecting fields the API server would prune."""
 import sys
 import jsonschema
