@@ -1,3 +1,5 @@
 
 pub mod containerd;
 pub mod image_builder;
+pub mod fs_tree;
+pub mod node_helper_cli;

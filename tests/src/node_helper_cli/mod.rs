@@ -1,0 +1,185 @@
+//! Runs the real `snapmend-node-helper` binary against a private containerd and reads its
+//! JSON Report. The binary is looked up next to the test executable
+//! (`target/<profile>/deps/<test>` → `target/<profile>/snapmend-node-helper`), or at
+//! `$SNAPMEND_NODE_HELPER`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use snapmend_crds::{FindingKind, Report};
+
+use crate::containerd::{ContainerdFixture, FixtureError};
+
+pub const BINARY_NAME: &str = "snapmend-node-helper";
+
+/// Where the node-helper binary is, or an error telling how to build it.
+pub fn node_helper_binary() -> Result<PathBuf, FixtureError> {
+    if let Some(path) = std::env::var_os("SNAPMEND_NODE_HELPER") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| FixtureError::io("/proc/self/exe", e))?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(BINARY_NAME))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            FixtureError::NodeHelper(format!(
+                "{BINARY_NAME} not found (looked at {candidates:?}); build it first with \
+             `cargo build -p snapmend-node-helper` (or run `cargo test --workspace`), \
+             or point SNAPMEND_NODE_HELPER at it"
+            ))
+        })
+}
+
+/// `--content` of verify and repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    Full,
+    Metadata,
+}
+
+impl Content {
+    fn arg(self) -> &'static str {
+        match self {
+            Content::Full => "full",
+            Content::Metadata => "metadata",
+        }
+    }
+}
+
+/// One finished run of the helper.
+#[derive(Debug)]
+pub struct HelperRun {
+    pub args: Vec<String>,
+    /// Exit code; None when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl HelperRun {
+    fn from_output(args: Vec<String>, out: Output) -> Self {
+        HelperRun {
+            args,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The Report on stdout (`--json`).
+    pub fn report(&self) -> Result<Report, FixtureError> {
+        serde_json::from_str(&self.stdout).map_err(|e| {
+            FixtureError::NodeHelper(format!("{self}\nstdout is not a JSON Report: {e}"))
+        })
+    }
+
+    /// (layer index, path, kind) of every listed finding.
+    pub fn findings(&self) -> Result<Vec<(u32, String, FindingKind)>, FixtureError> {
+        Ok(self
+            .report()?
+            .layers
+            .iter()
+            .flat_map(|l| {
+                l.findings
+                    .iter()
+                    .map(move |f| (l.index, f.path.clone(), f.kind))
+            })
+            .collect())
+    }
+}
+
+impl std::fmt::Display for HelperRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{BINARY_NAME} {} exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args.join(" "),
+            self.code,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// The helper bound to one private containerd (its root and config).
+#[derive(Clone, Debug)]
+pub struct NodeHelper {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub config: PathBuf,
+}
+
+impl NodeHelper {
+    pub fn for_fixture(fixture: &ContainerdFixture) -> Result<Self, FixtureError> {
+        Ok(NodeHelper {
+            binary: node_helper_binary()?,
+            root: fixture.root(),
+            config: fixture.config_path(),
+        })
+    }
+
+    /// `snapmend-node-helper <subcommand> --root R --config C <args>`, not yet run.
+    pub fn command(&self, subcommand: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg(subcommand)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a subcommand to completion.
+    pub fn run(&self, subcommand: &str, args: &[&str]) -> Result<HelperRun, FixtureError> {
+        let mut all = vec![subcommand.to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let out = self
+            .command(subcommand, args)
+            .output()
+            .map_err(|e| FixtureError::io(&self.binary, e))?;
+        Ok(HelperRun::from_output(all, out))
+    }
+
+    /// `verify --image IMAGE --content C --json`.
+    pub fn verify(&self, image: &str, content: Content) -> Result<HelperRun, FixtureError> {
+        self.run(
+            "verify",
+            &["--image", image, "--content", content.arg(), "--json"],
+        )
+    }
+
+    /// `repair --image IMAGE --json`.
+    pub fn repair(&self, image: &str) -> Result<HelperRun, FixtureError> {
+        self.run("repair", &["--image", image, "--json"])
+    }
+
+    /// The snapshot `fs` of each layer of an image (bottom first), from a verify report.
+    pub fn snapshot_paths(&self, image: &str) -> Result<Vec<PathBuf>, FixtureError> {
+        let run = self.verify(image, Content::Metadata)?;
+        let report = run.report()?;
+        report
+            .layers
+            .iter()
+            .map(|l| {
+                l.snapshot_path
+                    .as_deref()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| {
+                        FixtureError::NodeHelper(format!(
+                            "layer {} has no snapshotPath\n{run}",
+                            l.index
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
