@@ -2,7 +2,10 @@
 //! image (pure), decide whether to create a SnapshotRepair (pure), and the watcher that does the I/O.
 
 pub mod classify;
-
-pub use classify::{Classification, Signature, Verdict, classify};
 pub mod decide;
 pub mod target;
+pub mod watch;
+
+pub use classify::{Classification, Signature, Verdict, classify};
+pub use decide::AutoRemediate;
+pub use watch::{EventRemediationConfig, run_event_remediation};

@@ -1,0 +1,408 @@
+//! The I/O around the pure decisions: watch kubelet events (core/v1 and events.k8s.io/v1, filtered
+//! on the server by reason), look up the pod and node when needed, create SnapshotRepairs, and
+//! follow SnapshotRepairs to know what is in flight and to escalate verifications that found damage.
+//!
+//! Everything runs in one task, one input at a time, so the ledger of repairs is always current:
+//! a storm of repeats is settled by [`precheck`] without a single API call.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, BoxStream, StreamExt};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
+use k8s_openapi::api::events::v1::Event as EventsV1Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use snapmend_crds::SnapshotRepair;
+use snapmend_crds::labels::TRIGGER_EVENT_ANNOTATION;
+use tracing::{debug, info, instrument, warn};
+
+use super::classify::classify;
+use super::decide::{
+    AutoRemediate, Candidate, Ledger, NodeView, PlannedRepair, Policy, RepairRecord, Skip,
+    TokenBucket, build_repair, decide, decide_escalation, precheck,
+};
+use super::target::{EventFacts, Target, node_from_event, resolve_node, resolve_target};
+use crate::error::{Error, kube_context};
+
+/// The reasons kubelet gives for failed sandboxes and containers.
+pub const WATCHED_REASONS: [&str; 4] = [
+    "FailedCreatePodSandBox",
+    "Failed",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// At most this many rate-limited candidates wait; beyond that new ones are dropped (and logged).
+const MAX_PENDING: usize = 10_000;
+
+/// How the event remediation runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRemediationConfig {
+    pub policy: Policy,
+    /// Event reasons to watch; one server-side field selector per reason and API.
+    pub reasons: Vec<String>,
+    /// How often rate-limited candidates are tried again.
+    pub retry_every: Duration,
+}
+
+impl EventRemediationConfig {
+    /// The defaults, with the operator's `--auto-remediate` and `--cooldown`.
+    pub fn new(mode: AutoRemediate, cooldown: Duration) -> Self {
+        EventRemediationConfig {
+            policy: Policy {
+                mode,
+                cooldown,
+                ..Policy::default()
+            },
+            reasons: WATCHED_REASONS.iter().map(|r| r.to_string()).collect(),
+            retry_every: Duration::from_secs(1),
+        }
+    }
+}
+
+enum Input {
+    Event(Box<EventFacts>),
+    Repair(watcher::Event<SnapshotRepair>),
+}
+
+/// Watches events and creates automatic SnapshotRepairs until the watches end. Run it only on the
+/// leader. Returns at once in mode `off`.
+pub async fn run_event_remediation(
+    client: Client,
+    config: EventRemediationConfig,
+) -> Result<(), Error> {
+    if config.policy.mode == AutoRemediate::Off {
+        info!("automatic remediation is off");
+        return Ok(());
+    }
+    info!(
+        mode = ?config.policy.mode,
+        cooldown_s = config.policy.cooldown.as_secs(),
+        reasons = ?config.reasons,
+        "watching events for damaged snapshots"
+    );
+    let mut inputs = stream::select_all(input_streams(&client, &config.reasons));
+    let mut remediation = Remediation::new(client, config.policy);
+    let mut retry = tokio::time::interval(config.retry_every);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            input = inputs.next() => match input {
+                Some(Input::Event(facts)) => remediation.on_event(&facts).await,
+                Some(Input::Repair(event)) => remediation.on_repair_event(event).await,
+                None => return Ok(()),
+            },
+            _ = retry.tick() => remediation.retry_pending().await,
+        }
+    }
+}
+
+fn input_streams(client: &Client, reasons: &[String]) -> Vec<BoxStream<'static, Input>> {
+    let mut streams: Vec<BoxStream<'static, Input>> = Vec::new();
+    for reason in reasons {
+        let selector = format!("reason={reason}");
+        let core = watcher(
+            Api::<CoreEvent>::all(client.clone()),
+            watcher::Config::default().fields(&selector),
+        )
+        .default_backoff()
+        .filter_map(|r| async move {
+            applied(r, "core/v1 events").map(|e| Input::Event(Box::new(EventFacts::from_core(&e))))
+        });
+        streams.push(core.boxed());
+        let v1 = watcher(
+            Api::<EventsV1Event>::all(client.clone()),
+            watcher::Config::default().fields(&selector),
+        )
+        .default_backoff()
+        .filter_map(|r| async move {
+            applied(r, "events.k8s.io/v1 events")
+                .map(|e| Input::Event(Box::new(EventFacts::from_events_v1(&e))))
+        });
+        streams.push(v1.boxed());
+    }
+    let repairs = watcher(
+        Api::<SnapshotRepair>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(|r| async move {
+        match r {
+            Ok(e) => Some(Input::Repair(e)),
+            Err(error) => {
+                warn!(%error, "SnapshotRepair watch failed; retrying");
+                None
+            }
+        }
+    });
+    streams.push(repairs.boxed());
+    streams
+}
+
+/// An added or updated object from a watch, or nothing.
+fn applied<K>(r: Result<watcher::Event<K>, watcher::Error>, what: &'static str) -> Option<K> {
+    match r {
+        Ok(watcher::Event::Apply(k) | watcher::Event::InitApply(k)) => Some(k),
+        Ok(_) => None,
+        Err(error) => {
+            warn!(%error, watch = what, "event watch failed; retrying");
+            None
+        }
+    }
+}
+
+/// The state of the running remediation: what is in flight, the rate limit, what waits.
+struct Remediation {
+    client: Client,
+    policy: Policy,
+    ledger: Ledger,
+    relist: Vec<RepairRecord>,
+    bucket: TokenBucket,
+    pending: BTreeMap<(String, String), Candidate>,
+}
+
+impl Remediation {
+    fn new(client: Client, policy: Policy) -> Self {
+        Remediation {
+            client,
+            bucket: TokenBucket::new(policy.rate),
+            policy,
+            ledger: Ledger::default(),
+            relist: Vec::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    #[instrument(skip_all, fields(event = %facts.key(), reason = %facts.reason, count = facts.count))]
+    async fn on_event(&mut self, facts: &EventFacts) {
+        let classification = classify(&facts.reason, &facts.message);
+        let Some(candidate) = self.candidate(facts, classification).await else {
+            return;
+        };
+        self.try_create(candidate).await;
+    }
+
+    /// Classified and resolved to (node, target), or `None` with the reason logged.
+    async fn candidate(
+        &self,
+        facts: &EventFacts,
+        classification: super::classify::Classification,
+    ) -> Option<Candidate> {
+        if super::decide::action_for(self.policy.mode, classification.verdict).is_none() {
+            debug!(signature = %classification.signature, "not a snapshot problem");
+            return None;
+        }
+        if !super::target::is_fresh(facts.last_seen, Timestamp::now(), self.policy.max_event_age) {
+            debug!(signature = %classification.signature, "event too old");
+            return None;
+        }
+        let node_in_event = node_from_event(facts);
+        let needs_pod = node_in_event.is_none() || !classification.sandbox;
+        let pod = if needs_pod && facts.is_about_pod() {
+            self.get_pod(&facts.involved_namespace, &facts.involved_name)
+                .await
+        } else {
+            None
+        };
+        let Some(node) = node_in_event.or_else(|| resolve_node(facts, pod.as_ref())) else {
+            info!(signature = %classification.signature, "cannot tell the node of this event");
+            return None;
+        };
+        let Some(target) = resolve_target(classification.sandbox, facts, pod.as_ref()) else {
+            info!(signature = %classification.signature, node = %node, "cannot tell the image of this event");
+            return None;
+        };
+        Some(Candidate {
+            event: facts.key(),
+            node,
+            target,
+            verdict: classification.verdict,
+            signature: classification.signature,
+            last_seen: facts.last_seen,
+        })
+    }
+
+    async fn try_create(&mut self, candidate: Candidate) {
+        let now = Timestamp::now();
+        if let Err(skip) = precheck(&candidate, &self.ledger, &self.policy, now) {
+            self.log_skip(&candidate, &skip);
+            return;
+        }
+        let Some(node) = self.node_view(&candidate.node).await else {
+            self.wait(candidate);
+            return;
+        };
+        match decide(
+            &candidate,
+            node,
+            &self.ledger,
+            &mut self.bucket,
+            &self.policy,
+            now,
+        ) {
+            Ok(plan) => {
+                self.pending
+                    .remove(&pair_key(&candidate.node, &candidate.target));
+                self.create(&plan, candidate.last_seen).await;
+            }
+            Err(skip) => {
+                self.log_skip(&candidate, &skip);
+                if skip.is_retryable() {
+                    self.wait(candidate);
+                }
+            }
+        }
+    }
+
+    /// Try this candidate again on the next retry tick (bounded; one per node and target).
+    fn wait(&mut self, candidate: Candidate) {
+        let key = pair_key(&candidate.node, &candidate.target);
+        if self.pending.len() < MAX_PENDING || self.pending.contains_key(&key) {
+            self.pending.insert(key, candidate);
+        } else {
+            warn!(node = %candidate.node, "too many automatic repairs waiting; dropping one");
+        }
+    }
+
+    fn log_skip(&self, c: &Candidate, skip: &Skip) {
+        match skip {
+            Skip::NodeOptedOut | Skip::NodeMissing | Skip::RateLimited => info!(
+                node = %c.node, target = %c.target.key(), signature = %c.signature,
+                skip = skip.label(), "no automatic SnapshotRepair"
+            ),
+            _ => debug!(
+                node = %c.node, target = %c.target.key(), skip = skip.label(), detail = ?skip,
+                "no automatic SnapshotRepair"
+            ),
+        }
+    }
+
+    async fn retry_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.pending);
+        for (_, candidate) in waiting {
+            self.try_create(candidate).await;
+        }
+    }
+
+    async fn on_repair_event(&mut self, event: watcher::Event<SnapshotRepair>) {
+        match event {
+            watcher::Event::Init => self.relist.clear(),
+            watcher::Event::InitApply(sr) => self.relist.extend(RepairRecord::from_repair(&sr)),
+            watcher::Event::InitDone => {
+                self.ledger.replace_all(std::mem::take(&mut self.relist));
+                debug!(repairs = self.ledger.len(), "SnapshotRepairs listed");
+            }
+            watcher::Event::Apply(sr) => {
+                let Some(record) = RepairRecord::from_repair(&sr) else {
+                    return;
+                };
+                self.ledger.upsert(record.clone());
+                self.maybe_escalate(&sr, &record).await;
+            }
+            watcher::Event::Delete(sr) => {
+                if let Some(name) = &sr.metadata.name {
+                    self.ledger.remove(name);
+                }
+            }
+        }
+    }
+
+    /// A verification of ours found damage: in `repair` mode, repair it now.
+    async fn maybe_escalate(&mut self, sr: &SnapshotRepair, record: &RepairRecord) {
+        if !(record.automatic && record.found_damage && !record.is_active()) {
+            return;
+        }
+        let trigger = sr
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TRIGGER_EVENT_ANNOTATION))
+            .cloned()
+            .unwrap_or_default();
+        let Some(node) = self.node_view(&record.node).await else {
+            return;
+        };
+        let now = Timestamp::now();
+        if let Some(plan) = decide_escalation(
+            record,
+            &trigger,
+            node,
+            &self.ledger,
+            &mut self.bucket,
+            &self.policy,
+            now,
+        ) {
+            info!(verification = %record.name, node = %record.node, target = %record.target, "verification found damage; repairing");
+            self.create(&plan, None).await;
+        }
+    }
+
+    #[instrument(skip_all, fields(node = %plan.node, target = %plan.target.key(), action = ?plan.action, signature = %plan.signature))]
+    async fn create(&mut self, plan: &PlannedRepair, last_seen: Option<Timestamp>) {
+        let started = Instant::now();
+        let api = Api::<SnapshotRepair>::all(self.client.clone());
+        let object = build_repair(plan);
+        match api.create(&PostParams::default(), &object).await {
+            Ok(created) => {
+                let Some(record) = RepairRecord::from_repair(&created) else {
+                    warn!("created SnapshotRepair came back without a name");
+                    return;
+                };
+                let since_event_ms = last_seen
+                    .map(|t| Timestamp::now().duration_since(t).as_millis())
+                    .unwrap_or_default();
+                info!(
+                    name = %record.name,
+                    trigger_event = %plan.event,
+                    escalated_from = plan.escalated_from.as_deref().unwrap_or(""),
+                    since_event_ms,
+                    api_ms = started.elapsed().as_millis() as u64,
+                    "created automatic SnapshotRepair"
+                );
+                self.ledger.upsert(record);
+            }
+            Err(source) => {
+                let error =
+                    kube_context("create", format!("SnapshotRepair auto-{}-", plan.node))(source);
+                warn!(%error, "could not create the automatic SnapshotRepair");
+            }
+        }
+    }
+
+    async fn get_pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(pod) => pod,
+            Err(source) => {
+                let error = kube_context("get", format!("Pod {namespace}/{name}"))(source);
+                warn!(%error, "cannot look up the pod of an event");
+                None
+            }
+        }
+    }
+
+    /// The node's eligibility, or `None` when it could not be looked up (try again later).
+    async fn node_view(&self, name: &str) -> Option<NodeView> {
+        let api = Api::<Node>::all(self.client.clone());
+        match api.get_opt(name).await {
+            Ok(Some(node)) => Some(NodeView::from_labels(node.metadata.labels.as_ref())),
+            Ok(None) => Some(NodeView::Missing),
+            Err(source) => {
+                let error = kube_context("get", format!("Node {name}"))(source);
+                warn!(%error, "cannot look up the node; will retry");
+                None
+            }
+        }
+    }
+}
+
+fn pair_key(node: &str, target: &Target) -> (String, String) {
+    (node.to_string(), target.key())
+}
