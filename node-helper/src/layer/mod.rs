@@ -2,11 +2,25 @@
 //! against the snapshot `fs`, and repair. Verify and repair share one expected-entry model so
 //! that they can never disagree.
 //!
+//! `header` (tar header as containerd reads it) → `expected` (the model) ← `blob` (one
+//! streaming pass) → `pass` (model + byte compare + snapshot walk) → `compare` (findings and
+//! needs) → `repair` (staged, atomic restore beneath `fs`, via `safe_fs`).
+//!
 //! Interface used by `job` (the image-level orchestration):
 //! - `verify_layer(&ResolvedLayer, ContentCheck) -> LayerReport` (never panics; blob and
 //!   snapshot problems are states in the report)
 //! - `repair_layer(&ResolvedLayer, &RepairOptions) -> Result<LayerRepair>`
 
+pub mod blob;
+pub mod compare;
+pub mod expected;
+pub mod header;
+pub mod observe;
+pub mod pass;
+pub mod repair;
+pub mod safe_fs;
+
+use snapmend_crds::report::FINDINGS_CAP;
 use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState};
 
 use crate::image::ResolvedLayer;
@@ -16,35 +30,104 @@ use crate::image::ResolvedLayer;
 pub struct RepairOptions {
     /// Plan only: compute `plan`, write nothing.
     pub dry_run: bool,
-    /// How the verification before (and after) the repair compares regular files.
+    /// How the verification reported in `LayerRepair::report` compares files. The repair's
+    /// own pass always compares every byte, because it must never rewrite unverified data.
     pub content: ContentCheck,
 }
 
-/// Result of repairing one layer: the report after the repair (state `Repaired`, `Healthy`
-/// when nothing had to change, or `Unrepairable`) and the human plan of what was (or, with
-/// `dry_run`, would be) changed, one line per action.
+/// Result of repairing one layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerRepair {
+    /// `Repaired` (something was restored), `Healthy` (nothing to do), `Corrupted` (dry run),
+    /// `SnapshotMissing`/`Unrepairable` with nothing written.
     pub report: LayerReport,
+    /// One human line per action taken (or, with `dry_run`, planned).
     pub plan: Vec<String>,
+    /// Why the layer could not be repaired and what a person can do, when it could not.
+    pub reason: Option<String>,
 }
 
-/// Verifies one layer's snapshot against its blob. Never fails: problems are states.
-pub fn verify_layer(layer: &ResolvedLayer, content: ContentCheck) -> LayerReport {
-    let _ = content;
-    // Transient until the engine lands (replaced before the final commit).
+fn empty_report(layer: &ResolvedLayer) -> LayerReport {
     LayerReport {
         index: layer.index,
         digest: layer.digest.clone(),
         diff_id: layer.diff_id.clone(),
         chain_id: layer.chain_id.clone(),
+        snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
+        snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
         blob: BlobState::NotChecked,
-        state: LayerState::Unrepairable,
-        ..Default::default()
+        state: LayerState::Healthy,
+        findings_total: 0,
+        findings: Vec::new(),
+        entries_restored: None,
     }
+}
+
+/// A layer's report from one pass, plus the reason when the state is not a plain verdict.
+pub(crate) fn report_from_pass(
+    layer: &ResolvedLayer,
+    p: &pass::Pass,
+) -> (LayerReport, Option<compare::Diff>, Option<String>) {
+    let mut r = empty_report(layer);
+    r.blob = p.blob;
+    if layer.snapshot.is_none() {
+        r.state = LayerState::SnapshotMissing;
+        return (
+            r,
+            None,
+            Some(format!(
+                "containerd has no snapshot for chain {}; pull or import the image again",
+                layer.chain_id
+            )),
+        );
+    }
+    if p.blob != BlobState::Verified {
+        r.state = LayerState::Unrepairable;
+        let why = p
+            .blob_reason
+            .clone()
+            .unwrap_or_else(|| format!("blob {:?}", p.blob));
+        let what = "the snapshot cannot be checked or rebuilt from it; pull the image again (remove it first)";
+        return (r, None, Some(format!("{why}: {what}")));
+    }
+    if let Some(e) = &p.model_error {
+        r.state = LayerState::Unrepairable;
+        return (r, None, Some(e.to_string()));
+    }
+    if let Some(e) = &p.walk_error {
+        r.state = LayerState::Unrepairable;
+        return (r, None, Some(format!("cannot read the snapshot: {e}")));
+    }
+    let (Some(model), Some(obs)) = (&p.model, &p.observation) else {
+        r.state = LayerState::SnapshotMissing;
+        return (
+            r,
+            None,
+            Some("the snapshot's fs directory is missing".into()),
+        );
+    };
+    let d = compare::diff(model, obs, &p.content);
+    r.findings_total = d.findings.len() as u64;
+    r.findings = d.findings.iter().take(FINDINGS_CAP).cloned().collect();
+    r.state = if d.is_clean() {
+        LayerState::Healthy
+    } else {
+        LayerState::Corrupted
+    };
+    (r, Some(d), None)
+}
+
+/// Verifies one layer's snapshot against its blob. Never fails: problems are states.
+#[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, content = ?content))]
+pub fn verify_layer(layer: &ResolvedLayer, content: ContentCheck) -> LayerReport {
+    let started = std::time::Instant::now();
+    let p = pass::run_pass(layer, content, None);
+    let (report, _, reason) = report_from_pass(layer, &p);
+    tracing::info!(blob = ?report.blob, state = ?report.state, findings = report.findings_total, reason = reason.as_deref().unwrap_or(""), ms = started.elapsed().as_millis() as u64, "layer verified");
+    report
 }
 
 /// Repairs one layer's snapshot in place from its verified blob.
 pub fn repair_layer(layer: &ResolvedLayer, opts: &RepairOptions) -> crate::Result<LayerRepair> {
-    Ok(LayerRepair { report: verify_layer(layer, opts.content), plan: Vec::new() })
+    repair::repair(layer, opts)
 }

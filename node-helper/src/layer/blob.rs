@@ -1,0 +1,417 @@
+//! One streaming pass over a layer blob: sha256 of the stored bytes, decompression (gzip,
+//! zstd or none, chosen like containerd), sha256 of the whole tar stream (bytes after the
+//! end marker included) and a walk of the tar entries.
+//!
+//! A reader thread reads, hashes and inflates into recycled 1 MiB chunks; the caller's thread
+//! hashes the tar stream and visits entries, so inflate and compare overlap.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use sha2::{Digest, Sha256};
+
+use super::header::TarHeader;
+
+const CHUNK: usize = 1 << 20;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// containerd: the plain OCI tar media types are never decompressed; everything else is
+/// auto-detected from its magic bytes (gzip, zstd incl. skippable frames, else none).
+pub fn compression_for(media_type: &str, magic: &[u8]) -> Compression {
+    const PLAIN: [&str; 2] = [
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    ];
+    if PLAIN.contains(&media_type) {
+        return Compression::None;
+    }
+    if magic.starts_with(&[0x1f, 0x8b, 0x08]) {
+        return Compression::Gzip;
+    }
+    if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Compression::Zstd;
+    }
+    if magic.len() >= 4 {
+        let m = u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]);
+        if (0x184D_2A50..=0x184D_2A5F).contains(&m) {
+            return Compression::Zstd;
+        }
+    }
+    Compression::None
+}
+
+/// Digests of a fully read blob, `sha256:<hex>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobDigests {
+    pub compressed: String,
+    pub uncompressed: String,
+}
+
+#[derive(Debug)]
+pub enum StreamError {
+    /// The blob file does not exist.
+    Missing,
+    /// The stored bytes could not be read at all.
+    Io(io::Error),
+    /// The bytes were read, but do not inflate or do not parse as tar. `compressed` is the
+    /// digest of the stored bytes (so a corrupted blob can be told from a garbage layer).
+    Unreadable {
+        reason: String,
+        compressed: Option<String>,
+    },
+    /// The visitor stopped the stream.
+    Visitor(crate::Error),
+}
+
+fn hex_digest(h: Sha256) -> String {
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+enum Msg {
+    Data(Vec<u8>),
+    Failed(String),
+}
+
+/// Hands out inflated chunks to the tar reader and hashes them.
+struct ChunkReader {
+    rx: Receiver<Msg>,
+    recycle: Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+    hasher: Sha256,
+    done: bool,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let old = std::mem::take(&mut self.current);
+            if old.capacity() > 0 {
+                let _ = self.recycle.try_send(old);
+            }
+            self.pos = 0;
+            match self.rx.recv() {
+                Ok(Msg::Data(d)) => self.current = d,
+                Ok(Msg::Failed(reason)) => {
+                    self.done = true;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+                }
+                Err(_) => self.done = true,
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        let chunk = &self.current[self.pos..self.pos + n];
+        buf[..n].copy_from_slice(chunk);
+        self.hasher.update(chunk);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reader thread: inflate into chunks; always hashes the stored bytes to their end.
+fn produce(
+    file: File,
+    compression: Compression,
+    tx: Sender<Msg>,
+    recycle: Receiver<Vec<u8>>,
+    cancel: &AtomicBool,
+) -> io::Result<String> {
+    let mut src = HashingReader {
+        inner: BufReader::with_capacity(CHUNK, file),
+        hasher: Sha256::new(),
+    };
+    let outcome: Result<(), String> = (|| {
+        let mut decoder: Box<dyn Read + '_> = match compression {
+            Compression::None => Box::new(&mut src),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
+                BufReader::with_capacity(CHUNK, &mut src),
+            )),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(&mut src).map_err(|e| format!("zstd: {e}"))?,
+            ),
+        };
+        loop {
+            let mut buf = recycle
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+            buf.resize(CHUNK, 0);
+            let mut filled = 0;
+            while filled < CHUNK {
+                match decoder.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("{compression:?} stream: {e}")),
+                }
+            }
+            buf.truncate(filled);
+            if filled == 0 {
+                return Ok(());
+            }
+            if tx.send(Msg::Data(buf)).is_err() || cancel.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+    })();
+    if let Err(reason) = outcome {
+        let _ = tx.send(Msg::Failed(reason));
+    }
+    drop(tx);
+    // The digest covers every stored byte, whatever the decoder left unread.
+    let mut sink = vec![0u8; 64 * 1024];
+    while !cancel.load(Ordering::Relaxed) {
+        match src.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex_digest(src.hasher))
+}
+
+/// Streams the blob once, calling `visit(header, ordinal, data)` for every tar entry in order.
+pub fn stream_layer<F>(
+    blob_path: &Path,
+    media_type: &str,
+    mut visit: F,
+) -> Result<BlobDigests, StreamError>
+where
+    F: FnMut(&TarHeader, u64, &mut dyn Read) -> Result<(), crate::Error>,
+{
+    let mut file = match File::open(blob_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StreamError::Missing),
+        Err(e) => return Err(StreamError::Io(e)),
+    };
+    let mut magic = [0u8; 8];
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(StreamError::Io(e)),
+        }
+    }
+    let compression = compression_for(media_type, &magic[..got]);
+    let file = {
+        use std::io::Seek;
+        let mut f = file;
+        f.seek(io::SeekFrom::Start(0)).map_err(StreamError::Io)?;
+        f
+    };
+    let cancel = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = bounded::<Msg>(CHUNKS_IN_FLIGHT);
+        let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT + 2);
+        let cancel_ref = &cancel;
+        let producer = scope.spawn(move || produce(file, compression, tx, recycle_rx, cancel_ref));
+        let mut reader = ChunkReader {
+            rx,
+            recycle: recycle_tx,
+            current: Vec::new(),
+            pos: 0,
+            hasher: Sha256::new(),
+            done: false,
+        };
+        let walked = walk_tar(&mut reader, &mut visit);
+        let walked = walked.and_then(|()| {
+            io::copy(&mut reader, &mut io::sink())
+                .map(|_| ())
+                .map_err(|e| WalkError::Tar(e.to_string()))
+        });
+        if matches!(walked, Err(WalkError::Visitor(_))) {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        let uncompressed = hex_digest(std::mem::take(&mut reader.hasher));
+        drop(reader);
+        let compressed = match producer.join() {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("blob reader thread panicked")),
+        };
+        match (walked, compressed) {
+            (Err(WalkError::Visitor(e)), _) => Err(StreamError::Visitor(e)),
+            (Ok(()), Ok(compressed)) => Ok(BlobDigests {
+                compressed,
+                uncompressed,
+            }),
+            (Err(WalkError::Tar(reason)), Ok(compressed)) => Err(StreamError::Unreadable {
+                reason,
+                compressed: Some(compressed),
+            }),
+            (_, Err(e)) => Err(StreamError::Io(e)),
+        }
+    })
+}
+
+enum WalkError {
+    Tar(String),
+    Visitor(crate::Error),
+}
+
+fn walk_tar<F>(reader: &mut ChunkReader, visit: &mut F) -> Result<(), WalkError>
+where
+    F: FnMut(&TarHeader, u64, &mut dyn Read) -> Result<(), crate::Error>,
+{
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| WalkError::Tar(format!("tar: {e}")))?;
+    for (ordinal, entry) in entries.enumerate() {
+        let mut entry = entry.map_err(|e| WalkError::Tar(format!("tar: {e}")))?;
+        let header = TarHeader::from_entry(&mut entry)
+            .map_err(|e| WalkError::Tar(format!("tar header: {e}")))?;
+        visit(&header, ordinal as u64, &mut entry).map_err(WalkError::Visitor)?;
+        // A short data section is a broken tar: drain it here so the error is the tar's.
+        io::copy(&mut entry, &mut io::sink())
+            .map_err(|e| WalkError::Tar(format!("tar data: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn sample_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "a/b", &b"hello"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn sha(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    fn collect(
+        path: &Path,
+        media: &str,
+    ) -> Result<(BlobDigests, Vec<(Vec<u8>, Vec<u8>)>), StreamError> {
+        let mut seen = Vec::new();
+        let d = stream_layer(path, media, |h, _, data| {
+            let mut v = Vec::new();
+            data.read_to_end(&mut v).unwrap();
+            seen.push((h.name.clone(), v));
+            Ok(())
+        })?;
+        Ok((d, seen))
+    }
+
+    #[test]
+    fn gzip_zstd_and_plain_layers_give_the_same_entries_and_diff_id() {
+        let tar = sample_tar();
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::encode_all(&tar[..], 3).unwrap();
+        for (name, bytes, media) in [
+            (
+                "gz",
+                &gz,
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            ),
+            ("zst", &zs, "application/vnd.oci.image.layer.v1.tar+zstd"),
+            ("tar", &tar, "application/vnd.oci.image.layer.v1.tar"),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let (d, seen) = collect(&p, media).unwrap();
+            assert_eq!(d.compressed, sha(bytes), "{name}");
+            assert_eq!(
+                d.uncompressed,
+                sha(&tar),
+                "{name}: diffID covers bytes after the end marker"
+            );
+            assert_eq!(seen, vec![(b"a/b".to_vec(), b"hello".to_vec())]);
+        }
+    }
+
+    #[test]
+    fn plain_oci_tar_media_type_is_never_decompressed() {
+        assert_eq!(
+            compression_for(
+                "application/vnd.oci.image.layer.v1.tar",
+                &[0x1f, 0x8b, 0x08]
+            ),
+            Compression::None
+        );
+        assert_eq!(
+            compression_for(
+                "application/vnd.docker.image.rootfs.diff.tar",
+                &[0x1f, 0x8b, 0x08]
+            ),
+            Compression::Gzip
+        );
+        assert_eq!(
+            compression_for("x", &[0x5e, 0x2a, 0x4d, 0x18]),
+            Compression::Zstd
+        );
+    }
+
+    #[test]
+    fn truncated_gzip_is_unreadable_with_the_stored_digest() {
+        let tar = sample_tar();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let cut = &gz[..gz.len() / 2];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("blob");
+        std::fs::write(&p, cut).unwrap();
+        match collect(&p, "application/vnd.oci.image.layer.v1.tar+gzip") {
+            Err(StreamError::Unreadable { compressed, .. }) => {
+                assert_eq!(compressed, Some(sha(cut)))
+            }
+            other => panic!("expected Unreadable, got {:?}", other.map(|r| r.0)),
+        }
+    }
+
+    #[test]
+    fn garbage_and_missing_blobs_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("blob");
+        let mut garbage = vec![0x1f, 0x8b, 0x08];
+        garbage.extend(std::iter::repeat_n(0xAB, 4000));
+        std::fs::write(&p, &garbage).unwrap();
+        assert!(matches!(
+            collect(&p, "application/vnd.oci.image.layer.v1.tar+gzip"),
+            Err(StreamError::Unreadable { .. })
+        ));
+        assert!(matches!(
+            collect(&dir.path().join("none"), "x"),
+            Err(StreamError::Missing)
+        ));
+    }
+}

@@ -1,0 +1,336 @@
+//! One pass over a layer: stream the blob into the expected-entry model, compare each regular
+//! file's bytes with the snapshot while its tar data flows by (optionally staging the correct
+//! bytes for a repair), walk the snapshot on worker threads, and settle the blob's state.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use snapmend_crds::{BlobState, ContentCheck};
+
+use super::blob::{StreamError, stream_layer};
+use super::compare::ContentVerdict;
+use super::expected::{Applied, EntryKind, InodeId, LayerModel, ModelError, ModelOptions};
+use super::observe::{Observation, observe_path, observe_tree};
+use super::safe_fs::Beneath;
+use crate::image::ResolvedLayer;
+
+const COMPARE_BUF: usize = 256 * 1024;
+
+/// Where a repair stages the bytes of files it will restore.
+pub struct StageDir<'a> {
+    pub dir: &'a Path,
+}
+
+impl StageDir<'_> {
+    pub fn data_path(&self, ordinal: u64) -> PathBuf {
+        self.dir.join(format!("data-{ordinal}"))
+    }
+}
+
+pub struct Pass {
+    pub blob: BlobState,
+    /// Why the blob is not `Verified`, for people.
+    pub blob_reason: Option<String>,
+    pub model: Option<LayerModel>,
+    pub model_error: Option<ModelError>,
+    /// `None`: `fs` does not exist (or there is no snapshot).
+    pub observation: Option<Observation>,
+    /// The snapshot exists but could not be walked.
+    pub walk_error: Option<String>,
+    pub content: HashMap<InodeId, ContentVerdict>,
+    /// Inode -> (path its content was compared at, staged data file if any).
+    pub compared_at: HashMap<InodeId, Vec<u8>>,
+    pub staged: HashMap<InodeId, PathBuf>,
+}
+
+/// containerd's lstat of a hardlink's raw link name relative to its working directory
+/// (`/` for a service): only then does it chmod the shared inode.
+fn hardlink_chmod_applies(linkname: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Path::new("/").join(std::ffi::OsStr::from_bytes(linkname));
+    std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink())
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+struct FileCompare<'a> {
+    beneath: Option<&'a Beneath>,
+    full: bool,
+    stage: Option<&'a StageDir<'a>>,
+    tar_buf: Vec<u8>,
+    disk_buf: Vec<u8>,
+}
+
+impl FileCompare<'_> {
+    fn create_stage(&self, ordinal: u64) -> crate::Result<(File, PathBuf)> {
+        let stage = self.stage.ok_or_else(|| crate::Error::Layer {
+            digest: String::new(),
+            reason: "no staging".into(),
+        })?;
+        let p = stage.data_path(ordinal);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| crate::Error::io(&p, e))?;
+        Ok((f, p))
+    }
+
+    /// Compares the tar data of one regular file with the disk; stages the right bytes if
+    /// they differ and a repair asked for it. Tar read errors are left for the stream.
+    fn run(
+        &mut self,
+        path: &[u8],
+        size: u64,
+        ordinal: u64,
+        data: &mut dyn Read,
+    ) -> crate::Result<(ContentVerdict, Option<PathBuf>)> {
+        let disk = self
+            .beneath
+            .and_then(|b| {
+                b.open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+                    .ok()
+            })
+            .map(File::from)
+            .filter(|f| {
+                f.metadata()
+                    .is_ok_and(|m| m.file_type().is_file() && m.size() == size)
+            });
+        let Some(mut disk) = disk else {
+            // Absent, wrong type or wrong size: the walk reports it; a repair needs all bytes.
+            if self.stage.is_some() {
+                let (mut out, p) = self.create_stage(ordinal)?;
+                io::copy(data, &mut out).map_err(|e| crate::Error::io(&p, e))?;
+                return Ok((ContentVerdict::NotCompared, Some(p)));
+            }
+            return Ok((ContentVerdict::NotCompared, None));
+        };
+        if !self.full {
+            return Ok((ContentVerdict::Same, None));
+        }
+        let mut offset: u64 = 0;
+        loop {
+            let n = match read_full(data, &mut self.tar_buf) {
+                Ok(n) => n,
+                Err(_) => return Ok((ContentVerdict::NotCompared, None)),
+            };
+            if n == 0 {
+                return Ok((ContentVerdict::Same, None));
+            }
+            let same = disk.read_exact(&mut self.disk_buf[..n]).is_ok()
+                && self.disk_buf[..n] == self.tar_buf[..n];
+            if !same {
+                let Some(_) = self.stage else {
+                    return Ok((ContentVerdict::Differs, None));
+                };
+                // Bytes before `offset` were compared equal: copy them from disk, then the rest from the tar.
+                let (mut out, p) = self.create_stage(ordinal)?;
+                let io_err = |e| crate::Error::io(&p, e);
+                disk.seek(io::SeekFrom::Start(0)).map_err(io_err)?;
+                io::copy(&mut (&mut disk).take(offset), &mut out).map_err(io_err)?;
+                out.write_all(&self.tar_buf[..n]).map_err(io_err)?;
+                io::copy(data, &mut out).map_err(io_err)?;
+                return Ok((ContentVerdict::Differs, Some(p)));
+            }
+            offset += n as u64;
+        }
+    }
+}
+
+fn blob_state(
+    layer: &ResolvedLayer,
+    r: &Result<super::blob::BlobDigests, StreamError>,
+) -> (BlobState, Option<String>) {
+    match r {
+        Ok(d) if d.compressed != layer.digest => (
+            BlobState::DigestMismatch,
+            Some(format!(
+                "blob {} hashes to {}",
+                layer.blob_path.display(),
+                d.compressed
+            )),
+        ),
+        Ok(d) if d.uncompressed != layer.diff_id => (
+            BlobState::DiffIdMismatch,
+            Some(format!(
+                "uncompressed layer hashes to {}, not diffID {}",
+                d.uncompressed, layer.diff_id
+            )),
+        ),
+        Ok(_) => (BlobState::Verified, None),
+        Err(StreamError::Missing) => (
+            BlobState::Missing,
+            Some(format!(
+                "layer blob {} is not in the content store",
+                layer.blob_path.display()
+            )),
+        ),
+        Err(StreamError::Io(e)) => (
+            BlobState::Unreadable,
+            Some(format!("{}: {e}", layer.blob_path.display())),
+        ),
+        Err(StreamError::Unreadable {
+            compressed: Some(c),
+            ..
+        }) if *c != layer.digest => (
+            BlobState::DigestMismatch,
+            Some(format!("blob {} hashes to {c}", layer.blob_path.display())),
+        ),
+        Err(StreamError::Unreadable { reason, .. }) => (
+            BlobState::Unreadable,
+            Some(format!("{}: {reason}", layer.blob_path.display())),
+        ),
+        Err(StreamError::Visitor(e)) => (BlobState::Unreadable, Some(e.to_string())),
+    }
+}
+
+/// Mode, owner and xattrs of implicit directories come from the first lower layer with a
+/// directory at that path (containerd's `mkparent`).
+fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
+    use std::os::unix::ffi::OsStrExt;
+    let implicit: Vec<(Vec<u8>, InodeId)> = model
+        .entries()
+        .filter(|(_, id)| model.inode(*id).implicit)
+        .map(|(p, id)| (p.to_vec(), id))
+        .collect();
+    for (path, id) in implicit {
+        for lower in lowers {
+            let Ok(o) = observe_path(&lower.join(std::ffi::OsStr::from_bytes(&path))) else {
+                continue;
+            };
+            if o.file_type() == libc::S_IFDIR {
+                let inode = model.inode_mut(id);
+                inode.mode = o.mode & 0o7777;
+                inode.uid = o.uid;
+                inode.gid = o.gid;
+                for (k, v) in o.xattrs {
+                    if !k.starts_with(b"trusted.") {
+                        inode.xattrs.entry(k).or_insert(v);
+                    }
+                }
+            }
+            break;
+        }
+    }
+}
+
+/// Runs one pass. `stage` (repair only) receives the correct bytes of every file that differs.
+pub fn run_pass(
+    layer: &ResolvedLayer,
+    content: ContentCheck,
+    stage: Option<&StageDir<'_>>,
+) -> Pass {
+    let base = layer
+        .snapshot
+        .as_ref()
+        .map(|s| s.is_base())
+        .unwrap_or(layer.index == 0);
+    let fs = layer.snapshot.as_ref().map(|s| s.fs.clone());
+    let beneath = fs.as_deref().and_then(|p| Beneath::open(p).ok());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4);
+
+    let mut model = LayerModel::new(ModelOptions {
+        base,
+        hardlink_chmod_applies: Box::new(hardlink_chmod_applies),
+    });
+    let mut model_error = None;
+    let mut content_verdicts = HashMap::new();
+    let mut compared_at = HashMap::new();
+    let mut staged = HashMap::new();
+    let mut compare = FileCompare {
+        beneath: beneath.as_ref(),
+        full: content == ContentCheck::Full,
+        stage,
+        tar_buf: vec![0; COMPARE_BUF],
+        disk_buf: vec![0; COMPARE_BUF],
+    };
+
+    let (streamed, observed) = std::thread::scope(|s| {
+        let walker = fs
+            .as_deref()
+            .map(|p| s.spawn(move || observe_tree(p, threads)));
+        let streamed = stream_layer(&layer.blob_path, &layer.media_type, |hdr, ordinal, data| {
+            if model_error.is_some() {
+                return Ok(());
+            }
+            match model.apply(hdr, ordinal) {
+                Ok(Applied::File { path, inode }) => {
+                    let (verdict, staged_file) = compare.run(&path, hdr.size, ordinal, data)?;
+                    content_verdicts.insert(inode, verdict);
+                    compared_at.insert(inode, path);
+                    if let Some(f) = staged_file {
+                        staged.insert(inode, f);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => model_error = Some(e),
+            }
+            Ok(())
+        });
+        let observed = walker.map(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("snapshot walker panicked")))
+        });
+        (streamed, observed)
+    });
+
+    let (blob, blob_reason) = blob_state(layer, &streamed);
+    if model_error.is_none()
+        && let Err(e) = model.finish()
+    {
+        model_error = Some(e);
+    }
+    // An inode whose compared path was later replaced kept the verdict of another file.
+    compared_at.retain(|id, path| model.get(path).is_some_and(|(i, _)| i == *id));
+    content_verdicts.retain(|id, _| compared_at.contains_key(id));
+    staged.retain(|id, _| compared_at.contains_key(id));
+    if !base && let Some(s) = &layer.snapshot {
+        resolve_implicit_dirs(&mut model, &s.lower_fs);
+    }
+    let (observation, walk_error) = match observed {
+        Some(Ok(o)) => (o, None),
+        Some(Err(e)) => {
+            let shown = fs.as_deref().unwrap_or(Path::new("")).display().to_string();
+            tracing::warn!(fs = %shown, error = %e, "cannot walk snapshot");
+            (None, Some(format!("{shown}: {e}")))
+        }
+        None => (None, None),
+    };
+    let model_ok = model_error.is_none();
+    debug_assert!(
+        model
+            .entries()
+            .all(|(_, id)| !matches!(model.inode(id).kind, EntryKind::File)
+                || model.inode(id).data_header.is_some())
+    );
+    Pass {
+        blob,
+        blob_reason,
+        model: model_ok.then_some(model),
+        model_error,
+        observation,
+        walk_error,
+        content: content_verdicts,
+        compared_at,
+        staged,
+    }
+}

@@ -1,0 +1,780 @@
+//! Repair: restore exactly the entries that differ, each built complete under a temporary
+//! name in the snapshot's own staging directory (`snapshots/<id>/snapmend-staging`, beside
+//! `fs`, same filesystem) and renamed into place only after the blob's digest and diffID were
+//! confirmed at the end of the stream. Every path inside `fs` is opened beneath it without
+//! following symlinks (`safe_fs`). Directory times are re-applied last.
+//!
+//! Crash tests: `SNAPMEND_FAULT_AFTER_RENAMES=N` aborts the process right after the N-th
+//! rename into `fs`.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, renameat2};
+use nix::sys::stat::{
+    FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmodat, fstatat, mkdirat, mknodat, utimensat,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat};
+use snapmend_crds::{ContentCheck, LayerState};
+
+use super::compare::{Need, OPAQUE_XATTR, describe_expected, describe_observed, xattr_difference};
+use super::expected::{EntryKind, Inode, InodeId, LayerModel, display_path};
+use super::header::Timestamp;
+use super::observe::{Observation, observe_path};
+use super::pass::{Pass, StageDir, run_pass};
+use super::safe_fs::{Beneath, fd_child_path, lremovexattr, lsetxattr};
+use super::{LayerRepair, RepairOptions, report_from_pass};
+use crate::image::{ResolvedLayer, SnapshotKind, SnapshotRef};
+use crate::{Error, Result};
+
+/// Environment knob for crash tests: abort after this many renames into `fs`.
+pub const FAULT_ENV: &str = "SNAPMEND_FAULT_AFTER_RENAMES";
+pub const STAGING_DIR: &str = "snapmend-staging";
+pub const LOCK_FILE: &str = ".snapmend.lock";
+
+fn nix_io(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// An exclusive, non-blocking flock on `snapshots/<id>/.snapmend.lock`, held for the repair.
+pub struct SnapshotLock {
+    _file: File,
+}
+
+pub fn lock_snapshot(dir: &Path) -> Result<SnapshotLock> {
+    let p = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Snapshot {
+                path: dir.to_path_buf(),
+                reason: "another repair of this snapshot is running".into(),
+            });
+        }
+        return Err(Error::io(&p, e));
+    }
+    Ok(SnapshotLock { _file: file })
+}
+
+/// Removes what an earlier, interrupted repair left in the staging directory, and creates it.
+pub fn fresh_staging(dir: &Path) -> Result<PathBuf> {
+    let p = dir.join(STAGING_DIR);
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?,
+        Ok(_) => std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&p, e)),
+    }
+    std::fs::DirBuilder::new()
+        .mode_0700()
+        .create(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    Ok(p)
+}
+
+trait DirBuilderExt2 {
+    fn mode_0700(&mut self) -> &mut Self;
+}
+impl DirBuilderExt2 for std::fs::DirBuilder {
+    fn mode_0700(&mut self) -> &mut Self {
+        std::os::unix::fs::DirBuilderExt::mode(self, 0o700)
+    }
+}
+
+fn remove_staging(p: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(p)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %p.display(), error = %e, "cannot remove staging directory; the next repair removes it");
+    }
+}
+
+fn timespec(t: Timestamp) -> TimeSpec {
+    TimeSpec::new(t.sec, t.nsec as i64)
+}
+
+/// Plan lines, in the order the actions are applied.
+fn plan_lines(
+    model: &LayerModel,
+    diff: &super::compare::Diff,
+    obs: &Observation,
+    fs_missing: bool,
+) -> Vec<String> {
+    let mut plan = Vec::new();
+    if fs_missing {
+        plan.push("create the snapshot's fs directory".to_string());
+    }
+    if let Some(set) = diff.root_opaque {
+        plan.push(format!(
+            "{} the opaque marker on /",
+            if set { "set" } else { "remove" }
+        ));
+    }
+    for p in &diff.extras {
+        let what = obs
+            .entries
+            .get(p)
+            .map(describe_observed)
+            .unwrap_or_default();
+        plan.push(format!(
+            "remove {} ({what}, not in the layer)",
+            display_path(p)
+        ));
+    }
+    for (p, need) in &diff.needs {
+        let Some((_, inode)) = model.get(p) else {
+            continue;
+        };
+        let line = match need {
+            Need::FixDir => format!("fix attributes of {} (directory)", display_path(p)),
+            Need::CreateDir => format!("restore {} (directory)", display_path(p)),
+            Need::Recreate => format!("restore {} ({})", display_path(p), describe_expected(inode)),
+        };
+        plan.push(line);
+    }
+    plan
+}
+
+/// Repairs one layer. See the module docs for the rules.
+#[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, dry_run = opts.dry_run))]
+pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair> {
+    let Some(snap) = &layer.snapshot else {
+        let p = run_pass(layer, ContentCheck::Full, None);
+        let (report, _, reason) = report_from_pass(layer, &p);
+        return Ok(LayerRepair {
+            report,
+            plan: Vec::new(),
+            reason,
+        });
+    };
+    if snap.kind != SnapshotKind::Committed {
+        return Err(Error::Snapshot {
+            path: snap.dir.clone(),
+            reason: format!(
+                "snapshot {} is {:?}, not committed; refusing to repair it",
+                snap.id, snap.kind
+            ),
+        });
+    }
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock_snapshot(&snap.dir)?)
+    };
+    let staging = if opts.dry_run {
+        None
+    } else {
+        Some(fresh_staging(&snap.dir)?)
+    };
+    let result = repair_locked(layer, snap, staging.as_deref());
+    if let Some(s) = &staging {
+        remove_staging(s);
+    }
+    result
+}
+
+fn repair_locked(
+    layer: &ResolvedLayer,
+    snap: &SnapshotRef,
+    staging: Option<&Path>,
+) -> Result<LayerRepair> {
+    let stage = staging.map(|dir| StageDir { dir });
+    // Repair always compares every byte: it must never rewrite data it has not verified.
+    let p = run_pass(layer, ContentCheck::Full, stage.as_ref());
+    let (mut report, diff, reason) = report_from_pass(layer, &p);
+    let fs_missing = report.state == LayerState::SnapshotMissing
+        && p.blob == snapmend_crds::BlobState::Verified
+        && p.model.is_some();
+    let (diff, obs) = match (diff, report.state) {
+        (Some(d), _) => (d, p.observation.as_ref()),
+        (None, LayerState::SnapshotMissing) if fs_missing => {
+            let empty = Observation::default();
+            let model = p.model.as_ref().ok_or_else(|| Error::Layer {
+                digest: layer.digest.clone(),
+                reason: "no model".into(),
+            })?;
+            let d = super::compare::diff(model, &empty, &p.content);
+            (d, None)
+        }
+        _ => {
+            if report.state != LayerState::Healthy {
+                report.state = match report.state {
+                    LayerState::SnapshotMissing => LayerState::SnapshotMissing,
+                    _ => LayerState::Unrepairable,
+                };
+            }
+            return Ok(LayerRepair {
+                report,
+                plan: Vec::new(),
+                reason,
+            });
+        }
+    };
+    let model = p.model.as_ref().ok_or_else(|| Error::Layer {
+        digest: layer.digest.clone(),
+        reason: "no model".into(),
+    })?;
+    let empty = Observation::default();
+    let obs = obs.unwrap_or(&empty);
+    if fs_missing {
+        // Report what a rebuild restores, entry by entry.
+        report.findings_total = diff.findings.len() as u64;
+        report.findings = diff
+            .findings
+            .iter()
+            .take(snapmend_crds::report::FINDINGS_CAP)
+            .cloned()
+            .collect();
+    }
+    let plan = plan_lines(model, &diff, obs, fs_missing);
+    if plan.is_empty() {
+        return Ok(LayerRepair {
+            report,
+            plan,
+            reason: None,
+        });
+    }
+    let Some(staging) = staging else {
+        return Ok(LayerRepair {
+            report,
+            plan,
+            reason: None,
+        });
+    };
+    let fault_after = std::env::var(FAULT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut applier = Applier::new(layer, snap, model, &p, staging, fault_after, fs_missing)?;
+    applier.apply(&diff, obs)?;
+    tracing::info!(
+        restored = plan.len(),
+        renames = applier.renames,
+        "layer repaired"
+    );
+    report.state = LayerState::Repaired;
+    report.entries_restored = Some(plan.len() as u64);
+    Ok(LayerRepair {
+        report,
+        plan,
+        reason: None,
+    })
+}
+
+struct Applier<'a> {
+    digest: &'a str,
+    snap: &'a SnapshotRef,
+    model: &'a LayerModel,
+    pass: &'a Pass,
+    staging: &'a Path,
+    staging_fd: OwnedFd,
+    beneath: Option<Beneath>,
+    fs_missing: bool,
+    counter: u64,
+    renames: u64,
+    fault_after: Option<u64>,
+}
+
+impl<'a> Applier<'a> {
+    fn new(
+        layer: &'a ResolvedLayer,
+        snap: &'a SnapshotRef,
+        model: &'a LayerModel,
+        pass: &'a Pass,
+        staging: &'a Path,
+        fault_after: Option<u64>,
+        fs_missing: bool,
+    ) -> Result<Self> {
+        let staging_fd = nix::fcntl::open(
+            staging,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(staging, nix_io(e)))?;
+        let beneath = if fs_missing {
+            None
+        } else {
+            Some(Beneath::open(&snap.fs).map_err(|e| Error::io(&snap.fs, e))?)
+        };
+        Ok(Applier {
+            digest: &layer.digest,
+            snap,
+            model,
+            pass,
+            staging,
+            staging_fd,
+            beneath,
+            fs_missing,
+            counter: 0,
+            renames: 0,
+            fault_after,
+        })
+    }
+
+    fn err(&self, path: &[u8], e: io::Error) -> Error {
+        Error::io(self.snap.fs.join(OsStr::from_bytes(path)), e)
+    }
+
+    fn temp_name(&mut self, what: &str) -> String {
+        self.counter += 1;
+        format!("{what}-{}", self.counter)
+    }
+
+    fn beneath(&self) -> Result<&Beneath> {
+        self.beneath.as_ref().ok_or_else(|| Error::Snapshot {
+            path: self.snap.fs.clone(),
+            reason: "fs is not open".into(),
+        })
+    }
+
+    fn renamed(&mut self) {
+        self.renames += 1;
+        if self.fault_after == Some(self.renames) {
+            tracing::error!(renames = self.renames, "{FAULT_ENV} reached: aborting");
+            std::process::abort();
+        }
+    }
+
+    fn apply(&mut self, diff: &super::compare::Diff, obs: &Observation) -> Result<()> {
+        if self.fs_missing {
+            self.create_fs()?;
+        }
+        if let Some(set) = diff.root_opaque {
+            let root = self
+                .beneath()?
+                .open_at(b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                .map_err(|e| self.err(b"", e))?;
+            set_opaque_fd(&root, set).map_err(|e| self.err(b"", e))?;
+        }
+        for p in &diff.extras {
+            self.remove_extra(p)?;
+        }
+        // A hardlink group is rebuilt when its last path comes up, so every parent exists.
+        let groups = self.model.hardlink_groups();
+        let mut last_of_group = std::collections::HashMap::new();
+        for (id, paths) in &groups {
+            if let Some(last) = paths.iter().filter(|p| diff.needs.contains_key(*p)).max() {
+                last_of_group.insert(last.clone(), *id);
+            }
+        }
+        for (path, need) in &diff.needs {
+            let Some((id, inode)) = self.model.get(path) else {
+                continue;
+            };
+            match need {
+                Need::FixDir => self.fix_dir(path, inode, obs)?,
+                Need::CreateDir => {
+                    let name = self.build(id, inode)?;
+                    self.place(&name, path)?;
+                }
+                Need::Recreate => {
+                    if let Some(paths) = groups.get(&id) {
+                        if last_of_group.get(path) == Some(&id) {
+                            self.rebuild_group(id, inode, paths)?;
+                        }
+                    } else {
+                        let name = self.build(id, inode)?;
+                        self.place(&name, path)?;
+                    }
+                }
+            }
+        }
+        self.apply_dir_times()
+    }
+
+    fn create_fs(&mut self) -> Result<()> {
+        let name = self.temp_name("fs");
+        mkdirat(
+            &self.staging_fd,
+            name.as_str(),
+            Mode::from_bits_truncate(0o755),
+        )
+        .map_err(|e| Error::io(self.staging.join(&name), nix_io(e)))?;
+        // Owner: root for a base layer, else the parent's fs owner (containerd chowns it so).
+        let (uid, gid) = match self.snap.lower_fs.first() {
+            Some(parent) => observe_path(parent)
+                .map(|o| (o.uid, o.gid))
+                .unwrap_or((0, 0)),
+            None => (0, 0),
+        };
+        let staged = self.staging.join(&name);
+        fchownat(
+            &self.staging_fd,
+            name.as_str(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io(&staged, nix_io(e)))?;
+        fchmodat(
+            &self.staging_fd,
+            name.as_str(),
+            Mode::from_bits_truncate(0o755),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| Error::io(&staged, nix_io(e)))?;
+        if self.model.root_opaque() {
+            lsetxattr(&staged, OPAQUE_XATTR, b"y").map_err(|e| Error::io(&staged, e))?;
+        }
+        let snap_fd = nix::fcntl::open(
+            &self.snap.dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(&self.snap.dir, nix_io(e)))?;
+        renameat2(
+            &self.staging_fd,
+            name.as_str(),
+            &snap_fd,
+            "fs",
+            RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| Error::io(&self.snap.fs, nix_io(e)))?;
+        self.renamed();
+        self.beneath = Some(Beneath::open(&self.snap.fs).map_err(|e| Error::io(&self.snap.fs, e))?);
+        self.fs_missing = false;
+        Ok(())
+    }
+
+    /// Moves an unexplained entry (with its subtree) out of `fs` in one rename, then deletes it.
+    fn remove_extra(&mut self, path: &[u8]) -> Result<()> {
+        let (parent, base) = self
+            .beneath()?
+            .open_parent(path)
+            .map_err(|e| self.err(path, e))?;
+        let name = self.temp_name("trash");
+        match nix::fcntl::renameat(&parent, base, &self.staging_fd, name.as_str()) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(self.err(path, nix_io(e))),
+        }
+        self.renamed();
+        self.discard(&name);
+        Ok(())
+    }
+
+    fn discard(&self, name: &str) {
+        let p = self.staging.join(name);
+        let r = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!(path = %p.display(), error = %e, "cannot delete a replaced entry from staging");
+        }
+    }
+
+    /// Renames the staged entry `name` to `path` inside `fs`. Whatever was there is replaced
+    /// atomically (a directory in the way, or a non-directory where a directory goes, is
+    /// swapped out with RENAME_EXCHANGE and deleted from staging).
+    fn place(&mut self, name: &str, path: &[u8]) -> Result<()> {
+        let (parent, base) = self
+            .beneath()?
+            .open_parent(path)
+            .map_err(|e| self.err(path, e))?;
+        let staged_is_dir = fstatat(&self.staging_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .map_err(|e| Error::io(self.staging.join(name), nix_io(e)))?;
+        let existing = match fstatat(&parent, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(self.err(path, nix_io(e))),
+        };
+        match existing {
+            Some(existing_is_dir) if existing_is_dir || staged_is_dir => {
+                renameat2(
+                    &self.staging_fd,
+                    name,
+                    &parent,
+                    base,
+                    RenameFlags::RENAME_EXCHANGE,
+                )
+                .map_err(|e| self.err(path, nix_io(e)))?;
+                self.renamed();
+                self.discard(name);
+            }
+            _ => {
+                nix::fcntl::renameat(&self.staging_fd, name, &parent, base)
+                    .map_err(|e| self.err(path, nix_io(e)))?;
+                self.renamed();
+            }
+        }
+        Ok(())
+    }
+
+    /// Staged bytes for a file inode: the copy made during the pass, or a copy of the disk
+    /// file whose bytes the pass compared equal to the tar.
+    fn file_bytes(&mut self, id: InodeId) -> Result<String> {
+        let name = self.temp_name("file");
+        let dst = self.staging.join(&name);
+        if let Some(src) = self.pass.staged.get(&id) {
+            std::fs::rename(src, &dst).map_err(|e| Error::io(src, e))?;
+            return Ok(name);
+        }
+        let verified = self.pass.content.get(&id) == Some(&super::compare::ContentVerdict::Same);
+        let Some(path) = self.pass.compared_at.get(&id).filter(|_| verified) else {
+            return Err(Error::Layer {
+                digest: self.digest.to_string(),
+                reason: "a file to restore has no verified bytes".into(),
+            });
+        };
+        let src = self
+            .beneath()?
+            .open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+            .map_err(|e| self.err(path, e))?;
+        let mut src = File::from(src);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dst)
+            .map_err(|e| Error::io(&dst, e))?;
+        io::copy(&mut src, &mut out).map_err(|e| Error::io(&dst, e))?;
+        Ok(name)
+    }
+
+    /// Builds a complete entry for `inode` in staging and returns its name.
+    fn build(&mut self, id: InodeId, inode: &Inode) -> Result<String> {
+        let name = match &inode.kind {
+            EntryKind::File => self.file_bytes(id)?,
+            EntryKind::Dir => {
+                let n = self.temp_name("dir");
+                mkdirat(
+                    &self.staging_fd,
+                    n.as_str(),
+                    Mode::from_bits_truncate(0o700),
+                )
+                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                n
+            }
+            EntryKind::Symlink(target) => {
+                let n = self.temp_name("link");
+                symlinkat(OsStr::from_bytes(target), &self.staging_fd, n.as_str())
+                    .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                n
+            }
+            EntryKind::Char { major, minor } | EntryKind::Block { major, minor } => {
+                let n = self.temp_name("dev");
+                let kind = if matches!(inode.kind, EntryKind::Char { .. }) {
+                    SFlag::S_IFCHR
+                } else {
+                    SFlag::S_IFBLK
+                };
+                mknodat(
+                    &self.staging_fd,
+                    n.as_str(),
+                    kind,
+                    Mode::empty(),
+                    libc::makedev(*major, *minor),
+                )
+                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                n
+            }
+            EntryKind::Fifo => {
+                let n = self.temp_name("fifo");
+                mknodat(
+                    &self.staging_fd,
+                    n.as_str(),
+                    SFlag::S_IFIFO,
+                    Mode::empty(),
+                    0,
+                )
+                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                n
+            }
+            EntryKind::Whiteout => {
+                let n = self.temp_name("whiteout");
+                mknodat(
+                    &self.staging_fd,
+                    n.as_str(),
+                    SFlag::S_IFCHR,
+                    Mode::empty(),
+                    0,
+                )
+                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                n
+            }
+        };
+        self.set_attributes(&name, inode)?;
+        Ok(name)
+    }
+
+    /// containerd's order: lchown, xattrs, chmod (not symlinks), times (not implicit dirs
+    /// or whiteouts).
+    fn set_attributes(&self, name: &str, inode: &Inode) -> Result<()> {
+        let staged = self.staging.join(name);
+        let io_err = |e: io::Error| Error::io(&staged, e);
+        fchownat(
+            &self.staging_fd,
+            name,
+            Some(Uid::from_raw(inode.uid)),
+            Some(Gid::from_raw(inode.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err(nix_io(e)))?;
+        for (k, v) in &inode.xattrs {
+            lsetxattr(&staged, k, v).map_err(io_err)?;
+        }
+        if inode.kind.is_dir() && inode.opaque {
+            lsetxattr(&staged, OPAQUE_XATTR, b"y").map_err(io_err)?;
+        }
+        if !matches!(inode.kind, EntryKind::Symlink(_)) {
+            fchmodat(
+                &self.staging_fd,
+                name,
+                Mode::from_bits_truncate(inode.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(nix_io(e)))?;
+        }
+        if let Some(mtime) = inode.mtime {
+            let atime = inode.atime.unwrap_or(mtime);
+            utimensat(
+                &self.staging_fd,
+                name,
+                &timespec(atime),
+                &timespec(mtime),
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| io_err(nix_io(e)))?;
+        }
+        Ok(())
+    }
+
+    /// One inode, every path linked to it: all links are made in staging first, then each
+    /// is renamed into place.
+    fn rebuild_group(&mut self, id: InodeId, inode: &Inode, paths: &[Vec<u8>]) -> Result<()> {
+        let first = self.build(id, inode)?;
+        let mut names = vec![first.clone()];
+        for _ in 1..paths.len() {
+            let n = self.temp_name("hardlink");
+            linkat(
+                &self.staging_fd,
+                first.as_str(),
+                &self.staging_fd,
+                n.as_str(),
+                AtFlags::empty(),
+            )
+            .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+            names.push(n);
+        }
+        for (name, path) in names.iter().zip(paths) {
+            self.place(name, path)?;
+        }
+        Ok(())
+    }
+
+    /// Owner, xattrs, opaque marker and mode of an existing directory, in place (each change
+    /// is one atomic syscall; a directory with children cannot be swapped by rename).
+    fn fix_dir(&mut self, path: &[u8], inode: &Inode, obs: &Observation) -> Result<()> {
+        let fd = self
+            .beneath()?
+            .open_at(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| self.err(path, e))?;
+        let (parent, base) = self
+            .beneath()?
+            .open_parent(path)
+            .map_err(|e| self.err(path, e))?;
+        let via = fd_child_path(&parent, base);
+        let err = |e: io::Error| Error::io(self.snap.fs.join(OsStr::from_bytes(path)), e);
+        let current = observe_path(&via).map_err(err)?;
+        if (current.uid, current.gid) != (inode.uid, inode.gid) {
+            nix::unistd::fchown(
+                &fd,
+                Some(Uid::from_raw(inode.uid)),
+                Some(Gid::from_raw(inode.gid)),
+            )
+            .map_err(|e| err(nix_io(e)))?;
+        }
+        if xattr_difference(&current, &inode.xattrs).is_some() {
+            for (k, v) in &inode.xattrs {
+                if current.xattr(k) != Some(v.as_slice()) {
+                    lsetxattr(&via, k, v).map_err(err)?;
+                }
+            }
+            for (k, _) in &current.xattrs {
+                let host_label = k.as_slice() == b"security.selinux" || k.starts_with(b"system.");
+                if k.as_slice() != OPAQUE_XATTR && !host_label && !inode.xattrs.contains_key(k) {
+                    lremovexattr(&via, k).map_err(err)?;
+                }
+            }
+        }
+        let has_opaque = current.xattr(OPAQUE_XATTR) == Some(b"y".as_slice());
+        if has_opaque != inode.opaque {
+            set_opaque_fd(&fd, inode.opaque).map_err(err)?;
+        }
+        if !inode.mode_ok(current.mode & 0o7777) {
+            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(inode.mode))
+                .map_err(|e| err(nix_io(e)))?;
+        }
+        let _ = obs;
+        Ok(())
+    }
+
+    /// Directory mtimes from the tar, re-applied after every change (renames touch parents).
+    fn apply_dir_times(&mut self) -> Result<()> {
+        for path in self.model.dir_time_order() {
+            let Some((_, inode)) = self.model.get(&path) else {
+                continue;
+            };
+            let Some(mtime) = inode.mtime else { continue };
+            let (parent, base) = self
+                .beneath()?
+                .open_parent(&path)
+                .map_err(|e| self.err(&path, e))?;
+            let st = match fstatat(&parent, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(e) => return Err(self.err(&path, nix_io(e))),
+            };
+            if (st.st_mtime, st.st_mtime_nsec as u32) != (mtime.sec, mtime.nsec) {
+                let atime = inode.atime.unwrap_or(mtime);
+                utimensat(
+                    &parent,
+                    base,
+                    &timespec(atime),
+                    &timespec(mtime),
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| self.err(&path, nix_io(e)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_opaque_fd(fd: &impl AsFd, set: bool) -> io::Result<()> {
+    let name = c"trusted.overlay.opaque";
+    let raw = fd.as_fd().as_raw_fd();
+    // SAFETY: valid fd, NUL-terminated name, value slice with its exact length.
+    let r = unsafe {
+        if set {
+            libc::fsetxattr(raw, name.as_ptr(), b"y".as_ptr().cast(), 1, 0)
+        } else {
+            libc::fremovexattr(raw, name.as_ptr())
+        }
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !set && e.raw_os_error() == Some(libc::ENODATA) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
