@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::report::Report;
 
 /// What a person or the operator asks for: verify (read-only) or repair one image's snapshots on one node.
+// Repeated `type_ = "string"` in printcolumn(...) are separate columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "snapmend.io",

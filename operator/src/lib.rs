@@ -5,5 +5,14 @@
 
 pub mod conditions;
 pub mod duration;
+pub mod error;
 pub mod phases;
 pub mod events;
+pub mod config;
+pub mod cordon;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod presence;
+pub mod reconcile;
+pub mod run;

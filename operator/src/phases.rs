@@ -18,7 +18,7 @@ use crate::conditions::{self, CORDONED, READY, REPAIRED, Status, VERIFIED};
 use crate::duration::format_duration;
 
 /// What `--failure-policy` says to do with a node this repair cordoned when it fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FailurePolicy {
     #[default]
     KeepCordoned,

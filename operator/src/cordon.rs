@@ -1,0 +1,168 @@
+//! Cordon bookkeeping on Nodes: `spec.unschedulable` plus the `snapmend.io/cordoned-by` annotation,
+//! which records which SnapshotRepair cordoned the node, so nothing else is ever uncordoned.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use snapmend_crds::labels::CORDONED_BY_ANNOTATION;
+use tracing::{info, instrument};
+
+use crate::error::{Error, kube_context};
+use crate::phases::NodeFacts;
+
+/// What the phase machine needs to know about a Node.
+pub fn node_facts(node: &Node) -> NodeFacts {
+    NodeFacts {
+        unschedulable: is_unschedulable(node),
+        cordoned_by: node.annotations().get(CORDONED_BY_ANNOTATION).cloned(),
+    }
+}
+
+fn is_unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// Nodes that snapmend holds cordoned now: unschedulable and annotated. A node a person
+/// uncordoned by hand no longer counts, even if the annotation is still there.
+pub fn count_cordoned_by_snapmend<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> u32 {
+    let n = nodes
+        .into_iter()
+        .filter(|n| is_unschedulable(n) && n.annotations().contains_key(CORDONED_BY_ANNOTATION))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The merge patch that cordons `node` for `repair`, guarded by the resourceVersion that was read.
+pub fn cordon_patch(resource_version: Option<&str>, repair: &str) -> serde_json::Value {
+    json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { CORDONED_BY_ANNOTATION: repair },
+        },
+        "spec": { "unschedulable": true },
+    })
+}
+
+/// The merge patch that undoes `cordon_patch`.
+pub fn uncordon_patch(resource_version: Option<&str>) -> serde_json::Value {
+    json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { CORDONED_BY_ANNOTATION: null },
+        },
+        "spec": { "unschedulable": null },
+    })
+}
+
+pub async fn list_nodes(api: &Api<Node>) -> Result<Vec<Node>, Error> {
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_context("list", "nodes".to_string()))?;
+    Ok(list.items)
+}
+
+/// Cordons the node unless it is already unschedulable (then it is someone else's and stays so).
+/// Returns whether this call cordoned it.
+#[instrument(skip(api), fields(node = %node_name, repair = %repair))]
+pub async fn cordon(api: &Api<Node>, node_name: &str, repair: &str) -> Result<bool, Error> {
+    let Some(node) = get_node(api, node_name).await? else {
+        return Ok(false);
+    };
+    if is_unschedulable(&node) {
+        return Ok(false);
+    }
+    let patch = cordon_patch(node.resource_version().as_deref(), repair);
+    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_context("cordon", format!("node {node_name}")))?;
+    info!("cordoned node");
+    Ok(true)
+}
+
+/// Uncordons the node only if its annotation names `repair`. Returns whether it did.
+#[instrument(skip(api), fields(node = %node_name, repair = %repair))]
+pub async fn uncordon(api: &Api<Node>, node_name: &str, repair: &str) -> Result<bool, Error> {
+    let Some(node) = get_node(api, node_name).await? else {
+        return Ok(false);
+    };
+    if !node_facts(&node).cordoned_by_repair(repair) {
+        return Ok(false);
+    }
+    let patch = uncordon_patch(node.resource_version().as_deref());
+    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_context("uncordon", format!("node {node_name}")))?;
+    info!("uncordoned node");
+    Ok(true)
+}
+
+pub async fn get_node(api: &Api<Node>, node_name: &str) -> Result<Option<Node>, Error> {
+    api.get_opt(node_name)
+        .await
+        .map_err(kube_context("get", format!("node {node_name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use kube::api::ObjectMeta;
+
+    fn node(unschedulable: Option<bool>, by: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                annotations: by
+                    .map(|b| [(CORDONED_BY_ANNOTATION.to_string(), b.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn facts_read_unschedulable_and_the_annotation() {
+        assert_eq!(node_facts(&node(None, None)), NodeFacts::default());
+        assert_eq!(
+            node_facts(&node(Some(true), Some("sr-1"))),
+            NodeFacts {
+                unschedulable: true,
+                cordoned_by: Some("sr-1".into())
+            }
+        );
+        assert!(!node_facts(&Node::default()).unschedulable);
+    }
+
+    #[test]
+    fn only_annotated_unschedulable_nodes_count() {
+        let nodes = [
+            node(Some(true), Some("a")),
+            node(Some(true), None),
+            node(Some(false), Some("b")),
+            node(None, None),
+            node(Some(true), Some("c")),
+        ];
+        assert_eq!(count_cordoned_by_snapmend(&nodes), 2);
+    }
+
+    #[test]
+    fn patches_set_and_clear_exactly_the_cordon() {
+        let c = cordon_patch(Some("42"), "sr-1");
+        assert_eq!(c["spec"]["unschedulable"], true);
+        assert_eq!(c["metadata"]["annotations"][CORDONED_BY_ANNOTATION], "sr-1");
+        assert_eq!(c["metadata"]["resourceVersion"], "42");
+        let u = uncordon_patch(Some("43"));
+        assert!(u["spec"]["unschedulable"].is_null());
+        assert!(u["metadata"]["annotations"][CORDONED_BY_ANNOTATION].is_null());
+        assert_eq!(u["metadata"]["resourceVersion"], "43");
+    }
+}
