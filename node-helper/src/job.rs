@@ -4,9 +4,27 @@
 //! Both entry points always return a Report; failures to run are `Outcome::Error` with
 //! `message` set.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
-use snapmend_crds::{ContentCheck, Outcome, Report};
+use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState, Outcome, Report};
+
+use crate::error::{Error, Result};
+use crate::image::{Platform, ResolvedImage, ResolvedLayer};
+use crate::layer::{self, LayerRepair, RepairOptions};
+use crate::store::config::ContainerdConfig;
+use crate::store::mountinfo::{self, SnapshotFs};
+use crate::store::{Store, StoreLayout};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/containerd";
+pub const DEFAULT_NAMESPACE: &str = "k8s.io";
+pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// Layers verified at the same time. Each layer's verification streams its blob and already
+/// uses its own threads, so a few suffice and memory stays bounded.
+const MAX_PARALLEL_LAYERS: usize = 4;
 
 /// Which image a job works on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,7 +38,7 @@ pub enum Target {
 /// Everything a verify or repair job needs; built by the CLI and by the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobOptions {
-    /// containerd's root directory (e.g. `/var/lib/containerd`).
+    /// containerd's root directory (e.g. `/var/lib/containerd`); see [`effective_root`].
     pub root: PathBuf,
     /// containerd namespace, `k8s.io` for CRI.
     pub namespace: String,
@@ -32,25 +50,658 @@ pub struct JobOptions {
     pub dry_run: bool,
 }
 
+/// containerd's root: an explicit `--root`, else config.toml's `root`, else the default.
+pub fn effective_root(explicit: Option<&Path>, config: &ContainerdConfig) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| config.root.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+/// [`effective_root`] reading the config file (missing file = defaults).
+pub fn root_from(explicit: Option<&Path>, config_path: &Path) -> Result<PathBuf> {
+    match explicit {
+        Some(root) => Ok(root.to_path_buf()),
+        None => Ok(effective_root(None, &ContainerdConfig::load(config_path)?)),
+    }
+}
+
 /// Verifies every layer of the target image against its blob.
+#[tracing::instrument(skip_all, fields(target = ?opts.target, root = %opts.root.display()))]
 pub fn verify(opts: &JobOptions) -> Report {
-    not_ready(opts)
+    timed(opts, |image| {
+        let layers = verify_layers(&image.layers, opts.content);
+        let outcome = verify_outcome(&layers);
+        let message = verify_message(&layers, opts);
+        (layers, outcome, message)
+    })
 }
 
-/// Repairs every damaged layer of the target image, then verifies again.
+/// Repairs every damaged layer of the target image, then verifies the repaired layers again.
+#[tracing::instrument(skip_all, fields(target = ?opts.target, root = %opts.root.display(), dry_run = opts.dry_run))]
 pub fn repair(opts: &JobOptions) -> Report {
-    not_ready(opts)
+    timed(opts, |image| repair_image(image, opts))
 }
 
-// Transient while store/image land (removed before the final commit).
-fn not_ready(opts: &JobOptions) -> Report {
-    Report {
-        image: match &opts.target {
-            Target::Image(name) => name.clone(),
-            Target::SandboxImage => String::new(),
-        },
-        outcome: Outcome::Error,
-        message: Some("job pipeline not wired yet".into()),
-        ..Default::default()
+/// Runs `body` on the resolved image and fills in the common report fields.
+fn timed(
+    opts: &JobOptions,
+    body: impl FnOnce(&ResolvedImage) -> (Vec<LayerReport>, Outcome, Option<String>),
+) -> Report {
+    let started = Instant::now();
+    let mut report = match resolve(opts) {
+        Ok((store, image)) => {
+            let (layers, outcome, message) = body(&image);
+            Report {
+                image: image.name.clone(),
+                manifest_digest: image.manifest_digest.clone(),
+                outcome,
+                layers,
+                mounts: count_mounts(&store, &image),
+                duration_ms: 0,
+                message,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not run");
+            Report {
+                image: requested_name(&opts.target),
+                outcome: Outcome::Error,
+                message: Some(error_message(&e)),
+                ..Default::default()
+            }
+        }
+    };
+    report.duration_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
+    tracing::info!(outcome = ?report.outcome, duration_ms = report.duration_ms, "job finished");
+    report
+}
+
+fn requested_name(target: &Target) -> String {
+    match target {
+        Target::Image(name) => name.clone(),
+        Target::SandboxImage => String::new(),
+    }
+}
+
+fn error_message(e: &Error) -> String {
+    match e {
+        Error::ImageNotFound { .. } => {
+            format!(
+                "{e}; list the known images with `ctr -n <namespace> images ls` or `crictl images`"
+            )
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Opens the store and resolves the target for this node's platform.
+fn resolve(opts: &JobOptions) -> Result<(Store, ResolvedImage)> {
+    let config = ContainerdConfig::load(&opts.config_path)?;
+    let layout = StoreLayout::new(&opts.root, config.overlay_root.as_deref());
+    let store = Store::open(layout)?;
+    let reference = match &opts.target {
+        Target::Image(name) => name.clone(),
+        Target::SandboxImage => sandbox_reference(&store, &opts.namespace, &config)?,
+    };
+    let image = store.resolve_image(&opts.namespace, &reference, &Platform::host())?;
+    tracing::debug!(image = %image.name, manifest = %image.manifest_digest, layers = image.layers.len(), "resolved");
+    Ok((store, image))
+}
+
+/// The configured sandbox image, or the first of containerd's defaults that the store holds.
+fn sandbox_reference(store: &Store, namespace: &str, config: &ContainerdConfig) -> Result<String> {
+    let candidates = config.sandbox_image_candidates();
+    for candidate in &candidates {
+        if store.find_image(namespace, candidate)?.is_some() {
+            return Ok(candidate.clone());
+        }
+    }
+    Err(Error::ImageNotFound {
+        reference: candidates.first().cloned().unwrap_or_default(),
+        namespace: namespace.to_string(),
+    })
+}
+
+/// Verifies layers on a few threads; results come back in layer order.
+fn verify_layers(layers: &[ResolvedLayer], content: ContentCheck) -> Vec<LayerReport> {
+    for_each_layer(layers, |layer| layer::verify_layer(layer, content))
+}
+
+fn for_each_layer<T: Send>(
+    layers: &[ResolvedLayer],
+    work: impl Fn(&ResolvedLayer) -> T + Sync,
+) -> Vec<T> {
+    let threads = layers.len().clamp(1, MAX_PARALLEL_LAYERS);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..layers.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(layer) = layers.get(i) else { break };
+                    let _span =
+                        tracing::info_span!("layer", index = layer.index, digest = %layer.digest)
+                            .entered();
+                    let result = work(layer);
+                    if let Ok(mut slots) = results.lock() {
+                        slots[i] = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+fn layer_ok(l: &LayerReport) -> bool {
+    l.state == LayerState::Healthy && l.blob == BlobState::Verified
+}
+
+/// Healthy iff every layer is Healthy with its blob verified.
+pub fn verify_outcome(layers: &[LayerReport]) -> Outcome {
+    if !layers.is_empty() && layers.iter().all(layer_ok) {
+        Outcome::Healthy
+    } else {
+        Outcome::Corrupted
+    }
+}
+
+/// What a person should read next to a verification result.
+fn verify_message(layers: &[LayerReport], opts: &JobOptions) -> Option<String> {
+    if layers.is_empty() {
+        return Some("the image has no layers".into());
+    }
+    let mut notes = blob_notes(layers);
+    let damaged = layers
+        .iter()
+        .filter(|l| l.state != LayerState::Healthy)
+        .count();
+    if damaged > 0 {
+        let repairable = layers
+            .iter()
+            .filter(|l| l.state != LayerState::Healthy)
+            .all(|l| l.blob == BlobState::Verified);
+        notes.push(format!(
+            "{damaged} of {} layers differ from their blobs{}",
+            layers.len(),
+            if repairable {
+                format!("; `{}` restores them", repair_hint(opts))
+            } else {
+                String::new()
+            }
+        ));
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+fn repair_hint(opts: &JobOptions) -> String {
+    let target = match &opts.target {
+        Target::Image(name) => format!("--image {name}"),
+        Target::SandboxImage => "--sandbox-image".into(),
+    };
+    format!(
+        "snapmend-node-helper repair --root {} --namespace {} {target}",
+        opts.root.display(),
+        opts.namespace
+    )
+}
+
+/// One note per layer whose blob cannot serve as the reference, with what a person can do.
+fn blob_notes(layers: &[LayerReport]) -> Vec<String> {
+    let advice = "remove the image and pull it again (e.g. `crictl rmi` then `crictl pull`)";
+    layers
+        .iter()
+        .filter_map(|l| {
+            let why = match l.blob {
+                BlobState::Verified | BlobState::NotChecked => return None,
+                BlobState::Missing => "is missing from the content store (garbage-collected, or CRI discard_unpacked_layers)",
+                BlobState::DigestMismatch => "does not match its digest (the blob itself is corrupt)",
+                BlobState::DiffIdMismatch => "does not decompress to its diffID",
+                BlobState::Unreadable => "cannot be read",
+            };
+            Some(format!("layer {} blob {} {why}, so it cannot be used to check or restore the snapshot; {advice}", l.index, l.digest))
+        })
+        .collect()
+}
+
+/// Per-layer result of a repair attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayerAttempt {
+    Done(LayerRepair),
+    /// The repair stopped with an error; the snapshot may be partly restored.
+    Failed {
+        report: LayerReport,
+        error: String,
+    },
+}
+
+impl LayerAttempt {
+    fn report(&self) -> &LayerReport {
+        match self {
+            LayerAttempt::Done(r) => &r.report,
+            LayerAttempt::Failed { report, .. } => report,
+        }
+    }
+}
+
+/// The repair outcome from each layer's attempt and, when something was written, the
+/// verification that followed. Pure.
+pub fn repair_outcome(
+    attempts: &[LayerAttempt],
+    post_verify: &[LayerReport],
+    dry_run: bool,
+) -> Outcome {
+    if attempts.is_empty() {
+        return Outcome::Corrupted;
+    }
+    if attempts
+        .iter()
+        .any(|a| a.report().state == LayerState::Unrepairable)
+    {
+        return Outcome::Unrepairable;
+    }
+    if attempts
+        .iter()
+        .any(|a| matches!(a, LayerAttempt::Failed { .. }))
+    {
+        return Outcome::Corrupted;
+    }
+    let needed = attempts.iter().any(|a| !layer_ok(a.report()));
+    if !needed {
+        return Outcome::Healthy;
+    }
+    if dry_run {
+        return Outcome::Corrupted;
+    }
+    let restored = attempts
+        .iter()
+        .any(|a| a.report().state == LayerState::Repaired);
+    let others_ok = attempts
+        .iter()
+        .all(|a| matches!(a.report().state, LayerState::Healthy | LayerState::Repaired));
+    if restored && others_ok && !post_verify.is_empty() && post_verify.iter().all(layer_ok) {
+        Outcome::Repaired
+    } else {
+        Outcome::Corrupted
+    }
+}
+
+fn repair_image(
+    image: &ResolvedImage,
+    opts: &JobOptions,
+) -> (Vec<LayerReport>, Outcome, Option<String>) {
+    let ropts = RepairOptions {
+        dry_run: opts.dry_run,
+        content: opts.content,
+    };
+    let attempts: Vec<LayerAttempt> = for_each_layer(&image.layers, |layer| {
+        match layer::repair_layer(layer, &ropts) {
+            Ok(done) => LayerAttempt::Done(done),
+            Err(e) => {
+                tracing::warn!(index = layer.index, error = %e, "layer repair failed");
+                let report = LayerReport {
+                    index: layer.index,
+                    digest: layer.digest.clone(),
+                    diff_id: layer.diff_id.clone(),
+                    chain_id: layer.chain_id.clone(),
+                    snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
+                    snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
+                    state: LayerState::Corrupted,
+                    ..Default::default()
+                };
+                LayerAttempt::Failed {
+                    report,
+                    error: e.to_string(),
+                }
+            }
+        }
+    });
+
+    // Confirm what was written with an independent verification of the repaired layers.
+    let repaired: Vec<ResolvedLayer> = image
+        .layers
+        .iter()
+        .zip(&attempts)
+        .filter(|(_, a)| a.report().state == LayerState::Repaired)
+        .map(|(l, _)| l.clone())
+        .collect();
+    let post = if opts.dry_run || repaired.is_empty() {
+        Vec::new()
+    } else {
+        verify_layers(&repaired, opts.content)
+    };
+    let post_all: Vec<LayerReport> = attempts
+        .iter()
+        .map(|a| {
+            let r = a.report();
+            post.iter()
+                .find(|p| p.index == r.index)
+                .cloned()
+                .unwrap_or_else(|| r.clone())
+        })
+        .map(|mut r| {
+            if r.state == LayerState::Repaired {
+                r.state = LayerState::Healthy;
+            }
+            r
+        })
+        .collect();
+    let outcome = repair_outcome(
+        &attempts,
+        if post.is_empty() { &[] } else { &post_all },
+        opts.dry_run,
+    );
+    let message = repair_message(&attempts, &post, outcome, opts.dry_run);
+
+    let layers = attempts
+        .iter()
+        .map(|a| {
+            let mut r = a.report().clone();
+            // A repaired layer whose re-verification still finds damage is reported with it.
+            if let Some(p) = post.iter().find(|p| p.index == r.index)
+                && !layer_ok(p)
+            {
+                let restored = r.entries_restored;
+                r = p.clone();
+                r.state = LayerState::Corrupted;
+                r.entries_restored = restored;
+            }
+            r
+        })
+        .collect();
+    (layers, outcome, message)
+}
+
+fn repair_message(
+    attempts: &[LayerAttempt],
+    post: &[LayerReport],
+    outcome: Outcome,
+    dry_run: bool,
+) -> Option<String> {
+    let reports: Vec<LayerReport> = attempts.iter().map(|a| a.report().clone()).collect();
+    let mut notes = Vec::new();
+    for a in attempts {
+        // The layer engine's own reason is the most precise; else say what the blob state means.
+        match a {
+            LayerAttempt::Done(LayerRepair {
+                report,
+                reason: Some(reason),
+                ..
+            }) => {
+                notes.push(format!("layer {}: {reason}", report.index));
+            }
+            other => notes.extend(blob_notes(std::slice::from_ref(other.report()))),
+        }
+        if let LayerAttempt::Failed { report, error } = a {
+            notes.push(format!(
+                "layer {} repair stopped: {error}; rerunning the repair finishes it",
+                report.index
+            ));
+        }
+    }
+    match outcome {
+        Outcome::Repaired => {
+            let n: u64 = reports.iter().filter_map(|r| r.entries_restored).sum();
+            notes.push(format!("restored {n} entries; the layers verify healthy"));
+        }
+        Outcome::Corrupted if dry_run => {
+            let plan: Vec<&String> = attempts
+                .iter()
+                .filter_map(|a| match a {
+                    LayerAttempt::Done(r) => Some(&r.plan),
+                    LayerAttempt::Failed { .. } => None,
+                })
+                .flatten()
+                .collect();
+            let shown: Vec<&str> = plan.iter().take(10).map(|s| s.as_str()).collect();
+            notes.push(format!(
+                "dry run, nothing written; {} actions planned: {}{}",
+                plan.len(),
+                shown.join("; "),
+                if plan.len() > shown.len() {
+                    "; …"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Outcome::Corrupted if post.iter().any(|p| !layer_ok(p)) => {
+            notes.push("damage remains after the repair; see the layers' findings".into());
+        }
+        _ => {}
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// Mounts (overlays and binds, host mountinfo) that use any snapshot of the image.
+fn count_mounts(store: &Store, image: &ResolvedImage) -> u32 {
+    let targets: Vec<SnapshotFs> = image
+        .layers
+        .iter()
+        .filter_map(|l| l.snapshot.as_ref())
+        .map(|s| SnapshotFs {
+            device: mountinfo::device_of(&s.fs),
+            fs: s.fs.clone(),
+        })
+        .collect();
+    match mountinfo::read_host_mountinfo() {
+        Ok(text) => mountinfo::count_mounts_using(
+            &mountinfo::parse_mountinfo(&text),
+            &store.layout.snapshots_dir(),
+            &targets,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read mountinfo; reporting 0 mounts");
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(index: u32, blob: BlobState, state: LayerState) -> LayerReport {
+        LayerReport {
+            index,
+            digest: format!("sha256:{index}"),
+            blob,
+            state,
+            ..Default::default()
+        }
+    }
+
+    fn done(report: LayerReport) -> LayerAttempt {
+        LayerAttempt::Done(LayerRepair {
+            report,
+            plan: vec!["restore /pause".into()],
+            reason: None,
+        })
+    }
+
+    use BlobState::*;
+    use LayerState::*;
+
+    #[test]
+    fn verify_is_healthy_only_when_every_layer_and_blob_is() {
+        assert_eq!(
+            verify_outcome(&[layer(0, Verified, Healthy), layer(1, Verified, Healthy)]),
+            Outcome::Healthy
+        );
+        assert_eq!(
+            verify_outcome(&[
+                layer(0, Verified, Healthy),
+                layer(1, Verified, LayerState::Corrupted)
+            ]),
+            Outcome::Corrupted
+        );
+        assert_eq!(
+            verify_outcome(&[layer(0, Missing, Healthy)]),
+            Outcome::Corrupted
+        );
+        assert_eq!(
+            verify_outcome(&[layer(0, NotChecked, Healthy)]),
+            Outcome::Corrupted
+        );
+        assert_eq!(
+            verify_outcome(&[layer(0, Verified, SnapshotMissing)]),
+            Outcome::Corrupted
+        );
+        assert_eq!(verify_outcome(&[]), Outcome::Corrupted);
+    }
+
+    #[test]
+    fn repair_of_a_healthy_image_is_healthy() {
+        let a = [
+            done(layer(0, Verified, Healthy)),
+            done(layer(1, Verified, Healthy)),
+        ];
+        assert_eq!(repair_outcome(&a, &[], false), Outcome::Healthy);
+        assert_eq!(repair_outcome(&a, &[], true), Outcome::Healthy);
+    }
+
+    #[test]
+    fn repair_is_repaired_only_after_a_healthy_post_verify() {
+        let a = [
+            done(layer(0, Verified, Healthy)),
+            done(layer(1, Verified, Repaired)),
+        ];
+        let healthy = [layer(0, Verified, Healthy), layer(1, Verified, Healthy)];
+        assert_eq!(repair_outcome(&a, &healthy, false), Outcome::Repaired);
+        let still = [
+            layer(0, Verified, Healthy),
+            layer(1, Verified, LayerState::Corrupted),
+        ];
+        assert_eq!(repair_outcome(&a, &still, false), Outcome::Corrupted);
+        assert_eq!(
+            repair_outcome(&a, &[], false),
+            Outcome::Corrupted,
+            "no post-verify, no claim"
+        );
+    }
+
+    #[test]
+    fn an_impossible_repair_is_unrepairable() {
+        let a = [
+            done(layer(0, Missing, Unrepairable)),
+            done(layer(1, Verified, Repaired)),
+        ];
+        assert_eq!(
+            repair_outcome(&a, &[layer(1, Verified, Healthy)], false),
+            Outcome::Unrepairable
+        );
+    }
+
+    #[test]
+    fn a_failed_or_dry_run_repair_is_corrupted() {
+        let failed = LayerAttempt::Failed {
+            report: layer(0, Verified, LayerState::Corrupted),
+            error: "EIO".into(),
+        };
+        assert_eq!(repair_outcome(&[failed], &[], false), Outcome::Corrupted);
+        let planned = [done(layer(0, Verified, LayerState::Corrupted))];
+        assert_eq!(repair_outcome(&planned, &[], true), Outcome::Corrupted);
+        let msg = repair_message(&planned, &[], Outcome::Corrupted, true).unwrap();
+        assert!(
+            msg.contains("dry run, nothing written; 1 actions planned: restore /pause"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn blob_problems_say_what_a_person_can_do() {
+        let notes = blob_notes(&[layer(0, Verified, Healthy), layer(3, Missing, Unrepairable)]);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("layer 3 blob sha256:3 is missing")
+                && notes[0].contains("pull it again"),
+            "{}",
+            notes[0]
+        );
+    }
+
+    #[test]
+    fn root_comes_from_the_flag_then_the_config_then_the_default() {
+        let with_root = ContainerdConfig {
+            root: Some("/cfg".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            effective_root(Some(Path::new("/flag")), &with_root),
+            PathBuf::from("/flag")
+        );
+        assert_eq!(effective_root(None, &with_root), PathBuf::from("/cfg"));
+        assert_eq!(
+            effective_root(None, &ContainerdConfig::default()),
+            PathBuf::from(DEFAULT_ROOT)
+        );
+    }
+
+    fn options(root: &Path, target: Target) -> JobOptions {
+        JobOptions {
+            root: root.to_path_buf(),
+            namespace: "k8s.io".into(),
+            config_path: root.join("no-config.toml"),
+            target,
+            content: ContentCheck::Full,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn an_unknown_image_is_an_error_report() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/store");
+        let r = verify(&options(
+            &root,
+            Target::Image("snapmend.test/nope:1".into()),
+        ));
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(r.exit_code(), 2);
+        assert_eq!(r.image, "snapmend.test/nope:1");
+        assert!(r.message.unwrap().contains("is not known to containerd"));
+    }
+
+    #[test]
+    fn a_missing_sandbox_image_names_the_default_it_looked_for() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/store");
+        let r = repair(&options(&root, Target::SandboxImage));
+        assert_eq!(r.outcome, Outcome::Error);
+        assert!(r.message.unwrap().contains("registry.k8s.io/pause:3.8"));
+    }
+
+    #[test]
+    fn a_garbage_store_is_an_error_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("io.containerd.metadata.v1.bolt/meta.db");
+        std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+        std::fs::write(&db, b"not a bolt file at all").unwrap();
+        let r = verify(&options(dir.path(), Target::Image("x".into())));
+        assert_eq!(r.outcome, Outcome::Error);
+        assert!(r.message.unwrap().contains("not a valid bolt database"));
+    }
+
+    #[test]
+    fn a_resolved_image_without_snapshots_gets_layer_reports_in_order() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/store");
+        let r = verify(&options(
+            &root,
+            Target::Image("snapmend.test/multi:1".into()),
+        ));
+        assert_eq!(r.image, "snapmend.test/multi:1");
+        assert_eq!(r.layers.len(), 2);
+        assert_eq!(
+            r.layers.iter().map(|l| l.index).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        // the fixture keeps no snapshot directories, so nothing can verify healthy
+        assert_eq!(r.outcome, Outcome::Corrupted);
+        assert!(!r.manifest_digest.is_empty());
     }
 }

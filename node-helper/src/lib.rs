@@ -7,6 +7,7 @@
 //! `agent` runs the same code for SnapshotRepair requests on its node.
 
 pub mod agent;
+pub mod cli;
 pub mod error;
 pub mod image;
 pub mod job;

@@ -195,7 +195,7 @@ impl Store {
                 let found = self.select_manifest(
                     reference,
                     child.digest().as_ref(),
-                    &child.media_type().to_string(),
+                    child.media_type().as_ref(),
                     p,
                     host,
                     depth + 1,

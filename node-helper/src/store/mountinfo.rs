@@ -110,11 +110,15 @@ fn split_unescaped_colons(value: &str) -> Vec<String> {
         match c {
             '\\' if chars.peek() == Some(&':') => {
                 chars.next();
-                parts.last_mut().map(|p| p.push(':'));
+                if let Some(p) = parts.last_mut() {
+                    p.push(':');
+                }
             }
             ':' => parts.push(String::new()),
             _ => {
-                parts.last_mut().map(|p| p.push(c));
+                if let Some(p) = parts.last_mut() {
+                    p.push(c);
+                }
             }
         }
     }
@@ -141,7 +145,7 @@ pub fn count_mounts_using(
     let uses = |e: &MountEntry| {
         if e.fs_type == "overlay" {
             let dirs = overlay_dirs(&e.super_options, snapshots_dir);
-            targets.iter().any(|t| dirs.iter().any(|d| *d == t.fs))
+            targets.iter().any(|t| dirs.contains(&t.fs))
         } else {
             targets.iter().any(|t| is_bind_of(e, t))
         }

@@ -51,7 +51,7 @@ impl SnapshotterDb {
                 };
                 let id = entry
                     .get(b"id")
-                    .and_then(|raw| uvarint(raw))
+                    .and_then(uvarint)
                     .map(|(id, _)| id)
                     .ok_or_else(|| bad("id missing or not a uvarint"))?;
                 let kind = entry

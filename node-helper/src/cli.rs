@@ -1,0 +1,384 @@
+//! The command line (contract: "The node helper"): argument parsing, turning arguments into
+//! a job, and printing the Report as JSON or as a short human summary.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use snapmend_crds::{ContentCheck, LayerReport, Outcome, Report};
+
+use crate::job::{self, DEFAULT_CONFIG, DEFAULT_NAMESPACE, JobOptions, Target};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "snapmend-node-helper",
+    version,
+    about = "Verifies and repairs containerd overlayfs snapshots against their layer blobs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compare every layer of an image with its snapshot (exit 0 healthy, 1 damaged, 2 could not run).
+    Verify(VerifyArgs),
+    /// Restore damaged snapshots from their verified layer blobs, then verify again.
+    Repair(RepairArgs),
+}
+
+/// Where containerd keeps its store; shared with the agent.
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// containerd root directory [default: config.toml's `root`, else /var/lib/containerd]
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// containerd namespace
+    #[arg(long, value_name = "NS", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// containerd config file, read for `root`, the sandbox image and the overlayfs root_path
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+#[derive(Clone, Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// Image name as containerd records it (a tag or a digest reference)
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// The sandbox (pause) image configured in config.toml
+    #[arg(long)]
+    pub sandbox_image: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ContentArg {
+    /// Hash every regular file
+    Full,
+    /// Compare metadata and sizes only
+    Metadata,
+}
+
+impl From<ContentArg> for ContentCheck {
+    fn from(c: ContentArg) -> Self {
+        match c {
+            ContentArg::Full => ContentCheck::Full,
+            ContentArg::Metadata => ContentCheck::Metadata,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// How regular files are compared
+    #[arg(long, value_enum, default_value_t = ContentArg::Full)]
+    pub content: ContentArg,
+    /// Print the Report as JSON (the only output on stdout)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RepairArgs {
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// Plan the repair and report it, but write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl TargetArgs {
+    pub fn target(&self) -> Target {
+        match &self.image {
+            Some(image) => Target::Image(image.clone()),
+            None => Target::SandboxImage,
+        }
+    }
+}
+
+/// Builds the job from arguments; the root follows `--root`, then config.toml, then the default.
+pub fn job_options(args: &VerifyArgs, dry_run: bool) -> crate::Result<JobOptions> {
+    Ok(JobOptions {
+        root: job::root_from(args.store.root.as_deref(), &args.store.config)?,
+        namespace: args.store.namespace.clone(),
+        config_path: args.store.config.clone(),
+        target: args.target.target(),
+        content: args.content.into(),
+        dry_run,
+    })
+}
+
+/// Runs a verify or repair command, prints its result, returns the exit status.
+pub fn run_job(args: &VerifyArgs, repair: bool, dry_run: bool) -> i32 {
+    let report = match job_options(args, dry_run) {
+        Ok(opts) if repair => job::repair(&opts),
+        Ok(opts) => job::verify(&opts),
+        Err(e) => Report {
+            image: args.target.image.clone().unwrap_or_default(),
+            outcome: Outcome::Error,
+            message: Some(e.to_string()),
+            ..Default::default()
+        },
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("cannot encode the report: {e}");
+                return 2;
+            }
+        }
+    } else {
+        print!("{}", human_summary(&report));
+    }
+    report.exit_code()
+}
+
+/// Findings shown per layer in the human summary.
+const SUMMARY_FINDINGS: usize = 10;
+
+/// The short human summary printed without `--json`.
+pub fn human_summary(r: &Report) -> String {
+    let mut s = String::new();
+    let image = if r.image.is_empty() {
+        "(sandbox image)"
+    } else {
+        &r.image
+    };
+    let _ = writeln!(s, "image    {image}");
+    if !r.manifest_digest.is_empty() {
+        let _ = writeln!(s, "manifest {}", r.manifest_digest);
+    }
+    let findings = if matches!(r.outcome, Outcome::Error) {
+        String::new()
+    } else {
+        format!(" ({})", r.findings_summary())
+    };
+    let _ = writeln!(s, "outcome  {:?}{findings}", r.outcome);
+    for l in &r.layers {
+        layer_summary(&mut s, l);
+    }
+    if !matches!(r.outcome, Outcome::Error) {
+        let _ = writeln!(
+            s,
+            "mounts   {} mounted overlay(s) use these snapshots",
+            r.mounts
+        );
+    }
+    if let Some(message) = &r.message {
+        let _ = writeln!(s, "note     {message}");
+    }
+    let _ = writeln!(s, "took     {} ms", r.duration_ms);
+    s
+}
+
+fn layer_summary(s: &mut String, l: &LayerReport) {
+    let snapshot = match (&l.snapshot_id, &l.snapshot_path) {
+        (Some(id), Some(path)) => format!("snapshot {id} {path}"),
+        (Some(id), None) => format!("snapshot {id}"),
+        _ => "no snapshot".to_string(),
+    };
+    let _ = writeln!(s, "layer {}  {}  {snapshot}", l.index, l.digest);
+    let restored = l
+        .entries_restored
+        .map(|n| format!(", {n} entries restored"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "         blob {:?}, state {:?}, {} finding(s){restored}",
+        l.blob, l.state, l.findings_total
+    );
+    for f in l.findings.iter().take(SUMMARY_FINDINGS) {
+        let detail = if f.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.detail)
+        };
+        let _ = writeln!(s, "         {:?} {}{detail}", f.kind, f.path);
+    }
+    let shown = l.findings.len().min(SUMMARY_FINDINGS) as u64;
+    if l.findings_total > shown {
+        let _ = writeln!(
+            s,
+            "         … and {} more (--json lists up to 100)",
+            l.findings_total - shown
+        );
+    }
+}
+
+/// Logs go to stderr so that `--json` output stays the only thing on stdout.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapmend_crds::{BlobState, Finding, FindingKind, LayerState};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("snapmend-node-helper").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn verify_defaults_follow_the_contract() {
+        let Command::Verify(v) = parse(&["verify", "--image", "registry.k8s.io/pause:3.10"])
+            .unwrap()
+            .command
+        else {
+            panic!("not verify")
+        };
+        assert_eq!(v.store.root, None);
+        assert_eq!(v.store.namespace, "k8s.io");
+        assert_eq!(v.store.config, PathBuf::from("/etc/containerd/config.toml"));
+        assert_eq!(v.content, ContentArg::Full);
+        assert!(!v.json);
+        assert_eq!(
+            v.target.target(),
+            Target::Image("registry.k8s.io/pause:3.10".into())
+        );
+    }
+
+    #[test]
+    fn repair_takes_the_same_options_plus_dry_run() {
+        let cli = parse(&[
+            "repair",
+            "--root",
+            "/r",
+            "--namespace",
+            "default",
+            "--config",
+            "/c.toml",
+            "--sandbox-image",
+            "--content",
+            "metadata",
+            "--json",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Repair(r) = cli.command else {
+            panic!("not repair")
+        };
+        assert!(r.dry_run && r.verify.json);
+        assert_eq!(r.verify.target.target(), Target::SandboxImage);
+        assert_eq!(r.verify.content, ContentArg::Metadata);
+        let opts = job_options(&r.verify, r.dry_run).unwrap();
+        assert_eq!(opts.root, PathBuf::from("/r"));
+        assert_eq!(opts.namespace, "default");
+        assert_eq!(opts.content, ContentCheck::Metadata);
+        assert!(opts.dry_run);
+    }
+
+    #[test]
+    fn bad_arguments_exit_with_2() {
+        for args in [
+            &["verify"][..],
+            &["verify", "--image", "a", "--sandbox-image"],
+            &["verify", "--image", "a", "--content", "some"],
+            &["verify", "--image", "a", "--dry-run"],
+            &["frobnicate"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn root_falls_back_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "version = 2\nroot = \"/from/config\"\n").unwrap();
+        let cli = parse(&[
+            "verify",
+            "--image",
+            "x",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Command::Verify(v) = cli.command else {
+            panic!("not verify")
+        };
+        assert_eq!(
+            job_options(&v, false).unwrap().root,
+            PathBuf::from("/from/config")
+        );
+    }
+
+    #[test]
+    fn the_summary_names_layers_findings_and_mounts() {
+        let r = Report {
+            image: "registry.k8s.io/pause:3.10".into(),
+            manifest_digest: "sha256:m".into(),
+            outcome: Outcome::Corrupted,
+            layers: vec![LayerReport {
+                index: 0,
+                digest: "sha256:l".into(),
+                snapshot_id: Some("1".into()),
+                snapshot_path: Some(
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs"
+                        .into(),
+                ),
+                blob: BlobState::Verified,
+                state: LayerState::Corrupted,
+                findings_total: 12,
+                findings: (0..12)
+                    .map(|i| Finding {
+                        path: if i == 0 {
+                            "/pause".into()
+                        } else {
+                            format!("/f{i}")
+                        },
+                        kind: FindingKind::Missing,
+                        detail: if i == 0 {
+                            "regular file, 732 KiB".into()
+                        } else {
+                            String::new()
+                        },
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            mounts: 3,
+            duration_ms: 41,
+            message: None,
+        };
+        let s = human_summary(&r);
+        assert!(s.contains("outcome  Corrupted (12 missing)"), "{s}");
+        assert!(s.contains("layer 0  sha256:l  snapshot 1 /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs"), "{s}");
+        assert!(
+            s.contains("blob Verified, state Corrupted, 12 finding(s)"),
+            "{s}"
+        );
+        assert!(s.contains("Missing /pause (regular file, 732 KiB)"), "{s}");
+        assert!(s.contains("… and 2 more"), "{s}");
+        assert!(s.contains("mounts   3"), "{s}");
+    }
+
+    #[test]
+    fn an_error_summary_shows_the_message() {
+        let r = Report {
+            image: "x".into(),
+            outcome: Outcome::Error,
+            message: Some("image \"x\" is not known".into()),
+            ..Default::default()
+        };
+        let s = human_summary(&r);
+        assert!(
+            s.contains("outcome  Error\n") && s.contains("note     image \"x\" is not known"),
+            "{s}"
+        );
+        assert!(!s.contains("mounts"), "{s}");
+    }
+}
