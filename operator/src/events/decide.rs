@@ -27,17 +27,8 @@ pub const TRIGGER_SIGNATURE_ANNOTATION: &str = "snapmend.io/trigger-signature";
 /// Annotation on a repair created because an automatic verification found damage.
 pub const ESCALATED_FROM_ANNOTATION: &str = "snapmend.io/escalated-from";
 
-/// `--auto-remediate`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum AutoRemediate {
-    /// No automatic SnapshotRepairs.
-    Off,
-    /// Only read-only verifications, whatever the signal.
-    #[default]
-    Verify,
-    /// Strong signals get a repair; ambiguous ones a verification, escalated if it finds damage.
-    Repair,
-}
+/// `--auto-remediate off|verify|repair`: one type for the flag and the decisions.
+pub use crate::config::AutoRemediate;
 
 /// The action for a classified event in a mode, or none.
 pub fn action_for(mode: AutoRemediate, verdict: Verdict) -> Option<RepairAction> {
