@@ -66,7 +66,7 @@ impl EventRemediationConfig {
 
 enum Input {
     Event(Box<EventFacts>),
-    Repair(watcher::Event<SnapshotRepair>),
+    Repair(Box<watcher::Event<SnapshotRepair>>),
 }
 
 /// Watches events and creates automatic SnapshotRepairs until the watches end. Run it only on the
@@ -93,7 +93,7 @@ pub async fn run_event_remediation(
         tokio::select! {
             input = inputs.next() => match input {
                 Some(Input::Event(facts)) => remediation.on_event(&facts).await,
-                Some(Input::Repair(event)) => remediation.on_repair_event(event).await,
+                Some(Input::Repair(event)) => remediation.on_repair_event(*event).await,
                 None => return Ok(()),
             },
             _ = retry.tick() => remediation.retry_pending().await,
@@ -132,7 +132,7 @@ fn input_streams(client: &Client, reasons: &[String]) -> Vec<BoxStream<'static, 
     .default_backoff()
     .filter_map(|r| async move {
         match r {
-            Ok(e) => Some(Input::Repair(e)),
+            Ok(e) => Some(Input::Repair(Box::new(e))),
             Err(error) => {
                 warn!(%error, "SnapshotRepair watch failed; retrying");
                 None
