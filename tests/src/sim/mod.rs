@@ -1,0 +1,281 @@
+//! `snapmend-sim`: an in-process Kubernetes API server test double that unmodified kube-rs
+//! clients and kubectl accept. See `docs/architecture/snapmend-sim.md` for what it does not do.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), snapmend_tests::sim::SimError> {
+//! let sim = snapmend_tests::sim::SimServer::start().await?;
+//! let client = sim.client()?;
+//! sim.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
+//! # drop(client);
+//! sim.stop().await;
+//! # Ok(()) }
+//! ```
+
+pub mod cluster;
+pub mod convert;
+pub mod crd;
+pub mod discovery;
+pub mod http;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod registry;
+pub mod selectors;
+pub mod ssa;
+pub mod status;
+pub mod table;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use cluster::{Cluster, ClusterConfig};
+
+/// Errors of starting, configuring or stopping the simulated server.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("binding the API server to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("writing the kubeconfig {path}: {source}")]
+    WriteKubeconfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("building a kube client for {url}: {source}")]
+    Client { url: String, source: kube::Error },
+    #[error("starting the background runtime of the API server: {0}")]
+    Runtime(std::io::Error),
+    #[error("parsing the server URL {url}: {reason}")]
+    Url { url: String, reason: String },
+}
+
+/// Tunables of a simulated API server.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// 0 picks an ephemeral port.
+    pub port: u16,
+    /// Changes kept for watches to resume from; smaller windows expire watches sooner.
+    pub history_window: usize,
+    /// How often watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            history_window: ClusterConfig::default().history_window,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running simulated API server on 127.0.0.1.
+pub struct SimServer {
+    addr: SocketAddr,
+    app: Arc<http::App>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SimServer {
+    /// Starts a server on an ephemeral loopback port with default settings.
+    pub async fn start() -> Result<Self, SimError> {
+        Self::start_with(SimConfig::default()).await
+    }
+
+    pub async fn start_with(config: SimConfig) -> Result<Self, SimError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| SimError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SimError::Bind { addr, source })?;
+        let cluster = Arc::new(Cluster::new(ClusterConfig {
+            history_window: config.history_window,
+        }));
+        let shutdown = CancellationToken::new();
+        let app = Arc::new(http::App {
+            cluster,
+            shutdown: shutdown.clone(),
+            watch_epoch: Mutex::new(CancellationToken::new()),
+            bookmark_interval: config.bookmark_interval,
+            server_address: addr.to_string(),
+        });
+        let router = axum::Router::new()
+            .fallback(http::handle)
+            .with_state(app.clone());
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "snapmend-sim stopped serving");
+            }
+        });
+        tracing::info!(%addr, "snapmend-sim listening");
+        Ok(Self {
+            addr,
+            app,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The store behind the server, for tests that set up or inspect state directly.
+    pub fn cluster(&self) -> &Cluster {
+        &self.app.cluster
+    }
+
+    /// A kube client configuration for this server (namespace `default`).
+    pub fn kube_config(&self) -> Result<kube::Config, SimError> {
+        let url = self.url();
+        let uri = url
+            .parse()
+            .map_err(|e: ::http::uri::InvalidUri| SimError::Url {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut config = kube::Config::new(uri);
+        config.default_namespace = "default".into();
+        Ok(config)
+    }
+
+    /// A kube client for this server. Needs a Tokio runtime context.
+    pub fn client(&self) -> Result<kube::Client, SimError> {
+        let config = self.kube_config()?;
+        kube::Client::try_from(config).map_err(|source| SimError::Client {
+            url: self.url(),
+            source,
+        })
+    }
+
+    /// A kubeconfig document pointing at this server, without credentials.
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: snapmend-sim\n  cluster:\n    server: {url}\ncontexts:\n- name: snapmend-sim\n  context:\n    cluster: snapmend-sim\n    user: snapmend-sim\n    namespace: default\ncurrent-context: snapmend-sim\nusers:\n- name: snapmend-sim\n  user: {{}}\n",
+            url = self.url()
+        )
+    }
+
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
+        std::fs::write(path, self.kubeconfig_yaml()).map_err(|source| SimError::WriteKubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Shrinks the watch history, so resuming from older versions yields 410 Expired.
+    pub fn set_history_window(&self, window: usize) {
+        self.app.cluster.set_history_window(window);
+    }
+
+    /// Ends every open watch and forgets the history: clients must re-list (410 on resume),
+    /// as after an etcd compaction.
+    pub fn expire_watches(&self) {
+        self.app.cluster.compact();
+        self.app.end_all_watches();
+    }
+
+    /// Ends every open watch; clients resume from their last resourceVersion.
+    pub fn end_watches(&self) {
+        self.app.end_all_watches();
+    }
+
+    /// Stops serving and ends open watches.
+    pub async fn stop(self) {
+        self.app.shutdown.cancel();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::warn!(error = %e, "snapmend-sim server task ended abnormally");
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.app.shutdown.cancel();
+    }
+}
+
+/// A server on its own background runtime, for synchronous tests and tools.
+pub struct BackgroundSim {
+    server: Option<SimServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BackgroundSim {
+    pub fn start() -> Result<Self, SimError> {
+        Self::start_with(SimConfig::default())
+    }
+
+    pub fn start_with(config: SimConfig) -> Result<Self, SimError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("snapmend-sim")
+            .enable_all()
+            .build()
+            .map_err(SimError::Runtime)?;
+        let server = runtime.block_on(SimServer::start_with(config))?;
+        Ok(Self {
+            server: Some(server),
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn server(&self) -> &SimServer {
+        self.server.as_ref().expect("present until dropped")
+    }
+
+    pub fn url(&self) -> String {
+        self.server().url()
+    }
+
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
+        self.server().write_kubeconfig(path)
+    }
+
+    /// The runtime the server runs on (e.g. to build and use a kube client from sync code).
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("present until dropped")
+            .handle()
+            .clone()
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let (Some(server), Some(runtime)) = (self.server.take(), self.runtime.take()) {
+            runtime.block_on(server.stop());
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for BackgroundSim {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
