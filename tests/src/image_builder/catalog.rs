@@ -213,3 +213,40 @@ pub fn shared_base_images(name_a: &str, name_b: &str) -> Result<[ImageSpec; 2], 
         ),
     ])
 }
+
+/// A two-layer OCI image with `files` small files in directories of 50 (base layer, gzip),
+/// some hardlinks and symlinks among them, and a second layer that whites out and makes
+/// opaque parts of the first. Big enough that a repair takes measurable time.
+pub fn many_files_image(name: &str, files: usize) -> Result<ImageSpec, FixtureError> {
+    let pause = pause_binary()?;
+    let mut base = vec![TarEntry::file("pause", pause).mode(0o755)];
+    for i in 0..files {
+        let dir = format!("data/d{:04}/", i / 50);
+        if i % 50 == 0 {
+            base.push(TarEntry::dir(&dir));
+        }
+        let name = format!("{dir}f{i:06}");
+        let previous = |i: usize| format!("data/d{:04}/f{:06}", (i - 1) / 50, i - 1);
+        base.push(match i % 17 {
+            5 => TarEntry::hardlink(&name, previous(i)),
+            9 => TarEntry::symlink(&name, format!("/{}", previous(i))),
+            _ => TarEntry::file(&name, format!("file {i}\n").repeat(1 + i % 40))
+                .mode(0o600 | (i as u32 % 3) << 3),
+        });
+    }
+    let mut top = vec![
+        TarEntry::opaque("data/d0000"),
+        TarEntry::file("data/d0000/new", "replaces the dir\n"),
+    ];
+    top.extend(
+        (0..files.min(500))
+            .step_by(50)
+            .skip(1)
+            .map(|i| TarEntry::whiteout(&format!("data/d{:04}/f{i:06}", i / 50))),
+    );
+    Ok(ImageSpec::new(
+        name,
+        ManifestStyle::Oci,
+        vec![LayerSpec::gzip(base), LayerSpec::gzip(top)],
+    ))
+}

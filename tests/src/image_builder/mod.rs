@@ -10,7 +10,7 @@ mod tar_layer;
 use sha2::{Digest, Sha256};
 
 pub use catalog::{
-    CAP_NET_BIND_SERVICE_XATTR, compressed_image, index_image, long_file_name, pause_image,
+    CAP_NET_BIND_SERVICE_XATTR, compressed_image, index_image, long_file_name, many_files_image, pause_image,
     rich_image, shared_base_images,
 };
 pub use oci_archive::{

@@ -10,6 +10,12 @@ use snapmend_crds::{FindingKind, Report};
 
 use crate::containerd::{ContainerdFixture, FixtureError};
 
+mod corruptions;
+mod scenario;
+
+pub use corruptions::{CaseImage, Corruption, corruption, corruptions, empty_dir, flip_blob_byte};
+pub use scenario::{PristineImage, PristineLayer, Scenario};
+
 pub const BINARY_NAME: &str = "snapmend-node-helper";
 
 /// Where the node-helper binary is, or an error telling how to build it.

@@ -1,0 +1,143 @@
+//! A private containerd with images imported and the node helper bound to it, plus the
+//! snapshot captures the verify/repair/crash/hostile tests compare against.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::containerd::{ContainerdFixture, FixtureError};
+use crate::fs_tree::{TreeSnapshot, capture_tree, capture_tree_except, tar_mtime_paths};
+use crate::image_builder::{BuiltImage, ImageSpec};
+
+use super::{Content, NodeHelper};
+
+pub struct Scenario {
+    pub fixture: ContainerdFixture,
+    pub helper: NodeHelper,
+    pub images: Vec<BuiltImage>,
+}
+
+/// The snapshots of one image right after import: what containerd's own unpack produced.
+pub struct PristineImage {
+    pub name: String,
+    pub layers: Vec<PristineLayer>,
+}
+
+pub struct PristineLayer {
+    /// `snapshots/<id>/fs`.
+    pub fs: PathBuf,
+    pub tree: TreeSnapshot,
+    /// Entries whose mtime comes from the tar.
+    pub mtime_paths: BTreeSet<String>,
+}
+
+impl Scenario {
+    /// Locates the helper binary (first, so a missing build fails fast), starts a private
+    /// containerd and imports the images.
+    pub fn start(images: &[ImageSpec]) -> Result<Self, FixtureError> {
+        let binary = super::node_helper_binary()?;
+        let fixture = ContainerdFixture::start()?;
+        let built = fixture.import_images(images)?;
+        let helper = NodeHelper {
+            binary,
+            root: fixture.root(),
+            config: fixture.config_path(),
+        };
+        Ok(Scenario {
+            fixture,
+            helper,
+            images: built,
+        })
+    }
+
+    pub fn image(&self, name: &str) -> &BuiltImage {
+        self.images
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("test bug: image {name} was not imported"))
+    }
+
+    /// Snapshot `fs` of each layer, bottom first, as the helper reports them.
+    pub fn layer_fs(&self, name: &str) -> Result<Vec<PathBuf>, FixtureError> {
+        self.helper.snapshot_paths(name)
+    }
+
+    /// Captures every layer of an image (call right after import).
+    pub fn capture_pristine(&self, name: &str) -> Result<PristineImage, FixtureError> {
+        let image = self.image(name);
+        let fs = self.layer_fs(name)?;
+        if fs.len() != image.layers.len() {
+            return Err(FixtureError::NodeHelper(format!(
+                "{name}: report has {} layers, the image {}",
+                fs.len(),
+                image.layers.len()
+            )));
+        }
+        let layers = fs
+            .into_iter()
+            .zip(&image.layers)
+            .map(|(fs, layer)| {
+                Ok(PristineLayer {
+                    tree: capture_tree(&fs)?,
+                    mtime_paths: tar_mtime_paths(&layer.built.tar)?,
+                    fs,
+                })
+            })
+            .collect::<Result<_, FixtureError>>()?;
+        Ok(PristineImage {
+            name: name.into(),
+            layers,
+        })
+    }
+
+    /// Everything under the containerd root except the given snapshot dirs (`snapshots/<id>`),
+    /// for "nothing outside that snapshot changed".
+    pub fn capture_root_except(
+        &self,
+        snapshot_dirs: &[PathBuf],
+    ) -> Result<TreeSnapshot, FixtureError> {
+        capture_tree_except(&self.fixture.root(), snapshot_dirs)
+    }
+
+    /// Verify must call the image Healthy (exit 0).
+    pub fn assert_healthy(&self, name: &str) {
+        let run = self.helper.verify(name, Content::Full).expect("run verify");
+        assert_eq!(run.code, Some(0), "{run}");
+        let report = run.report().expect("report");
+        assert_eq!(report.outcome, snapmend_crds::Outcome::Healthy, "{run}");
+    }
+}
+
+impl PristineImage {
+    /// Differences of the current snapshots from the pristine ones, prefixed by layer index.
+    pub fn differences_now(&self) -> Result<Vec<String>, FixtureError> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let now = if layer.fs.exists() {
+                capture_tree(&layer.fs)?
+            } else {
+                empty_tree()
+            };
+            out.extend(
+                now.differences_from(&layer.tree, &layer.mtime_paths)
+                    .into_iter()
+                    .map(|d| format!("layer {i}: {d}")),
+            );
+        }
+        Ok(out)
+    }
+
+    /// `snapshots/<id>` of a layer (the parent of its `fs`).
+    pub fn snapshot_dir(&self, layer: usize) -> PathBuf {
+        self.layers[layer]
+            .fs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+fn empty_tree() -> TreeSnapshot {
+    TreeSnapshot {
+        nodes: Default::default(),
+    }
+}
