@@ -26,6 +26,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Restore damaged snapshots from their verified layer blobs, then verify again.
     Repair(RepairArgs),
+    /// Run as the per-node agent: answer this node's SnapshotRepair requests, keep the presence Lease.
+    Agent(crate::agent::AgentArgs),
 }
 
 /// Where containerd keeps its store; shared with the agent.
@@ -155,10 +157,10 @@ pub fn human_summary(r: &Report) -> String {
     if !r.manifest_digest.is_empty() {
         let _ = writeln!(s, "manifest {}", r.manifest_digest);
     }
-    let findings = if matches!(r.outcome, Outcome::Error) {
-        String::new()
-    } else {
-        format!(" ({})", r.findings_summary())
+    let findings = match r.outcome {
+        Outcome::Error => String::new(),
+        Outcome::Repaired => format!(" (restored: {})", r.findings_summary()),
+        _ => format!(" ({})", r.findings_summary()),
     };
     let _ = writeln!(s, "outcome  {:?}{findings}", r.outcome);
     for l in &r.layers {

@@ -851,6 +851,23 @@ mod tests {
     }
 
     #[test]
+    fn a_file_under_an_exclusive_flock_is_still_read() {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        std::fs::write(&path, build(&sample(), 4096, 12)).unwrap();
+        // containerd's lock: a reader that flocks would fail (non-blocking) or hang here.
+        let held = Flock::lock(
+            std::fs::File::open(&path).unwrap(),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        let db = BoltDb::read(&path).unwrap();
+        assert_eq!(db.txid, 12);
+        drop(held);
+    }
+
+    #[test]
     fn reading_a_file_gives_the_same_tree_as_decoding_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.db");

@@ -125,6 +125,15 @@ fn split_unescaped_colons(value: &str) -> Vec<String> {
     parts
 }
 
+/// Whether a path from mountinfo names `target`: equal, or `target` is the same path seen
+/// under a prefix (the agent sees the host's `/var/lib/containerd` as `/host/var/lib/containerd`).
+fn names_same_dir(target: &Path, seen: &Path) -> bool {
+    target == seen
+        || seen
+            .strip_prefix("/")
+            .is_ok_and(|rel| rel.components().count() >= 3 && target.ends_with(rel))
+}
+
 /// Whether a non-overlay mount is a bind of `target` (its root is a tail of the target path
 /// on the same device).
 fn is_bind_of(entry: &MountEntry, target: &SnapshotFs) -> bool {
@@ -145,7 +154,9 @@ pub fn count_mounts_using(
     let uses = |e: &MountEntry| {
         if e.fs_type == "overlay" {
             let dirs = overlay_dirs(&e.super_options, snapshots_dir);
-            targets.iter().any(|t| dirs.contains(&t.fs))
+            targets
+                .iter()
+                .any(|t| dirs.iter().any(|d| names_same_dir(&t.fs, d)))
         } else {
             targets.iter().any(|t| is_bind_of(e, t))
         }
@@ -258,6 +269,25 @@ mod tests {
             count_mounts_using(&m, Path::new(SNAP), &[target(13, Some((253, 3)))]),
             0
         );
+    }
+
+    #[test]
+    fn a_root_seen_under_a_host_prefix_still_matches_overlays() {
+        let m = parse_mountinfo(&text());
+        let host_view = SnapshotFs {
+            fs: PathBuf::from(format!("/host{SNAP}/1/fs")),
+            device: None,
+        };
+        let snap = PathBuf::from(format!("/host{SNAP}"));
+        assert_eq!(count_mounts_using(&m, &snap, &[host_view]), 2);
+        assert!(!names_same_dir(
+            Path::new("/a/snapshots/1/fs"),
+            Path::new("/b/snapshots/1/fs")
+        ));
+        assert!(!names_same_dir(
+            Path::new("/a/snapshots/1/fs"),
+            Path::new("/fs")
+        ));
     }
 
     #[test]
