@@ -1,0 +1,335 @@
+//! The pieces of an end-to-end scenario around simulated nodes: the operator and agent binaries
+//! as child processes (their real command lines), test pods, images with an application
+//! entrypoint, and damage done to a snapshot the way the incident's cleanup script did it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::{Client, CustomResourceExt};
+use snapmend_crds::SnapshotRepair;
+use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
+
+use super::KubeletError;
+use crate::containerd::{ContainerdFixture, FixtureError};
+use crate::image_builder::{ImageSpec, LayerSpec, ManifestStyle, TarEntry, pause_binary};
+
+/// A workspace binary next to the running executable (`target/<profile>/` or its `deps/`), or
+/// from the environment variable `env` when set.
+pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, FixtureError> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| FixtureError::io("/proc/self/exe", e))?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(name))
+        .collect();
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        FixtureError::NodeHelper(format!(
+            "{name} not found (looked at {candidates:?}); build it with `cargo build --workspace --bins` or set {env}"
+        ))
+    })
+}
+
+/// Installs what `kubectl apply -k deploy/` would: the CRD and the snapmend-system namespace,
+/// and waits until SnapshotRepairs are served.
+pub async fn install_snapmend(client: &Client) -> Result<(), KubeletError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds
+        .create(&PostParams::default(), &SnapshotRepair::crd())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+        Err(e) => return Err(super::kube_err("create", "CRD snapshotrepairs.snapmend.io")(e)),
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(DEFAULT_LEASE_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+        Err(e) => {
+            return Err(super::kube_err(
+                "create",
+                format!("Namespace {DEFAULT_LEASE_NAMESPACE}"),
+            )(e));
+        }
+    }
+    let srs: Api<SnapshotRepair> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match srs.list(&Default::default()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(super::kube_err("list", "SnapshotRepairs")(e));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A pod bound to `node` whose one container runs `image`.
+pub fn pod_on_node(namespace: &str, name: &str, node: &str, image: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub async fn create_pod(client: &Client, pod: &Pod) -> Result<Pod, KubeletError> {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), pod)
+        .await
+        .map_err(super::kube_err("create", format!("Pod {ns}/{name}")))
+}
+
+/// An application image: one layer with `app` (a static binary that sleeps, 0755), entrypoint `/app`.
+pub fn app_image(name: &str) -> Result<ImageSpec, FixtureError> {
+    Ok(ImageSpec::new(
+        name,
+        ManifestStyle::Oci,
+        vec![LayerSpec::gzip(vec![
+            TarEntry::dir("etc/"),
+            TarEntry::file("etc/app.conf", "listen 8080\n"),
+            TarEntry::file("app", pause_binary()?).mode(0o755),
+        ])],
+    )
+    .entrypoint(&["/app"]))
+}
+
+/// A file deleted from a committed snapshot (and kept aside so a test can put it back).
+pub struct Damage {
+    pub path: PathBuf,
+    kept: PathBuf,
+}
+
+impl Damage {
+    /// Deletes `rel` (e.g. `pause`) from the snapshot `fs` directory that holds it.
+    pub fn delete_from_snapshot(
+        fixture: &ContainerdFixture,
+        rel: &str,
+    ) -> Result<Damage, FixtureError> {
+        let snapshots = fixture.snapshotter_root().join("snapshots");
+        let entries = std::fs::read_dir(&snapshots).map_err(|e| FixtureError::io(&snapshots, e))?;
+        let path = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("fs").join(rel))
+            .find(|p| p.symlink_metadata().is_ok())
+            .ok_or_else(|| {
+                FixtureError::Build(format!(
+                    "no snapshot under {} holds {rel}",
+                    snapshots.display()
+                ))
+            })?;
+        let kept = fixture
+            .dir()
+            .join(format!("kept-{}", rel.replace('/', "_")));
+        std::fs::rename(&path, &kept).map_err(|e| FixtureError::io(&path, e))?;
+        Ok(Damage { path, kept })
+    }
+
+    /// Puts the file back (what a repair does, for tests that do not run one).
+    pub fn undo(&self) -> Result<(), FixtureError> {
+        std::fs::rename(&self.kept, &self.path).map_err(|e| FixtureError::io(&self.path, e))
+    }
+
+    pub fn is_repaired(&self) -> bool {
+        self.path.is_file()
+    }
+}
+
+/// A child process of ours, stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct ChildProcess {
+    child: Option<Child>,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl ChildProcess {
+    /// Runs `binary args` with `KUBECONFIG`, logging to `<dir>/<name>.log`.
+    pub fn spawn(
+        name: &str,
+        binary: &Path,
+        args: &[String],
+        kubeconfig: &Path,
+        dir: &Path,
+        envs: &[(&str, &str)],
+    ) -> Result<ChildProcess, FixtureError> {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).map_err(|e| FixtureError::io(&log, e))?;
+        let stdout = file.try_clone().map_err(|e| FixtureError::io(&log, e))?;
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn,hyper=warn,tower=warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(file);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().map_err(|e| FixtureError::Command {
+            command: format!("{} {}", binary.display(), args.join(" ")),
+            status: "not started".into(),
+            stderr: e.to_string(),
+        })?;
+        Ok(ChildProcess {
+            child: Some(child),
+            name: name.to_string(),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident set size so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, wait up to `within`, then SIGKILL.
+    pub fn stop(&mut self, within: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child's pid; no memory is shared.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// `snapmend-operator --auto-remediate MODE …` against a kubeconfig.
+pub fn spawn_operator(
+    kubeconfig: &Path,
+    dir: &Path,
+    extra_args: &[&str],
+) -> Result<ChildProcess, FixtureError> {
+    let binary = workspace_binary("snapmend-operator", "SNAPMEND_OPERATOR")?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut args = vec![
+        "--metrics-addr".to_string(),
+        metrics,
+        "--kubeconfig".to_string(),
+    ];
+    args.push(kubeconfig.display().to_string());
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    ChildProcess::spawn(
+        "operator",
+        &binary,
+        &args,
+        kubeconfig,
+        dir,
+        &[
+            ("POD_NAMESPACE", DEFAULT_LEASE_NAMESPACE),
+            ("SNAPMEND_LEADER_LEASE_SECONDS", "4"),
+        ],
+    )
+}
+
+/// `snapmend-node-helper agent --node NODE` for a node backed by `fixture`.
+pub fn spawn_agent(
+    kubeconfig: &Path,
+    dir: &Path,
+    node: &str,
+    fixture: &ContainerdFixture,
+) -> Result<ChildProcess, FixtureError> {
+    let binary = workspace_binary("snapmend-node-helper", "SNAPMEND_NODE_HELPER")?;
+    let args = vec![
+        "agent".to_string(),
+        "--node".to_string(),
+        node.to_string(),
+        "--metrics-addr".to_string(),
+        format!("127.0.0.1:{}", free_port()?),
+        "--lease-namespace".to_string(),
+        DEFAULT_LEASE_NAMESPACE.to_string(),
+        "--root".to_string(),
+        fixture.root().display().to_string(),
+        "--config".to_string(),
+        fixture.config_path().display().to_string(),
+    ];
+    let pod_name = format!("snapmend-agent-{node}");
+    ChildProcess::spawn(
+        &format!("agent-{node}"),
+        &binary,
+        &args,
+        kubeconfig,
+        dir,
+        &[("POD_NAME", &pod_name)],
+    )
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> Result<u16, FixtureError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| FixtureError::io("127.0.0.1:0", e))
+}
