@@ -301,6 +301,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
     fn sample_tar() -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
@@ -314,10 +316,7 @@ mod tests {
         format!("sha256:{}", hex::encode(Sha256::digest(data)))
     }
 
-    fn collect(
-        path: &Path,
-        media: &str,
-    ) -> Result<(BlobDigests, Vec<(Vec<u8>, Vec<u8>)>), StreamError> {
+    fn collect(path: &Path, media: &str) -> Result<(BlobDigests, Entries), StreamError> {
         let mut seen = Vec::new();
         let d = stream_layer(path, media, |h, _, data| {
             let mut v = Vec::new();

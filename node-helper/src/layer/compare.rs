@@ -286,10 +286,13 @@ fn compare_entry(
 }
 
 /// Compares the model with what is on disk. `content` holds the verdicts per inode.
+/// `anchors` names, per inode, the path its tar data was compared at: the member the other
+/// hardlinks of a group must share an inode with.
 pub fn diff(
     model: &LayerModel,
     obs: &Observation,
     content: &HashMap<InodeId, ContentVerdict>,
+    anchors: &HashMap<InodeId, Vec<u8>>,
 ) -> Diff {
     let mut c = Collector {
         findings: Vec::new(),
@@ -326,7 +329,7 @@ pub fn diff(
             }
         }
     }
-    for paths in groups.values() {
+    for (id, paths) in &groups {
         let inos: Vec<Option<(u64, u64)>> = paths
             .iter()
             .map(|p| obs.entries.get(p).map(|o| (o.dev, o.ino)))
@@ -335,7 +338,11 @@ pub fn diff(
         for i in inos.iter().flatten() {
             *counts.entry(*i).or_default() += 1;
         }
-        let majority = counts.iter().max_by_key(|(_, n)| **n).map(|(i, _)| *i);
+        let anchor = anchors
+            .get(id)
+            .and_then(|p| obs.entries.get(p))
+            .map(|o| (o.dev, o.ino));
+        let majority = anchor.or_else(|| counts.iter().max_by_key(|(_, n)| **n).map(|(i, _)| *i));
         for (p, i) in paths.iter().zip(&inos) {
             if let (Some(i), Some(m)) = (i, majority)
                 && *i != m
@@ -481,7 +488,7 @@ mod tests {
             .insert(b"junk".to_vec(), obs(libc::S_IFDIR | 0o755, 3));
         o.entries
             .insert(b"junk/x".to_vec(), obs(libc::S_IFREG | 0o644, 4));
-        let d = diff(&m, &o, &HashMap::new());
+        let d = diff(&m, &o, &HashMap::new(), &HashMap::new());
         let got: Vec<(&str, FindingKind, &str)> = d
             .findings
             .iter()
@@ -528,7 +535,7 @@ mod tests {
             .insert(b"d".to_vec(), obs(libc::S_IFREG | 0o644, 5));
         let ci = m.get(b"c").unwrap().0;
         let content = HashMap::from([(ci, ContentVerdict::Differs)]);
-        let d = diff(&m, &o, &content);
+        let d = diff(&m, &o, &content, &HashMap::new());
         let kinds: Vec<(&str, FindingKind)> = d
             .findings
             .iter()
@@ -556,7 +563,7 @@ mod tests {
         };
         o.entries
             .insert(b"d".to_vec(), obs(libc::S_IFDIR | 0o755, 2));
-        let d = diff(&m, &o, &HashMap::new());
+        let d = diff(&m, &o, &HashMap::new(), &HashMap::new());
         let got: Vec<(&str, FindingKind)> = d
             .findings
             .iter()
@@ -588,7 +595,7 @@ mod tests {
             .insert(b"b".to_vec(), obs(libc::S_IFREG | 0o644, 11));
         o.entries
             .insert(b"c".to_vec(), obs(libc::S_IFREG | 0o644, 12));
-        let d = diff(&m, &o, &HashMap::new());
+        let d = diff(&m, &o, &HashMap::new(), &HashMap::new());
         assert!(
             d.findings
                 .iter()
@@ -609,6 +616,6 @@ mod tests {
         let mut a = obs(libc::S_IFREG | 0o644, 2);
         a.xattrs = vec![(b"security.selinux".to_vec(), b"x".to_vec())];
         o.entries.insert(b"a".to_vec(), a);
-        assert!(diff(&m, &o, &HashMap::new()).is_clean());
+        assert!(diff(&m, &o, &HashMap::new(), &HashMap::new()).is_clean());
     }
 }

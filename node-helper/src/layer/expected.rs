@@ -121,12 +121,15 @@ pub enum Applied {
     Other,
 }
 
+/// Decides, from a hardlink's raw link name, whether containerd's chmod reaches the inode.
+pub type HardlinkChmodProbe = Box<dyn Fn(&[u8]) -> bool + Send>;
+
 pub struct ModelOptions {
     /// A base layer (no parent): whiteouts and opaque markers delete, nothing is written.
     pub base: bool,
     /// Whether containerd would apply a hardlink header's mode: it `lstat`s the raw link
     /// name relative to its own working directory.
-    pub hardlink_chmod_applies: Box<dyn Fn(&[u8]) -> bool + Send>,
+    pub hardlink_chmod_applies: HardlinkChmodProbe,
 }
 
 impl ModelOptions {

@@ -19,6 +19,8 @@ pub mod observe;
 pub mod pass;
 pub mod repair;
 pub mod safe_fs;
+#[cfg(test)]
+mod tests;
 
 use snapmend_crds::report::FINDINGS_CAP;
 use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState};
@@ -106,7 +108,7 @@ pub(crate) fn report_from_pass(
             Some("the snapshot's fs directory is missing".into()),
         );
     };
-    let d = compare::diff(model, obs, &p.content);
+    let d = compare::diff(model, obs, &p.content, &p.compared_at);
     r.findings_total = d.findings.len() as u64;
     r.findings = d.findings.iter().take(FINDINGS_CAP).cloned().collect();
     r.state = if d.is_clean() {

@@ -208,7 +208,7 @@ fn repair_locked(
                 digest: layer.digest.clone(),
                 reason: "no model".into(),
             })?;
-            let d = super::compare::diff(model, &empty, &p.content);
+            let d = super::compare::diff(model, &empty, &p.content, &p.compared_at);
             (d, None)
         }
         _ => {
@@ -242,7 +242,21 @@ fn repair_locked(
             .collect();
     }
     let plan = plan_lines(model, &diff, obs, fs_missing);
+    let fault_after = std::env::var(FAULT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
     if plan.is_empty() {
+        // Nothing differs, but an interrupted repair may not have re-applied directory times.
+        let mut plan = plan;
+        if let Some(staging) = staging {
+            let mut applier = Applier::new(layer, snap, model, &p, staging, fault_after, false)?;
+            let changed = applier.apply_dir_times()?;
+            if changed > 0 {
+                plan.push(format!("re-apply the tar's times to {changed} directories"));
+                report.state = LayerState::Repaired;
+                report.entries_restored = Some(changed);
+            }
+        }
         return Ok(LayerRepair {
             report,
             plan,
@@ -256,9 +270,6 @@ fn repair_locked(
             reason: None,
         });
     };
-    let fault_after = std::env::var(FAULT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
     let mut applier = Applier::new(layer, snap, model, &p, staging, fault_after, fs_missing)?;
     applier.apply(&diff, obs)?;
     tracing::info!(
@@ -393,7 +404,7 @@ impl<'a> Applier<'a> {
                 }
             }
         }
-        self.apply_dir_times()
+        self.apply_dir_times().map(|_| ())
     }
 
     fn create_fs(&mut self) -> Result<()> {
@@ -727,7 +738,8 @@ impl<'a> Applier<'a> {
     }
 
     /// Directory mtimes from the tar, re-applied after every change (renames touch parents).
-    fn apply_dir_times(&mut self) -> Result<()> {
+    fn apply_dir_times(&mut self) -> Result<u64> {
+        let mut changed = 0;
         for path in self.model.dir_time_order() {
             let Some((_, inode)) = self.model.get(&path) else {
                 continue;
@@ -751,9 +763,10 @@ impl<'a> Applier<'a> {
                     UtimensatFlags::NoFollowSymlink,
                 )
                 .map_err(|e| self.err(&path, nix_io(e)))?;
+                changed += 1;
             }
         }
-        Ok(())
+        Ok(changed)
     }
 }
 
