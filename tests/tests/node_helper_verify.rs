@@ -97,18 +97,10 @@ fn mounted_overlays_are_counted() {
         s.fixture.run_container(RICH, "c1", &[]).unwrap(),
         RunOutcome::Started
     );
-    // The container's rootfs overlay lives in containerd's mount namespace.
-    let out = s
-        .fixture
-        .command_in_mount_namespace(&s.helper.binary)
-        .args(["verify", "--root"])
-        .arg(&s.helper.root)
-        .arg("--config")
-        .arg(&s.helper.config)
-        .args(["--image", RICH, "--content", "metadata", "--json"])
-        .output()
-        .unwrap();
-    let report: snapmend_crds::Report = serde_json::from_slice(&out.stdout).unwrap();
+    // The container's rootfs overlay (upper = its own snapshot, lowers = the 3 layers).
+    let run = s.helper.verify(RICH, Content::Metadata).unwrap();
+    assert_eq!(run.code, Some(0), "{run}");
+    let report = run.report().unwrap();
     assert_eq!(report.outcome, Outcome::Healthy);
     assert_eq!(report.mounts, 1, "{report:?}");
 }

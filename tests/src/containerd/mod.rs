@@ -1,8 +1,9 @@
 //! A private containerd 1.6 for tests: its own root, state, sockets, config and runc root,
 //! running in its own mount namespace with a private tmpfs on `/run` (its shims put their
-//! sockets under `/run/containerd/s`, a path containerd 1.6 hard-codes). Parallel fixtures
-//! never share a path, a container cgroup or a runc state dir, and dropping the fixture
-//! kills everything it started, unmounts and removes its directory.
+//! sockets under `/run/containerd/s`, a path containerd 1.6 hard-codes). The state dir is a
+//! shared bind mount, so container rootfs overlays appear in the host's mountinfo as they do
+//! on a node. Parallel fixtures never share a path, a container cgroup or a runc state dir,
+//! and dropping the fixture kills everything it started, unmounts and removes its directory.
 
 mod config;
 mod error;
@@ -83,23 +84,32 @@ impl ContainerdFixture {
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, render_config(&paths))
             .map_err(|e| FixtureError::io(&config_path, e))?;
+        share_mounts_beneath(paths.state)?;
         let log_path = base.join("containerd.log");
         let log = File::create(&log_path).map_err(|e| FixtureError::io(&log_path, e))?;
         let log_err = log
             .try_clone()
             .map_err(|e| FixtureError::io(&log_path, e))?;
-        // unshare and sh exec into containerd, so the child's pid is containerd's.
+        // unshare and sh exec into containerd, so the child's pid is containerd's. The mount
+        // holding /run becomes a slave first, so the tmpfs never propagates to the host even
+        // where / is shared; the state bind mount stays shared.
         let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("mount -t tmpfs -o mode=0755 snapmend-run /run && exec containerd --config \"$0\"")
+            .args(["--mount", "--propagation", "unchanged", "--", "sh", "-c"])
+            .arg(
+                "mount --make-slave \"$(findmnt -n -o TARGET --target /run)\" \
+                 && mount -t tmpfs -o mode=0755 snapmend-run /run && exec containerd --config \"$0\"",
+            )
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|e| FixtureError::Start {
+            .map_err(|e| {
+                unmount_beneath(&base);
+                FixtureError::Start {
                 reason: format!("spawning unshare/containerd: {e}"),
                 log: String::new(),
+            }
             })?;
         let mut fixture = ContainerdFixture {
             dir,
@@ -392,6 +402,43 @@ fn kill_and_wait(pids: &[i32]) {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn mount_call(
+    path: &Path,
+    source: Option<&Path>,
+    flags: libc::c_ulong,
+) -> Result<(), FixtureError> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
+            FixtureError::io(p, std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        })
+    };
+    let target = c(path)?;
+    let source = source.map(c).transpose()?;
+    let src_ptr = source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: mount(2) with NUL-terminated paths (or null source) and no data.
+    let rc = unsafe {
+        libc::mount(
+            src_ptr,
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(FixtureError::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes `dir` a shared bind mount of itself, so mounts made beneath it inside containerd's
+/// mount namespace propagate back to this one.
+fn share_mounts_beneath(dir: &Path) -> Result<(), FixtureError> {
+    std::fs::create_dir_all(dir).map_err(|e| FixtureError::io(dir, e))?;
+    mount_call(dir, Some(dir), libc::MS_BIND)?;
+    mount_call(dir, None, libc::MS_SHARED)
 }
 
 /// `<hierarchy>/<parent>` for every mounted cgroup hierarchy that has it.
