@@ -538,15 +538,6 @@ impl Cluster {
         let name = meta_str(&served, "name").unwrap_or("").to_string();
         if let Some(schema) = &def.schema {
             let outcome = validate_custom_resource(schema, &served, old, opts.field_validation);
-            if !outcome.causes.is_empty() {
-                return Err(StatusError::invalid(
-                    &def.kind_group(),
-                    &name,
-                    &def.group,
-                    &def.kind,
-                    &outcome.causes,
-                ));
-            }
             if !outcome.unknown_fields.is_empty() {
                 match opts.field_validation {
                     FieldValidation::Strict => {
@@ -556,8 +547,10 @@ impl Cluster {
                             .map(|f| format!("unknown field \"{f}\""))
                             .collect();
                         return Err(StatusError::bad_request(format!(
-                            "strict decoding error: {}",
-                            list.join(", ")
+                            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                            list.join(", "),
+                            kind = def.kind,
+                            version = def.version,
                         )));
                     }
                     FieldValidation::Warn => {
@@ -570,6 +563,15 @@ impl Cluster {
                     }
                     FieldValidation::Ignore => {}
                 }
+            }
+            if !outcome.causes.is_empty() {
+                return Err(StatusError::invalid(
+                    &def.kind_group(),
+                    &name,
+                    &def.group,
+                    &def.kind,
+                    &outcome.causes,
+                ));
             }
             served = outcome.object;
         }
