@@ -10,6 +10,7 @@ fn main() {
     let code = match &cli.command {
         Command::Verify(args) => cli::run_job(args, false, false),
         Command::Repair(args) => cli::run_job(&args.verify, true, args.dry_run),
+        Command::Agent(args) => snapmend_node_helper::agent::main(args),
     };
     std::process::exit(code);
 }

@@ -9,6 +9,7 @@
 //! Every task survives the API server going away: the watch backs off and relists, the Lease
 //! and report writes retry. Only SIGTERM/SIGINT stops the agent.
 
+pub mod args;
 pub mod decision;
 pub mod http;
 pub mod metrics;
@@ -24,13 +25,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{reflector, watcher};
 use kube::{Api, Client};
 use snapmend_crds::SnapshotRepair;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+pub use args::AgentArgs;
 pub use worker::StoreOptions;
 
 /// How long a running request may take to finish after SIGTERM before the agent exits anyway.
@@ -152,42 +154,59 @@ pub async fn run_with(
     }
 }
 
+/// First pause before relisting after a watch error; doubles up to `WATCH_RETRY_MAX`.
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(500);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(15);
+
 /// Mirrors this node's SnapshotRepairs into the reflector store and wakes the worker on every
-/// change. The watcher backs off and relists by itself after errors; it never ends on its own.
+/// change. After any watch error it starts over with a fresh list instead of resuming from the
+/// last resourceVersion: an API server that comes back restored from a backup (or a test double
+/// that restarts empty) may not know that version, and a relist of one node's repairs is cheap.
 async fn watch_own_repairs(
     api: Api<SnapshotRepair>,
     node: String,
-    writer: reflector::store::Writer<SnapshotRepair>,
+    mut writer: reflector::store::Writer<SnapshotRepair>,
     wake: Arc<Notify>,
     metrics: metrics::Metrics,
     status: status::AgentStatus,
     mut shutdown: shutdown::Shutdown,
 ) {
     let config = watcher::Config::default().fields(&node_field_selector(&node));
-    let stream = reflector(writer, watcher(api, config).default_backoff());
-    futures::pin_mut!(stream);
+    let mut retry = WATCH_RETRY_FIRST;
     loop {
-        let event = tokio::select! {
-            event = stream.next() => event,
-            _ = shutdown.wait() => return,
-        };
-        match event {
-            Some(Ok(watcher::Event::InitDone)) => {
-                debug!(node, "SnapshotRepair watch listed");
-                status.watch_synced(true);
-                wake.notify_one();
-            }
-            Some(Ok(_)) => wake.notify_one(),
-            Some(Err(error)) => {
-                warn!(node, %error, "SnapshotRepair watch failed; backing off and relisting");
-                metrics.watch_error();
-                status.watch_synced(false);
-            }
-            None => {
-                warn!(node, "SnapshotRepair watch ended unexpectedly");
-                return;
+        let stream = watcher(api.clone(), config.clone());
+        futures::pin_mut!(stream);
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                _ = shutdown.wait() => return,
+            };
+            match event {
+                Some(Ok(event)) => {
+                    writer.apply_watcher_event(&event);
+                    if matches!(event, watcher::Event::InitDone) {
+                        debug!(node, "SnapshotRepair watch listed");
+                        status.watch_synced(true);
+                        retry = WATCH_RETRY_FIRST;
+                    }
+                    wake.notify_one();
+                }
+                Some(Err(error)) => {
+                    warn!(node, %error, retry_in = ?retry, "SnapshotRepair watch failed; relisting");
+                    metrics.watch_error();
+                    status.watch_synced(false);
+                    break;
+                }
+                None => {
+                    warn!(node, "SnapshotRepair watch ended; relisting");
+                    break;
+                }
             }
         }
+        if shutdown.sleep_or_stop(retry).await {
+            return;
+        }
+        retry = (retry * 2).min(WATCH_RETRY_MAX);
     }
 }
 
@@ -210,9 +229,10 @@ async fn wait_for_signal() {
     }
 }
 
-/// Entry point for the CLI: a runtime, the agent, and an exit status (0 after a clean stop,
-/// 2 when it could not start).
-pub fn main(opts: AgentOptions) -> i32 {
+/// Entry point for the CLI (which sets up logging): a runtime, the agent, and an exit status
+/// (0 after a clean stop, 2 when it could not start).
+pub fn main(args: &AgentArgs) -> i32 {
+    let opts = args.options();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use snapmend_crds::{RepairAction, RequestReport, SnapshotRepair};
+use snapmend_crds::{Outcome, RepairAction, Report, RequestReport, SnapshotRepair};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -23,7 +23,9 @@ use crate::job::{self, JobOptions, Target};
 /// Where the node's containerd store is; the same options the CLI takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
-    pub root: PathBuf,
+    /// `--root`; without it, config.toml's `root`, else the default (resolved per request, so
+    /// a config that appears or changes later is picked up).
+    pub root: Option<PathBuf>,
     pub namespace: String,
     pub config_path: PathBuf,
 }
@@ -43,10 +45,17 @@ pub struct Worker {
     pub shutdown: Shutdown,
 }
 
-/// A request the worker has handled, keyed by SnapshotRepair name: the resourceVersion of the
-/// cached copy it acted on. Until the cache moves past that version the worker does not pick
+/// A request the worker has handled, keyed by SnapshotRepair name: the uid and resourceVersion
+/// of the cached copy it acted on. Until the cache holds a newer copy the worker does not pick
 /// the same object again, so a lagging cache cannot make it spin.
-type Handled = HashMap<String, Option<String>>;
+type Handled = HashMap<String, (Option<String>, Option<String>)>;
+
+fn version_of(sr: &SnapshotRepair) -> (Option<String>, Option<String>) {
+    (
+        sr.metadata.uid.clone(),
+        sr.metadata.resource_version.clone(),
+    )
+}
 
 impl Worker {
     pub async fn run(mut self) {
@@ -61,7 +70,7 @@ impl Worker {
                 continue;
             };
             let name = sr.metadata.name.clone().unwrap_or_default();
-            let cached_version = sr.metadata.resource_version.clone();
+            let cached_version = version_of(&sr);
             if self.serve(&name).await {
                 handled.insert(name, cached_version);
             }
@@ -77,7 +86,7 @@ impl Worker {
             .filter(|sr| !matches!(decide(&self.node, sr), Decision::Idle(_)))
             .filter(|sr| {
                 let name = sr.metadata.name.clone().unwrap_or_default();
-                handled.get(&name) != Some(&sr.metadata.resource_version)
+                handled.get(&name) != Some(&version_of(sr))
             })
             .collect();
         pending.sort_by(|a, b| queue_order(a, b));
@@ -135,15 +144,31 @@ impl Worker {
 
     /// Runs the job on a blocking thread (it reads and hashes whole layers).
     async fn run_job(&self, work: &Work) -> RequestReport {
-        let opts = JobOptions {
-            root: self.store_options.root.clone(),
-            namespace: self.store_options.namespace.clone(),
-            config_path: self.store_options.config_path.clone(),
-            target: work.target.clone(),
-            content: work.content,
-            dry_run: false,
-        };
         let action = work.action;
+        let opts = match job::root_from(
+            self.store_options.root.as_deref(),
+            &self.store_options.config_path,
+        ) {
+            Ok(root) => JobOptions {
+                root,
+                namespace: self.store_options.namespace.clone(),
+                config_path: self.store_options.config_path.clone(),
+                target: work.target.clone(),
+                content: work.content,
+                dry_run: false,
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot find containerd's root");
+                let report =
+                    error_report(&work.target, format!("cannot find containerd's root: {e}"));
+                self.metrics
+                    .request_finished(action, &report, Duration::ZERO);
+                return RequestReport {
+                    request_id: work.request_id.clone(),
+                    report,
+                };
+            }
+        };
         info!(target = ?work.target, content = ?work.content, "running request");
         self.metrics.request_started();
         let started = Instant::now();
@@ -158,14 +183,10 @@ impl Worker {
         .await;
         let report = match joined {
             Ok(report) => report,
-            Err(e) => snapmend_crds::Report {
-                image: match &work.target {
-                    Target::Image(i) => i.clone(),
-                    Target::SandboxImage => String::new(),
-                },
-                message: Some(format!("the {action:?} job did not finish: {e}")),
-                ..Default::default()
-            },
+            Err(e) => error_report(
+                &work.target,
+                format!("the {action:?} job did not finish: {e}"),
+            ),
         };
         let elapsed = started.elapsed();
         self.metrics.request_finished(action, &report, elapsed);
@@ -269,6 +290,19 @@ impl Worker {
             }
             retry = (retry * 2).min(RETRY_MAX);
         }
+    }
+}
+
+/// An Outcome Error report for a job that could not run.
+fn error_report(target: &Target, message: String) -> Report {
+    Report {
+        image: match target {
+            Target::Image(i) => i.clone(),
+            Target::SandboxImage => String::new(),
+        },
+        outcome: Outcome::Error,
+        message: Some(message),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,112 @@
+//! The incident through the agent: a private containerd whose sandbox image lost `/pause`,
+//! snapmend-sim, and the real agent binary answering Verify and Repair requests with the same
+//! job code as the CLI. The operator's part is played by the test (it writes the requests).
+
+mod agent_support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_support::*;
+use snapmend_crds::{
+    BlobState, ContentCheck, FindingKind, LayerState, Outcome, RepairAction, SnapshotRepairSpec,
+};
+use snapmend_tests::containerd::{ContainerdFixture, RunOutcome};
+use snapmend_tests::image_builder::pause_image;
+
+const ANSWER: Duration = Duration::from_secs(60);
+
+/// `snapshots/<id>/fs` dirs of the fixture that hold `name` (the pause layer's snapshot).
+fn snapshots_holding(fixture: &ContainerdFixture, name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(fixture.snapshotter_root().join("snapshots"))
+        .expect("snapshots dir")
+        .map(|e| e.expect("snapshot entry").path().join("fs"))
+        .filter(|fs| path_exists(&fs.join(name)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_verifies_and_repairs_the_incident_on_request() {
+    let fixture = ContainerdFixture::start().unwrap();
+    let sandbox = fixture.sandbox_image().to_string();
+    fixture
+        .import_images(&[pause_image(&sandbox).unwrap()])
+        .unwrap();
+    let fs = snapshots_holding(&fixture, "pause");
+    assert_eq!(fs.len(), 1, "one pause snapshot: {fs:?}");
+    let pause = fs[0].join("pause");
+
+    let sim = start_cluster(0).await;
+    let client = sim.client().unwrap();
+    let store = StoreArgs {
+        root: fixture.root(),
+        config: fixture.config_path(),
+    };
+    let agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", Some(&store));
+    agent.wait_ready().await;
+    let spec = SnapshotRepairSpec {
+        node_name: "node-a".into(),
+        image: None,
+        sandbox_image: true,
+        action: RepairAction::Repair,
+        cordon: true,
+        content_check: ContentCheck::Full,
+    };
+    create_repair_with(&client, "node-a-pause", spec).await;
+
+    request(&client, "node-a-pause", "1", RepairAction::Verify).await;
+    let healthy = wait_for_report(&client, "node-a-pause", "1", ANSWER)
+        .await
+        .report;
+    assert_eq!(healthy.outcome, Outcome::Healthy, "{healthy:?}");
+    assert_eq!(healthy.image, sandbox);
+    assert_eq!(healthy.layers.len(), 1);
+    assert_eq!(healthy.layers[0].blob, BlobState::Verified);
+
+    // The incident: a cleanup script deletes /pause from the unpacked snapshot.
+    std::fs::remove_file(&pause).unwrap();
+    request(&client, "node-a-pause", "2", RepairAction::Verify).await;
+    let corrupted = wait_for_report(&client, "node-a-pause", "2", ANSWER)
+        .await
+        .report;
+    assert_eq!(corrupted.outcome, Outcome::Corrupted, "{corrupted:?}");
+    let layer = &corrupted.layers[0];
+    assert_eq!(layer.state, LayerState::Corrupted);
+    assert_eq!(layer.findings_total, 1);
+    assert_eq!(layer.findings[0].path, "/pause");
+    assert_eq!(layer.findings[0].kind, FindingKind::Missing);
+    assert!(!path_exists(&pause), "Verify never writes");
+
+    request(&client, "node-a-pause", "3", RepairAction::Repair).await;
+    let repaired = wait_for_report(&client, "node-a-pause", "3", ANSWER)
+        .await
+        .report;
+    assert_eq!(repaired.outcome, Outcome::Repaired, "{repaired:?}");
+    assert!(pause.is_file(), "/pause restored");
+    assert_eq!(
+        fixture
+            .run_container(&sandbox, "after-repair", &[])
+            .unwrap(),
+        RunOutcome::Started
+    );
+    fixture.remove_container("after-repair").unwrap();
+
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_requests_total{action="Verify",outcome="Corrupted"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_findings_total{action="Verify"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_requests_total{action="Repair",outcome="Repaired"}"#)
+            .await,
+        1.0
+    );
+}

@@ -1,0 +1,318 @@
+//! Shared by the `agent_*` tests: a snapmend-sim with the CRD and the agent's namespace, the
+//! real `snapmend-node-helper agent` binary as a child process, and what the operator would
+//! write (requests) and read (reports, Leases, /metrics).
+
+#![allow(dead_code)] // each agent_* test file uses a different subset
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt};
+use serde_json::json;
+use snapmend_crds::{RepairAction, RequestReport, SnapshotRepair, SnapshotRepairSpec};
+use snapmend_tests::node_helper_cli::node_helper_binary;
+use snapmend_tests::sim::{SimConfig, SimServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const LEASE_NAMESPACE: &str = "snapmend-system";
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A simulated API server with the SnapshotRepair CRD and the `snapmend-system` namespace.
+pub async fn start_cluster(port: u16) -> SimServer {
+    let sim = SimServer::start_with(SimConfig {
+        port,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start snapmend-sim");
+    install(&sim.client().expect("client")).await;
+    sim
+}
+
+/// What `kubectl apply -k deploy/` would create that the agent depends on.
+pub async fn install(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &SnapshotRepair::crd())
+        .await
+        .expect("create CRD");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}})).expect("namespace");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    // The CRD is served once its group appears in discovery.
+    let srs: Api<SnapshotRepair> = Api::all(client.clone());
+    wait_for(
+        "SnapshotRepair API served",
+        Duration::from_secs(10),
+        || async { srs.list(&Default::default()).await.ok().map(|_| ()) },
+    )
+    .await;
+}
+
+/// The agent binary running against a kubeconfig; stopped with SIGTERM on drop.
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub metrics_addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Store options for the agent: a root and a config path.
+pub struct StoreArgs {
+    pub root: PathBuf,
+    pub config: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `snapmend-node-helper agent --node NODE` against `kubeconfig_yaml`; with no store
+    /// given, an empty containerd root (every job reports Outcome Error: image unknown).
+    pub fn spawn(kubeconfig_yaml: &str, node: &str, store: Option<&StoreArgs>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml).expect("write kubeconfig");
+        let empty_root = dir.path().join("containerd-root");
+        std::fs::create_dir_all(&empty_root).expect("mkdir root");
+        let (root, config) = match store {
+            Some(s) => (s.root.clone(), s.config.clone()),
+            None => (empty_root, dir.path().join("config.toml")),
+        };
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = dir.path().join("agent.log");
+        let binary = node_helper_binary().expect("snapmend-node-helper binary");
+        let child = Command::new(binary)
+            .args([
+                "agent",
+                "--node",
+                node,
+                "--metrics-addr",
+                &metrics_addr.to_string(),
+            ])
+            .args(["--lease-namespace", LEASE_NAMESPACE])
+            .arg("--root")
+            .arg(&root)
+            .arg("--config")
+            .arg(&config)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,kube=warn,hyper=warn")
+            .env("NO_COLOR", "1")
+            .env("POD_NAME", format!("agent-{node}"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("agent.stdout")).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn agent");
+        AgentProcess {
+            child: Some(child),
+            metrics_addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// GET `path` on the agent's endpoint: (status code, body).
+    pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics_addr, path).await
+    }
+
+    /// The value of one metric line (`name{labels} value`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.http_get("/metrics").await.unwrap_or_default();
+        metric_value(&text, series).unwrap_or(0.0)
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for("agent /readyz 200", Duration::from_secs(30), || async {
+            matches!(self.http_get("/readyz").await, Some((200, _))).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate(Duration::from_secs(5));
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET, so the tests need no HTTP client crate.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls `check` until it yields a value; panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A SnapshotRepair as a person would apply it.
+pub async fn create_repair(client: &Client, name: &str, node: &str, image: &str) -> SnapshotRepair {
+    let spec = SnapshotRepairSpec {
+        node_name: node.into(),
+        image: Some(image.into()),
+        sandbox_image: false,
+        action: RepairAction::Repair,
+        cordon: true,
+        content_check: Default::default(),
+    };
+    create_repair_with(client, name, spec).await
+}
+
+pub async fn create_repair_with(
+    client: &Client,
+    name: &str,
+    spec: SnapshotRepairSpec,
+) -> SnapshotRepair {
+    let srs: Api<SnapshotRepair> = Api::all(client.clone());
+    let mut sr = SnapshotRepair::new(name, spec.clone());
+    sr.metadata.labels = Some(
+        [(
+            snapmend_crds::labels::NODE_LABEL.to_string(),
+            spec.node_name.clone(),
+        )]
+        .into(),
+    );
+    srs.create(&PostParams::default(), &sr)
+        .await
+        .expect("create SnapshotRepair")
+}
+
+/// What the operator writes to ask the agent for something (plus fields only it owns).
+pub async fn request(client: &Client, name: &str, id: &str, action: RepairAction) {
+    let srs: Api<SnapshotRepair> = Api::all(client.clone());
+    let phase = match action {
+        RepairAction::Verify => "Verifying",
+        RepairAction::Repair => "Repairing",
+    };
+    let patch = json!({"status": {
+        "phase": phase,
+        "message": format!("operator asked for request {id}"),
+        "request": {"id": id, "action": action},
+    }});
+    srs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch status.request");
+}
+
+pub async fn report_of(client: &Client, name: &str) -> Option<RequestReport> {
+    let srs: Api<SnapshotRepair> = Api::all(client.clone());
+    srs.get(name).await.ok()?.status?.report
+}
+
+/// Waits for the report answering request `id`.
+pub async fn wait_for_report(
+    client: &Client,
+    name: &str,
+    id: &str,
+    timeout: Duration,
+) -> RequestReport {
+    wait_for(
+        &format!("report for {name} request {id}"),
+        timeout,
+        || async { report_of(client, name).await.filter(|r| r.request_id == id) },
+    )
+    .await
+}
+
+pub async fn lease_of(client: &Client, node: &str) -> Option<Lease> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    leases
+        .get_opt(&snapmend_crds::labels::helper_lease_name(node))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// renewTime of the node's presence Lease.
+pub async fn lease_renew_time(client: &Client, node: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    lease_of(client, node).await?.spec?.renew_time.map(|t| t.0)
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}
