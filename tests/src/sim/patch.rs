@@ -40,8 +40,16 @@ pub fn apply_patch(kind: PatchKind, old: &Value, patch: &Value) -> Result<Value,
             Ok(out)
         }
         PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+            let mut ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| StatusError::bad_request(format!("invalid JSON patch: {e}")))?;
+            // Like the API server (evanphx/json-patch): `test` of a missing path against null
+            // passes. kube-runtime's finalizer helper relies on it to add the first finalizer.
+            ops.0.retain(|op| match op {
+                json_patch::PatchOperation::Test(t) => {
+                    !(t.value.is_null() && old.pointer(t.path.as_str()).is_none())
+                }
+                _ => true,
+            });
             let mut out = old.clone();
             json_patch::patch(&mut out, &ops).map_err(|e| {
                 StatusError::forbidden_invalid(format!(
@@ -283,6 +291,25 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, 422);
+        // kube-runtime's finalizer helper: test a missing list against null, then add it.
+        let out = apply_patch(
+            PatchKind::Json,
+            &old,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["x.io/f"]}
+            ]),
+        )
+        .unwrap();
+        assert_eq!(out["metadata"]["finalizers"], json!(["x.io/f"]));
+        let present = json!({"metadata": {"finalizers": ["y"]}});
+        let err = apply_patch(
+            PatchKind::Json,
+            &present,
+            &json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 422, "a present value is not null");
         assert_eq!(
             apply_patch(PatchKind::Json, &old, &json!({"op": "x"}))
                 .unwrap_err()
