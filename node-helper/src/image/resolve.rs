@@ -56,6 +56,27 @@ fn image_error(reference: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// containerd's media-type sanity check: a document must not contradict how it is described
+/// (its own `mediaType`, or the fields only the other kind has).
+pub fn check_document_kind(
+    doc: &serde_json::Value,
+    described_as_index: bool,
+) -> std::result::Result<(), String> {
+    let own = doc.get("mediaType").and_then(|m| m.as_str());
+    let (wrong_types, wrong_fields, kind): (&[&str], &[&str], &str) = if described_as_index {
+        (&MANIFEST_TYPES, &["config", "layers"], "an index")
+    } else {
+        (&INDEX_TYPES, &["manifests"], "a manifest")
+    };
+    if let Some(own) = own.filter(|o| wrong_types.contains(o)) {
+        return Err(format!("is described as {kind} but is a {own}"));
+    }
+    if let Some(field) = wrong_fields.iter().find(|f| doc.get(**f).is_some()) {
+        return Err(format!("is described as {kind} but has a {field:?} field"));
+    }
+    Ok(())
+}
+
 fn descriptor_platform(d: &Descriptor) -> Option<Platform> {
     d.platform().as_ref().map(|p| {
         Platform::new(
@@ -165,20 +186,22 @@ impl Store {
                 format!("indexes nested deeper than {MAX_INDEX_DEPTH} at {digest}"),
             ));
         }
+        let is_index = INDEX_TYPES.contains(&media_type);
+        if !is_index && !MANIFEST_TYPES.contains(&media_type) {
+            return Err(image_error(
+                reference,
+                format!("{digest} has unsupported media type {media_type:?}"),
+            ));
+        }
         let bytes = self.content.read_document(digest)?;
-        let parse_err = |what: &str, e: oci_spec::OciSpecError| {
-            image_error(reference, format!("{what} {digest}: {e}"))
-        };
-        if INDEX_TYPES.contains(&media_type) {
-            let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| parse_err("index", e))?;
-            if let Some(own) = index.media_type().as_ref().map(ToString::to_string)
-                && MANIFEST_TYPES.contains(&own.as_str())
-            {
-                return Err(image_error(
-                    reference,
-                    format!("{digest} is described as an index but is a {own}"),
-                ));
-            }
+        let what = if is_index { "index" } else { "manifest" };
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| image_error(reference, format!("{what} {digest}: {e}")))?;
+        check_document_kind(&doc, is_index)
+            .map_err(|e| image_error(reference, format!("{digest} {e}")))?;
+        if is_index {
+            let index: ImageIndex = serde_json::from_value(doc)
+                .map_err(|e| image_error(reference, format!("index {digest}: {e}")))?;
             let mut children: Vec<(usize, &Descriptor, Option<Platform>)> = index
                 .manifests()
                 .iter()
@@ -206,40 +229,26 @@ impl Store {
             }
             return Ok(None);
         }
-        if MANIFEST_TYPES.contains(&media_type) {
-            let manifest =
-                ImageManifest::from_reader(&bytes[..]).map_err(|e| parse_err("manifest", e))?;
-            if let Some(own) = manifest.media_type().as_ref().map(ToString::to_string)
-                && INDEX_TYPES.contains(&own.as_str())
-            {
-                return Err(image_error(
-                    reference,
-                    format!("{digest} is described as a manifest but is a {own}"),
-                ));
+        let manifest: ImageManifest = serde_json::from_value(doc)
+            .map_err(|e| image_error(reference, format!("manifest {digest}: {e}")))?;
+        // Reached through an index without a platform: the config says what it runs on.
+        if depth > 0 && platform.is_none() {
+            let config = self.config(reference, manifest.config().digest().as_ref())?;
+            let p = Platform::new(
+                &config.os().to_string(),
+                &config.architecture().to_string(),
+                config.variant().as_deref(),
+            );
+            if host.rank(&p).is_none() {
+                return Ok(None);
             }
-            // Reached through an index without a platform: the config says what it runs on.
-            if depth > 0 && platform.is_none() {
-                let config = self.config(reference, manifest.config().digest().as_ref())?;
-                let p = Platform::new(
-                    &config.os().to_string(),
-                    &config.architecture().to_string(),
-                    config.variant().as_deref(),
-                );
-                if host.rank(&p).is_none() {
-                    return Ok(None);
-                }
-            }
-            return Ok(Some((digest.to_string(), manifest)));
         }
-        Err(image_error(
-            reference,
-            format!("{digest} has unsupported media type {media_type:?}"),
-        ))
+        Ok(Some((digest.to_string(), manifest)))
     }
 
     fn config(&self, reference: &str, digest: &str) -> Result<ImageConfiguration> {
         let bytes = self.content.read_document(digest)?;
-        ImageConfiguration::from_reader(&bytes[..])
+        serde_json::from_slice::<ImageConfiguration>(&bytes)
             .map_err(|e| image_error(reference, format!("config {digest}: {e}")))
     }
 
@@ -295,6 +304,38 @@ mod tests {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
+    }
+
+    #[test]
+    fn documents_must_not_contradict_their_descriptor() {
+        let index = serde_json::json!({"mediaType": INDEX_TYPES[0], "manifests": []});
+        let manifest =
+            serde_json::json!({"mediaType": MANIFEST_TYPES[1], "config": {}, "layers": []});
+        let untyped_index = serde_json::json!({"manifests": []});
+        assert_eq!(check_document_kind(&index, true), Ok(()));
+        assert_eq!(check_document_kind(&manifest, false), Ok(()));
+        assert_eq!(check_document_kind(&untyped_index, true), Ok(()));
+        assert!(
+            check_document_kind(&index, false)
+                .unwrap_err()
+                .contains("but is a application/vnd.oci.image.index.v1+json")
+        );
+        assert!(
+            check_document_kind(&manifest, true)
+                .unwrap_err()
+                .contains("but is a application/vnd.docker")
+        );
+        assert!(
+            check_document_kind(&untyped_index, false)
+                .unwrap_err()
+                .contains("\"manifests\" field")
+        );
+        let untyped_manifest = serde_json::json!({"layers": []});
+        assert!(
+            check_document_kind(&untyped_manifest, true)
+                .unwrap_err()
+                .contains("\"layers\" field")
+        );
     }
 
     #[test]
@@ -471,5 +512,267 @@ mod store_fixture_tests {
                 .values()
                 .all(|r| r.kind == SnapshotKind::Committed)
         );
+    }
+}
+
+#[cfg(test)]
+mod synthetic_store_tests {
+    //! Documents written by hand into a temporary content store: Docker manifest lists,
+    //! nested indexes, manifests without a platform, and malformed documents.
+
+    use serde_json::json;
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+    use crate::store::bolt::BoltDb;
+    use crate::store::bolt::testing::{TBucket, build};
+    use crate::store::content::ContentStore;
+    use crate::store::meta_db::MetaDb;
+    use crate::store::snapshotter_db::SnapshotterDb;
+    use crate::store::{Store, StoreLayout};
+
+    struct Synth {
+        dir: tempfile::TempDir,
+        images: Vec<(String, String, String)>,
+    }
+
+    impl Synth {
+        fn new() -> Synth {
+            Synth {
+                dir: tempfile::tempdir().unwrap(),
+                images: Vec::new(),
+            }
+        }
+
+        fn blob(&self, bytes: &[u8]) -> String {
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+            let path = self
+                .dir
+                .path()
+                .join("io.containerd.content.v1.content/blobs/sha256")
+                .join(&digest[7..]);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+            digest
+        }
+
+        fn json(&self, v: serde_json::Value) -> (String, u64) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            (self.blob(&bytes), bytes.len() as u64)
+        }
+
+        /// A manifest of `media_type` with one layer per diff id; returns its descriptor.
+        fn manifest(
+            &self,
+            media_type: &str,
+            arch: &str,
+            diff_ids: &[&str],
+            layers: usize,
+        ) -> serde_json::Value {
+            let (config, config_size) = self.json(json!({
+                "architecture": arch, "os": "linux",
+                "container_config": {"Hostname": "x"}, "docker_version": "20.10",
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            }));
+            let layer_descs: Vec<_> = (0..layers)
+                .map(|i| {
+                    json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                "digest": format!("sha256:{:064x}", i + 1), "size": 10})
+                })
+                .collect();
+            let (digest, size) = self.json(json!({
+                "schemaVersion": 2, "mediaType": media_type,
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": config_size},
+                "layers": layer_descs,
+            }));
+            json!({"mediaType": media_type, "digest": digest, "size": size})
+        }
+
+        fn index(&self, media_type: &str, manifests: Vec<serde_json::Value>) -> serde_json::Value {
+            let (digest, size) = self
+                .json(json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}));
+            json!({"mediaType": media_type, "digest": digest, "size": size})
+        }
+
+        fn image(&mut self, name: &str, target: &serde_json::Value) {
+            self.images.push((
+                name.to_string(),
+                target["digest"].as_str().unwrap().to_string(),
+                target["mediaType"].as_str().unwrap().to_string(),
+            ));
+        }
+
+        fn store(&self) -> Store {
+            let mut images = TBucket::new();
+            for (name, digest, mt) in &self.images {
+                images = images.bucket(
+                    name,
+                    TBucket::new().bucket(
+                        "target",
+                        TBucket::new()
+                            .inline()
+                            .value("digest", digest)
+                            .value("mediatype", mt)
+                            .value("size", [0x02]),
+                    ),
+                );
+            }
+            let root = TBucket::new().bucket(
+                "v1",
+                TBucket::new().bucket("k8s.io", TBucket::new().bucket("images", images)),
+            );
+            let meta = BoltDb::from_bytes(Path::new("/m/meta.db"), &build(&root, 4096, 2)).unwrap();
+            let layout = StoreLayout::new(self.dir.path(), None);
+            Store {
+                content: ContentStore::new(&layout.content_root()),
+                snapshots: SnapshotterDb {
+                    path: layout.snapshotter_db(),
+                    snapshots: Default::default(),
+                },
+                meta: MetaDb::from_bolt(meta),
+                layout,
+            }
+        }
+    }
+
+    use std::path::Path;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    fn with_platform(
+        mut d: serde_json::Value,
+        arch: &str,
+        variant: Option<&str>,
+    ) -> serde_json::Value {
+        d["platform"] = json!({"architecture": arch, "os": "linux", "features": ["sse4"]});
+        if let Some(v) = variant {
+            d["platform"]["variant"] = json!(v);
+        }
+        d
+    }
+
+    #[test]
+    fn a_docker_manifest_list_picks_this_platform() {
+        let mut s = Synth::new();
+        let arm = with_platform(
+            s.manifest(DOCKER_MANIFEST, "arm64", &[D1], 1),
+            "arm64",
+            Some("v8"),
+        );
+        let amd = with_platform(
+            s.manifest(DOCKER_MANIFEST, "amd64", &[D1, D2], 2),
+            "amd64",
+            None,
+        );
+        let list = s.index(DOCKER_LIST, vec![arm.clone(), amd.clone()]);
+        s.image("docker.io/library/busybox:1", &list);
+        let store = s.store();
+        let amd64 = store
+            .resolve_image(
+                "k8s.io",
+                "docker.io/library/busybox:1",
+                &Platform::new("linux", "amd64", None),
+            )
+            .unwrap();
+        assert_eq!(amd64.manifest_digest, amd["digest"].as_str().unwrap());
+        assert_eq!(amd64.layers.len(), 2);
+        assert_eq!(
+            amd64.layers[1].chain_id,
+            chain_ids(&[D1.into(), D2.into()])[1]
+        );
+        assert!(amd64.layers.iter().all(|l| l.snapshot.is_none()));
+        let arm64 = store
+            .resolve_image(
+                "k8s.io",
+                "docker.io/library/busybox:1",
+                &Platform::new("linux", "arm64", None),
+            )
+            .unwrap();
+        assert_eq!(arm64.manifest_digest, arm["digest"].as_str().unwrap());
+    }
+
+    #[test]
+    fn the_best_ranked_fallback_wins_and_platformless_entries_come_last() {
+        let mut s = Synth::new();
+        let v6 = with_platform(s.manifest(OCI_MANIFEST, "arm", &[D1], 1), "arm", Some("v6"));
+        let v7 = with_platform(s.manifest(OCI_MANIFEST, "arm", &[D2], 1), "arm", Some("v7"));
+        let bare = s.manifest(OCI_MANIFEST, "arm64", &[D1, D2], 2);
+        let index = s.index(OCI_INDEX, vec![bare.clone(), v6, v7.clone()]);
+        s.image("i:1", &index);
+        let store = s.store();
+        let on_arm64 = store
+            .resolve_image("k8s.io", "i:1", &Platform::new("linux", "arm64", None))
+            .unwrap();
+        assert_eq!(
+            on_arm64.manifest_digest,
+            v7["digest"].as_str().unwrap(),
+            "arm/v7 ranks above a platform-less entry"
+        );
+        // amd64 runs none of the arm entries; the platform-less one is checked via its config (arm64)
+        let e = store
+            .resolve_image("k8s.io", "i:1", &Platform::new("linux", "amd64", None))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no manifest for platform linux/amd64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_platformless_manifest_is_matched_by_its_config_and_nested_indexes_are_followed() {
+        let mut s = Synth::new();
+        let bare = s.manifest(OCI_MANIFEST, "amd64", &[D1], 1);
+        let inner = s.index(OCI_INDEX, vec![bare.clone()]);
+        let outer = s.index(OCI_INDEX, vec![inner]);
+        s.image("nested:1", &outer);
+        let img = s
+            .store()
+            .resolve_image("k8s.io", "nested:1", &Platform::new("linux", "amd64", None))
+            .unwrap();
+        assert_eq!(img.manifest_digest, bare["digest"].as_str().unwrap());
+    }
+
+    #[test]
+    fn malformed_documents_are_errors_naming_the_image() {
+        let mut s = Synth::new();
+        // diff_ids and layers disagree
+        let short = s.manifest(DOCKER_MANIFEST, "amd64", &[D1], 2);
+        s.image("short:1", &short);
+        // an index described as a manifest
+        let list = s.index(OCI_INDEX, vec![]);
+        let lying =
+            json!({"mediaType": OCI_MANIFEST, "digest": list["digest"], "size": list["size"]});
+        s.image("lying:1", &lying);
+        // an unsupported media type
+        let schema1 = json!({"mediaType": "application/vnd.docker.distribution.manifest.v1+prettyjws", "digest": list["digest"], "size": 1});
+        s.image("old:1", &schema1);
+        // a blob that is not JSON
+        let junk = s.blob(b"\x00\x01 not json");
+        s.image(
+            "junk:1",
+            &json!({"mediaType": OCI_MANIFEST, "digest": junk, "size": 3}),
+        );
+        let store = s.store();
+        let host = Platform::new("linux", "amd64", None);
+        for (name, expect) in [
+            ("short:1", "lists 1 diff_ids for 2 layers"),
+            ("lying:1", "is described as a manifest but is a"),
+            ("old:1", "unsupported media type"),
+            ("junk:1", "manifest sha256:"),
+        ] {
+            let e = store.resolve_image("k8s.io", name, &host).unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, Error::Image { .. }), "{name}: {text}");
+            assert!(
+                text.contains(name) && text.contains(expect),
+                "{name}: {text}"
+            );
+        }
     }
 }
