@@ -77,7 +77,8 @@ pub fn verify(opts: &JobOptions) -> Report {
     })
 }
 
-/// Repairs every damaged layer of the target image, then verifies the repaired layers again.
+/// Repairs every damaged layer of the target image (bottom first), then verifies the repaired
+/// layers again.
 #[tracing::instrument(skip_all, fields(target = ?opts.target, root = %opts.root.display(), dry_run = opts.dry_run))]
 pub fn repair(opts: &JobOptions) -> Report {
     timed(opts, |image| repair_image(image, opts))
@@ -103,7 +104,7 @@ fn timed(
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not run");
+            tracing::info!(error = %e, "could not run");
             Report {
                 image: requested_name(&opts.target),
                 outcome: Outcome::Error,
@@ -341,28 +342,36 @@ fn repair_image(
         dry_run: opts.dry_run,
         content: opts.content,
     };
-    let attempts: Vec<LayerAttempt> = for_each_layer(&image.layers, |layer| {
-        match layer::repair_layer(layer, &ropts) {
-            Ok(done) => LayerAttempt::Done(done),
-            Err(e) => {
-                tracing::warn!(index = layer.index, error = %e, "layer repair failed");
-                let report = LayerReport {
-                    index: layer.index,
-                    digest: layer.digest.clone(),
-                    diff_id: layer.diff_id.clone(),
-                    chain_id: layer.chain_id.clone(),
-                    snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
-                    snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
-                    state: LayerState::Corrupted,
-                    ..Default::default()
-                };
-                LayerAttempt::Failed {
-                    report,
-                    error: e.to_string(),
+    // Bottom layer first, one at a time: an upper layer's implicitly created directories take
+    // their attributes from the lower layers, which must be restored before they are read.
+    let attempts: Vec<LayerAttempt> = image
+        .layers
+        .iter()
+        .map(|layer| {
+            let _span =
+                tracing::info_span!("layer", index = layer.index, digest = %layer.digest).entered();
+            match layer::repair_layer(layer, &ropts) {
+                Ok(done) => LayerAttempt::Done(done),
+                Err(e) => {
+                    tracing::warn!(index = layer.index, error = %e, "layer repair failed");
+                    let report = LayerReport {
+                        index: layer.index,
+                        digest: layer.digest.clone(),
+                        diff_id: layer.diff_id.clone(),
+                        chain_id: layer.chain_id.clone(),
+                        snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
+                        snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
+                        state: LayerState::Corrupted,
+                        ..Default::default()
+                    };
+                    LayerAttempt::Failed {
+                        report,
+                        error: e.to_string(),
+                    }
                 }
             }
-        }
-    });
+        })
+        .collect();
 
     // Confirm what was written with an independent verification of the repaired layers.
     let repaired: Vec<ResolvedLayer> = image
