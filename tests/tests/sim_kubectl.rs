@@ -1,0 +1,682 @@
+//! The real kubectl against snapmend-sim. These tests fail (never skip) when kubectl is missing;
+//! set `KUBECTL` to use another binary than the one on PATH.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use snapmend_tests::sim::BackgroundSim;
+
+struct Kubectl {
+    sim: BackgroundSim,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl Kubectl {
+    fn start() -> Self {
+        let binary = std::env::var_os("KUBECTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("kubectl"));
+        let probe = Command::new(&binary).args(["version", "--client"]).output();
+        assert!(
+            probe.as_ref().is_ok_and(|o| o.status.success()),
+            "kubectl is required for these tests (install it with scripts/install-test-deps.sh): {probe:?}"
+        );
+        let sim = BackgroundSim::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        sim.write_kubeconfig(&dir.path().join("kubeconfig"))
+            .unwrap();
+        Self { sim, dir, binary }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--kubeconfig")
+            .arg(self.dir.path().join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs kubectl, asserting success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs kubectl, asserting failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn file(&self, name: &str, content: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    fn apply(&self, name: &str, yaml: &str) -> String {
+        let f = self.file(name, yaml);
+        self.ok(&["apply", "-f", &f])
+    }
+}
+
+/// Whitespace-separated cells of the table line whose first cell is `name`.
+fn row(table: &str, name: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|cells| cells.first().map(String::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("no row {name} in\n{table}"))
+}
+
+fn header(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+const WIDGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names:
+    plural: widgets
+    singular: widget
+    kind: Widget
+    shortNames: [wd]
+    categories: [gadgets]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+    selectableFields:
+    - jsonPath: .spec.color
+    additionalPrinterColumns:
+    - {name: Color, type: string, jsonPath: .spec.color}
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Ready, type: boolean, jsonPath: .status.ready}
+    - {name: First-Part, type: string, jsonPath: ".spec.parts[0].name"}
+    - {name: Owner, type: string, jsonPath: .spec.owner, priority: 1}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        required: [spec]
+        properties:
+          spec:
+            type: object
+            required: [color]
+            x-kubernetes-validations:
+            - rule: "!has(self.size) || self.size % 2 == 0"
+              message: size must be even
+            properties:
+              color:
+                type: string
+                enum: [red, green, blue]
+                x-kubernetes-validations:
+                - {rule: "self == oldSelf", message: color is immutable}
+              size: {type: integer, minimum: 0, maximum: 100, default: 2}
+              owner: {type: string}
+              parts:
+                type: array
+                items:
+                  type: object
+                  properties:
+                    name: {type: string}
+          status:
+            type: object
+            properties:
+              ready: {type: boolean}
+              message: {type: string}
+"#;
+
+fn widget(name: &str, color: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: {name}\n  labels:\n    tier: front\nspec:\n  color: {color}\n  owner: team-a\n  parts:\n  - name: bolt\n  - name: nut\n{extra}"
+    )
+}
+
+#[test]
+fn crd_columns_status_generation_selectors_and_validation() {
+    let k = Kubectl::start();
+    assert!(
+        k.apply("crd.yaml", WIDGET_CRD)
+            .contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.com created")
+    );
+    let crds = k.ok(&["get", "crd"]);
+    assert_eq!(header(&crds), ["NAME", "CREATED", "AT"]);
+    k.apply("w1.yaml", &widget("w1", "red", ""));
+    k.apply("w2.yaml", &widget("w2", "blue", "  size: 8\n"));
+
+    let table = k.ok(&["get", "widgets"]);
+    assert_eq!(
+        header(&table),
+        ["NAME", "COLOR", "SIZE", "READY", "FIRST-PART", "AGE"]
+    );
+    // READY has no value yet: kubectl prints an empty cell for it.
+    let w1 = row(&table, "w1");
+    assert_eq!(
+        &w1[1..4],
+        ["red", "2", "bolt"],
+        "size defaulted to 2: {table}"
+    );
+    assert!(w1[4].ends_with('s'), "age like 0s: {table}");
+    let wide = k.ok(&["get", "wd", "-o", "wide"]);
+    assert!(header(&wide).contains(&"OWNER".to_string()), "{wide}");
+    assert_eq!(
+        row(&k.ok(&["get", "gadgets"]), "w1")[1],
+        "red",
+        "category lookup"
+    );
+    let custom = k.ok(&[
+        "get",
+        "wd",
+        "-o",
+        "custom-columns=N:.metadata.name,P:.spec.parts[*].name",
+    ]);
+    assert_eq!(row(&custom, "w1")[1], "bolt,nut");
+
+    // Status is isolated from spec, and only spec changes bump the generation.
+    k.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":true},"spec":{"owner":"ignored"}}"#,
+    ]);
+    assert_eq!(row(&k.ok(&["get", "wd", "w1"]), "w1")[3], "true");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "wd",
+            "w1",
+            "-o",
+            "jsonpath={.metadata.generation} {.spec.owner}"
+        ]),
+        "1 team-a"
+    );
+    k.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"owner":"team-b"},"status":{"ready":false}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "wd",
+            "w1",
+            "-o",
+            "jsonpath={.metadata.generation} {.status.ready}"
+        ]),
+        "2 true"
+    );
+
+    // Label and field selectors (the CRD's selectableFields).
+    k.ok(&["label", "widget", "w2", "tier=back", "--overwrite"]);
+    assert_eq!(
+        k.ok(&["get", "wd", "-l", "tier=front", "-o", "name"])
+            .trim(),
+        "widget.example.com/w1"
+    );
+    assert_eq!(
+        k.ok(&["get", "wd", "-l", "tier in (back)", "-o", "name"])
+            .trim(),
+        "widget.example.com/w2"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "wd",
+            "--field-selector",
+            "spec.color=blue",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "widget.example.com/w2"
+    );
+    assert!(
+        k.fails(&["get", "wd", "--field-selector", "spec.owner=x"])
+            .contains("field label not supported")
+    );
+    k.ok(&["annotate", "widget", "w2", "note=hello"]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "wd",
+            "w2",
+            "-o",
+            "jsonpath={.metadata.annotations.note}"
+        ]),
+        "hello"
+    );
+
+    // Schema, enum, default, CEL and transition-rule validation.
+    let enum_err = k.fails(&[
+        "apply",
+        "-f",
+        &k.file("bad1.yaml", &widget("w3", "purple", "")),
+    ]);
+    assert!(
+        enum_err.contains("Unsupported value: \"purple\""),
+        "{enum_err}"
+    );
+    let cel_err = k.fails(&[
+        "apply",
+        "-f",
+        &k.file("bad2.yaml", &widget("w3", "red", "  size: 3\n")),
+    ]);
+    assert!(cel_err.contains("size must be even"), "{cel_err}");
+    let max_err = k.fails(&[
+        "apply",
+        "-f",
+        &k.file("bad3.yaml", &widget("w3", "red", "  size: 102\n")),
+    ]);
+    assert!(max_err.contains("less than or equal to 100"), "{max_err}");
+    let type_err = k.fails(&[
+        "apply",
+        "-f",
+        &k.file("bad4.yaml", &widget("w3", "red", "  size: big\n")),
+    ]);
+    assert!(type_err.contains("must be of type integer"), "{type_err}");
+    let unknown = k.fails(&[
+        "apply",
+        "-f",
+        &k.file("bad5.yaml", &widget("w3", "red", "  shape: round\n")),
+    ]);
+    assert!(
+        unknown.contains("unknown field \"spec.shape\""),
+        "{unknown}"
+    );
+    let required = k.fails(&[
+        "apply",
+        "-f",
+        &k.file(
+            "bad6.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w4\nspec: {}\n",
+        ),
+    ]);
+    assert!(
+        required.contains("spec.color: Required value"),
+        "{required}"
+    );
+    let immutable = k.fails(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"color":"green"}}"#,
+    ]);
+    assert!(immutable.contains("color is immutable"), "{immutable}");
+
+    let described = k.ok(&["describe", "widget", "w1"]);
+    assert!(
+        described.contains("Name:         w1")
+            && described.contains("Color:")
+            && described.contains("Ready:  true"),
+        "{described}"
+    );
+}
+
+#[test]
+fn project_crd_shows_its_columns() {
+    let k = Kubectl::start();
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/snapshotrepair.yaml");
+    k.ok(&["apply", "-f", crd]);
+    k.apply("sr.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: pause-on-a\nspec:\n  nodeName: node-a\n  sandboxImage: true\n");
+    k.ok(&[
+        "patch",
+        "sr",
+        "pause-on-a",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Succeeded","target":"sandbox","findings":"1 missing"}}"#,
+    ]);
+    let table = k.ok(&["get", "sr"]);
+    assert_eq!(
+        header(&table),
+        [
+            "NAME", "NODE", "TARGET", "ACTION", "PHASE", "FINDINGS", "AGE"
+        ]
+    );
+    let r = row(&table, "pause-on-a");
+    assert_eq!(&r[1..6], ["node-a", "sandbox", "Repair", "Succeeded", "1"]);
+    assert_eq!(
+        row(&k.ok(&["get", "snapmend"]), "pause-on-a")[1],
+        "node-a",
+        "category lookup"
+    );
+    let both = k.fails(&["apply", "-f", &k.file("bad.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: bad\nspec:\n  nodeName: node-x\n  image: busybox\n  sandboxImage: true\n")]);
+    assert!(
+        both.contains("exactly one of image and sandboxImage must be set"),
+        "{both}"
+    );
+    let moved = k.fails(&[
+        "patch",
+        "sr",
+        "pause-on-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"nodeName":"node-b"}}"#,
+    ]);
+    assert!(moved.contains("nodeName is immutable"), "{moved}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "sr",
+            "--field-selector",
+            "spec.nodeName=node-a",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "snapshotrepair.snapmend.io/pause-on-a"
+    );
+}
+
+const NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels:
+    node-role.kubernetes.io/worker: ""
+status:
+  conditions:
+  - {type: Ready, status: "True", reason: KubeletReady, message: kubelet is posting ready status}
+  nodeInfo:
+    kubeletVersion: v1.33.1
+    containerRuntimeVersion: containerd://1.6.20
+"#;
+
+#[test]
+fn nodes_cordon_uncordon_label_annotate_describe() {
+    let k = Kubectl::start();
+    k.apply("node.yaml", NODE);
+    let nodes = k.ok(&["get", "nodes"]);
+    assert_eq!(
+        header(&nodes),
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    );
+    assert_eq!(row(&nodes, "node-a")[1..3], ["Ready", "worker"]);
+    assert!(k.ok(&["cordon", "node-a"]).contains("node/node-a cordoned"));
+    assert_eq!(
+        row(&k.ok(&["get", "nodes"]), "node-a")[1],
+        "Ready,SchedulingDisabled"
+    );
+    assert!(k.ok(&["cordon", "node-a"]).contains("already cordoned"));
+    assert!(
+        k.ok(&["uncordon", "node-a"])
+            .contains("node/node-a uncordoned")
+    );
+    assert_eq!(row(&k.ok(&["get", "nodes"]), "node-a")[1], "Ready");
+    k.ok(&["label", "node", "node-a", "zone=z1"]);
+    k.ok(&["annotate", "node", "node-a", "owner=ops"]);
+    assert_eq!(
+        k.ok(&["get", "nodes", "-l", "zone=z1", "-o", "name"])
+            .trim(),
+        "node/node-a"
+    );
+    k.ok(&["label", "node", "node-a", "zone-"]);
+    assert!(
+        k.ok(&["get", "nodes", "-l", "zone", "-o", "name"])
+            .trim()
+            .is_empty()
+    );
+    let described = k.ok(&["describe", "node", "node-a"]);
+    assert!(
+        described.contains("owner: ops") && described.contains("Unschedulable:      false"),
+        "{described}"
+    );
+}
+
+const POD_AND_EVENTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  nodeName: node-a
+  containers:
+  - {name: c, image: "registry.k8s.io/pause:3.9"}
+---
+apiVersion: v1
+kind: Event
+metadata:
+  name: web.sandbox
+involvedObject: {kind: Pod, name: web, namespace: default}
+reason: FailedCreatePodSandBox
+type: Warning
+message: 'exec: "/pause": stat /pause: no such file or directory'
+source: {component: kubelet, host: node-a}
+count: 3
+lastTimestamp: "2026-01-01T00:00:00Z"
+---
+apiVersion: v1
+kind: Event
+metadata:
+  name: web.scheduled
+involvedObject: {kind: Pod, name: web, namespace: default}
+reason: Scheduled
+type: Normal
+message: Successfully assigned default/web to node-a
+source: {component: default-scheduler}
+"#;
+
+#[test]
+fn events_with_field_selectors_and_pods() {
+    let k = Kubectl::start();
+    k.apply("objs.yaml", POD_AND_EVENTS);
+    let events = k.ok(&["get", "events"]);
+    assert_eq!(
+        header(&events),
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    let sandbox = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Pod,involvedObject.name=web,reason=FailedCreatePodSandBox",
+    ]);
+    assert!(
+        sandbox.contains("pod/web") && sandbox.contains("/pause") && !sandbox.contains("Scheduled"),
+        "{sandbox}"
+    );
+    let normal = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "type!=Warning",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(normal.trim(), "event/web.scheduled");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "source=kubelet",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "event/web.sandbox"
+    );
+    let pods = k.ok(&["get", "pods", "-o", "wide"]);
+    let web = row(&pods, "web");
+    assert_eq!(web[1..4], ["0/1", "Pending", "0"]);
+    assert!(web.contains(&"node-a".to_string()));
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pods",
+            "--field-selector",
+            "spec.nodeName=node-a",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "pod/web"
+    );
+    assert!(
+        k.ok(&["get", "events.v1.events.k8s.io", "-o", "yaml"])
+            .contains("note: 'exec: \"/pause\"")
+    );
+}
+
+#[test]
+fn finalizers_replace_conflicts_and_generate_name() {
+    let k = Kubectl::start();
+    k.apply("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\ndata:\n  a: b\n");
+    k.ok(&["delete", "configmap", "held", "--wait=false"]);
+    assert!(
+        !k.ok(&[
+            "get",
+            "cm",
+            "held",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ])
+        .is_empty()
+    );
+    k.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    assert!(k.fails(&["get", "cm", "held"]).contains("NotFound"));
+
+    k.apply(
+        "cm2.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\ndata:\n  a: b\n",
+    );
+    let live = k.ok(&["get", "cm", "shared", "-o", "yaml"]);
+    let stale = k.file("stale.yaml", &live.replace("a: b", "a: mine"));
+    k.ok(&["label", "cm", "shared", "changed=yes"]);
+    let conflict = k.fails(&["replace", "-f", &stale]);
+    assert!(
+        conflict.contains("Conflict") && conflict.contains("the object has been modified"),
+        "{conflict}"
+    );
+
+    let generated = k.file(
+        "gen.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  generateName: job-\ndata:\n  a: b\n",
+    );
+    let first = k.ok(&["create", "-f", &generated]);
+    let second = k.ok(&["create", "-f", &generated]);
+    assert!(
+        first.starts_with("configmap/job-")
+            && second.starts_with("configmap/job-")
+            && first != second,
+        "{first} {second}"
+    );
+    let exists = k.fails(&[
+        "create",
+        "-f",
+        &k.file(
+            "dup.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n",
+        ),
+    ]);
+    assert!(exists.contains("AlreadyExists"), "{exists}");
+}
+
+#[test]
+fn get_watch_streams_changes() {
+    let k = Kubectl::start();
+    k.apply("crd.yaml", WIDGET_CRD);
+    k.apply("w1.yaml", &widget("w1", "red", ""));
+    let mut child = k
+        .command(&["get", "widgets", "-w", "--request-timeout=20s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    k.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":true}}"#,
+    ]);
+    k.apply("w2.yaml", &widget("w2", "green", ""));
+    k.ok(&["delete", "widget", "w2"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child.wait().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        header(&out),
+        ["NAME", "COLOR", "SIZE", "READY", "FIRST-PART", "AGE"],
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("w1") && l.contains("true")),
+        "status change streamed:\n{out}"
+    );
+    assert!(
+        lines.iter().filter(|l| l.starts_with("w2")).count() >= 2,
+        "w2 added and deleted:\n{out}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("NAME")).count(),
+        1,
+        "one header:\n{out}"
+    );
+    drop(k.sim);
+}
