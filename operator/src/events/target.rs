@@ -49,11 +49,12 @@ impl EventFacts {
             e.last_timestamp.as_ref().map(|t| t.0),
             e.event_time.as_ref().map(|t| t.0),
             e.first_timestamp.as_ref().map(|t| t.0),
-            e.metadata.creation_timestamp.as_ref().map(|t| t.0),
         ]
         .into_iter()
         .flatten()
-        .max();
+        .max()
+        // The API server stamps creation itself; only a fallback for events without their own times.
+        .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0));
         let count = e
             .series
             .as_ref()
@@ -84,11 +85,11 @@ impl EventFacts {
             e.series.as_ref().map(|s| s.last_observed_time.0),
             e.deprecated_last_timestamp.as_ref().map(|t| t.0),
             e.event_time.as_ref().map(|t| t.0),
-            e.metadata.creation_timestamp.as_ref().map(|t| t.0),
         ]
         .into_iter()
         .flatten()
-        .max();
+        .max()
+        .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0));
         let count = e
             .series
             .as_ref()

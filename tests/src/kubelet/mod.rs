@@ -7,6 +7,7 @@
 //! with a rising `count` on every retry, and retries follow a doubling backoff. A pod whose sandbox
 //! (and containers) started is reported Running.
 
+pub mod incident;
 pub mod messages;
 pub mod scenario;
 
@@ -43,6 +44,17 @@ pub enum KubeletError {
         #[source]
         source: kube::Error,
     },
+    #[error(transparent)]
+    Fixture(#[from] crate::containerd::FixtureError),
+    #[error(transparent)]
+    Sim(#[from] crate::sim::SimError),
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
+    #[error("{0}")]
+    Scenario(String),
 }
 
 fn kube_err(

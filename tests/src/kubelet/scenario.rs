@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{
+    Container, Event, EventSource, Namespace, ObjectReference, Pod, PodSpec,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt};
 use snapmend_crds::SnapshotRepair;
@@ -332,4 +334,72 @@ pub fn free_port() -> Result<u16, FixtureError> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| FixtureError::io("127.0.0.1:0", e))
+}
+
+/// A Warning event about `pod` exactly as kubelet on `node` posts it (core/v1, count 1, now).
+pub fn kubelet_event(
+    namespace: &str,
+    name: &str,
+    pod: &str,
+    node: &str,
+    reason: &str,
+    message: &str,
+    container: Option<&str>,
+) -> Event {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.into()),
+            namespace: Some(namespace.into()),
+            field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("kubelet".into()),
+            host: Some(node.into()),
+        }),
+        reporting_component: Some("kubelet".into()),
+        reporting_instance: Some(node.into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        ..Default::default()
+    }
+}
+
+pub async fn post_event(client: &Client, event: &Event) -> Result<Event, KubeletError> {
+    let ns = event
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = event.metadata.name.clone().unwrap_or_default();
+    Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), event)
+        .await
+        .map_err(super::kube_err("create", format!("Event {ns}/{name}")))
+}
+
+/// Registers a Node with labels (what a kubelet does first).
+pub async fn register_node(
+    client: &Client,
+    node: &str,
+    labels: &[(&str, &str)],
+) -> Result<(), KubeletError> {
+    let mut config = super::KubeletConfig::new(node);
+    config.node_labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    super::register_node(client, &config).await
 }

@@ -255,3 +255,20 @@ fn freshness_window() {
     );
     assert!(!is_fresh(None, now, w));
 }
+
+#[test]
+fn the_servers_creation_stamp_does_not_make_an_old_event_fresh() {
+    let mut e = kubelet_core_event();
+    e.metadata.creation_timestamp = Some(Time(ts("2026-01-01T09:00:00Z")));
+    assert_eq!(
+        EventFacts::from_core(&e).last_seen,
+        Some(ts("2026-01-01T00:05:00Z"))
+    );
+    e.first_timestamp = None;
+    e.last_timestamp = None;
+    assert_eq!(
+        EventFacts::from_core(&e).last_seen,
+        Some(ts("2026-01-01T09:00:00Z")),
+        "fallback"
+    );
+}

@@ -1,0 +1,542 @@
+//! The incident, reproduced end to end on one simulated node: a private containerd whose pause
+//! snapshot lost `/pause`, snapmend-sim, the real operator (`--auto-remediate repair`) and agent
+//! binaries, and the kubelet simulator. It records a timeline (kubelet events, the automatic
+//! SnapshotRepair and its phases, the cordon, the findings, the uncordon, the sandbox running)
+//! by observing the cluster, and measures first event → sandbox running.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use snapmend_crds::labels::{
+    CORDONED_BY_ANNOTATION, DEFAULT_LEASE_NAMESPACE, TRIGGER_EVENT_ANNOTATION, helper_lease_name,
+};
+use snapmend_crds::{Phase, SnapshotRepair};
+
+use super::scenario::{
+    ChildProcess, Damage, create_pod, install_snapmend, pod_on_node, spawn_agent, spawn_operator,
+};
+use super::{Backoff, KubeletConfig, KubeletError, KubeletSim, Observation};
+use crate::containerd::ContainerdFixture;
+use crate::image_builder::pause_image;
+use crate::sim::SimServer;
+
+/// Timestamped lines, printed as they are recorded when `live`.
+#[derive(Clone)]
+pub struct Timeline {
+    start: Instant,
+    live: bool,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Timeline {
+    pub fn new(live: bool) -> Self {
+        Timeline {
+            start: Instant::now(),
+            live,
+            lines: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Records `text` as having happened at `at` (wall-clock time derived from it).
+    pub fn record(&self, at: Instant, text: impl Into<String>) {
+        let text = text.into();
+        let line = self.format(at, &text);
+        if self.live {
+            println!("{line}");
+        }
+        if let Ok(mut l) = self.lines.lock() {
+            l.push((at, line));
+        }
+    }
+
+    fn format(&self, at: Instant, text: &str) -> String {
+        let ago = Instant::now().saturating_duration_since(at);
+        let wall = Timestamp::now()
+            .checked_sub(ago)
+            .unwrap_or_else(|_| Timestamp::now())
+            .strftime("%H:%M:%S%.3f")
+            .to_string();
+        let offset = at.saturating_duration_since(self.start).as_secs_f64();
+        format!("{wall}  +{offset:>6.2}s  {text}")
+    }
+
+    /// Every line, in the order things happened.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
+        lines.sort_by_key(|(at, _)| *at);
+        lines.into_iter().map(|(_, l)| l).collect()
+    }
+}
+
+/// How to run the incident.
+#[derive(Clone, Debug)]
+pub struct IncidentConfig {
+    pub node: String,
+    /// Extra operator flags (after `--metrics-addr` and `--kubeconfig`).
+    pub operator_args: Vec<String>,
+    pub backoff: Backoff,
+    pub timeout: Duration,
+    /// Print timeline lines as they happen.
+    pub live: bool,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        IncidentConfig {
+            node: "node-a".into(),
+            operator_args: [
+                "--auto-remediate",
+                "repair",
+                "--cooldown",
+                "1m",
+                "--helper-timeout",
+                "1m",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            backoff: Backoff::default(),
+            timeout: Duration::from_secs(60),
+            live: false,
+        }
+    }
+}
+
+/// What the run measured.
+#[derive(Clone, Debug)]
+pub struct IncidentReport {
+    pub first_event_to_sandbox_running: Duration,
+    pub first_event_to_repair_created: Option<Duration>,
+    /// How many times the kubelet's sandbox start failed.
+    pub failed_starts: usize,
+    pub repairs: Vec<SnapshotRepair>,
+    pub pause_restored: bool,
+    pub node_unschedulable_at_end: bool,
+}
+
+/// Everything running for the incident; dropping it stops it all.
+pub struct Incident {
+    pub config: IncidentConfig,
+    pub timeline: Timeline,
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub kubelet: KubeletSim,
+    pub operator: ChildProcess,
+    pub agent: ChildProcess,
+    pub damage: Damage,
+    pub fixture: Arc<ContainerdFixture>,
+    pub sim: SimServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Incident {
+    /// Starts the cluster, the node (containerd, agent, kubelet) and the operator, deletes
+    /// `/pause` from the pause snapshot, and schedules a pod on the node.
+    pub async fn start(config: IncidentConfig) -> Result<Incident, KubeletError> {
+        let timeline = Timeline::new(config.live);
+        let dir = tempfile::Builder::new()
+            .prefix("snapmend-incident-")
+            .tempdir()
+            .map_err(|e| crate::containerd::FixtureError::io(std::env::temp_dir(), e))?;
+        let fixture = tokio::task::block_in_place(|| -> Result<_, KubeletError> {
+            let fixture = ContainerdFixture::start()?;
+            let sandbox = fixture.sandbox_image().to_string();
+            fixture.import_images(&[pause_image(&sandbox)?])?;
+            Ok(fixture)
+        })?;
+        timeline.record(
+            Instant::now(),
+            format!(
+                "{}: private containerd up, sandbox image {} unpacked",
+                config.node,
+                fixture.sandbox_image()
+            ),
+        );
+        let sim = SimServer::start().await?;
+        let client = sim.client()?;
+        install_snapmend(&client).await?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig)?;
+        timeline.record(
+            Instant::now(),
+            format!("snapmend-sim serving at {}", sim.url()),
+        );
+
+        let kubelet_config = KubeletConfig {
+            backoff: config.backoff,
+            ..KubeletConfig::new(&config.node)
+        };
+        let fixture = Arc::new(fixture);
+        // The node registers before the agent starts, as on a real node.
+        super::register_node(&client, &kubelet_config).await?;
+        let agent = spawn_agent(&kubeconfig, dir.path(), &config.node, &fixture)?;
+        wait_for_helper_lease(&client, &config.node, Duration::from_secs(30), &agent).await?;
+        timeline.record(
+            Instant::now(),
+            format!(
+                "{}: snapmend agent running (presence Lease renewed)",
+                config.node
+            ),
+        );
+        let args: Vec<&str> = config.operator_args.iter().map(String::as_str).collect();
+        let operator = spawn_operator(&kubeconfig, dir.path(), &args)?;
+        timeline.record(
+            Instant::now(),
+            format!(
+                "snapmend-operator started: {}",
+                config.operator_args.join(" ")
+            ),
+        );
+
+        let damage = Damage::delete_from_snapshot(&fixture, "pause")?;
+        timeline.record(
+            Instant::now(),
+            format!(
+                "cleanup script deletes {} (the layer blob stays intact)",
+                damage.path.display()
+            ),
+        );
+        let kubelet = KubeletSim::start(client.clone(), fixture.clone(), kubelet_config).await?;
+        let sandbox = fixture.sandbox_image().to_string();
+        create_pod(
+            &client,
+            &pod_on_node("default", "web-0", &config.node, &sandbox),
+        )
+        .await?;
+        timeline.record(
+            Instant::now(),
+            format!("pod default/web-0 scheduled to {}", config.node),
+        );
+        Ok(Incident {
+            config,
+            timeline,
+            client,
+            kubeconfig,
+            kubelet,
+            operator,
+            agent,
+            damage,
+            fixture,
+            sim,
+            _dir: dir,
+        })
+    }
+
+    /// Observes until the kubelet's sandbox runs and every SnapshotRepair has finished.
+    pub async fn run_until_sandbox_running(&mut self) -> Result<IncidentReport, KubeletError> {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut observer = Observer::default();
+        loop {
+            self.observe(&mut observer).await;
+            let running = self
+                .kubelet
+                .journal()
+                .first(|o| matches!(o, Observation::SandboxRunning { .. }));
+            if running.is_some()
+                && observer.all_finished()
+                && observer.uncordoned_or_never_cordoned()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(KubeletError::Timeout {
+                    what: format!(
+                        "the sandbox to run\n--- operator log tail\n{}\n--- agent log tail\n{}",
+                        tail(&self.operator.log_text(), 30),
+                        tail(&self.agent.log_text(), 30)
+                    ),
+                    after: self.config.timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let journal = self.kubelet.journal();
+        let first_event = journal
+            .first(|o| matches!(o, Observation::StartFailed { .. }))
+            .ok_or_else(|| {
+                KubeletError::Scenario("the sandbox never failed; was /pause deleted?".into())
+            })?;
+        let running = journal
+            .first(|o| matches!(o, Observation::SandboxRunning { .. }))
+            .ok_or_else(|| KubeletError::Scenario("sandbox not running".into()))?;
+        let failed_starts = journal
+            .entries()
+            .iter()
+            .filter(|(_, o)| matches!(o, Observation::StartFailed { .. }))
+            .count();
+        let repairs = Api::<SnapshotRepair>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(super::kube_err("list", "SnapshotRepairs"))?
+            .items;
+        let node = Api::<Node>::all(self.client.clone())
+            .get(&self.config.node)
+            .await
+            .map_err(super::kube_err("get", format!("Node {}", self.config.node)))?;
+        Ok(IncidentReport {
+            first_event_to_sandbox_running: running.saturating_duration_since(first_event),
+            first_event_to_repair_created: observer
+                .first_repair_seen
+                .map(|t| t.saturating_duration_since(first_event)),
+            failed_starts,
+            repairs,
+            pause_restored: self.damage.is_repaired(),
+            node_unschedulable_at_end: node.spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        })
+    }
+
+    /// One look at the kubelet journal, the SnapshotRepairs and the node; new facts go to the timeline.
+    async fn observe(&self, o: &mut Observer) {
+        let entries = self.kubelet.journal().entries();
+        for (at, entry) in entries.iter().skip(o.journal_seen) {
+            match entry {
+                Observation::StartFailed { event, count: 1, message, .. } => self.timeline.record(
+                    *at,
+                    format!("kubelet: Warning FailedCreatePodSandBox (event {event}):\n                      {message}"),
+                ),
+                Observation::StartFailed { count, .. } => {
+                    self.timeline.record(*at, format!("kubelet: sandbox start retried, still failing (event count {count})"))
+                }
+                Observation::SandboxRunning { pod } => self.timeline.record(*at, format!("kubelet: sandbox of {pod} running")),
+                Observation::ContainerRunning { pod, container } => {
+                    self.timeline.record(*at, format!("kubelet: container {container} of {pod} running"))
+                }
+                Observation::PodRunning { pod } => self.timeline.record(*at, format!("kubelet: pod {pod} is Running")),
+            }
+        }
+        o.journal_seen = entries.len();
+
+        let now = Instant::now();
+        if let Ok(list) = Api::<SnapshotRepair>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            for sr in list.items {
+                self.observe_repair(o, &sr, now);
+            }
+        }
+        if let Ok(node) = Api::<Node>::all(self.client.clone())
+            .get(&self.config.node)
+            .await
+        {
+            let unschedulable = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false);
+            if unschedulable != o.unschedulable {
+                let by = node
+                    .annotations()
+                    .get(CORDONED_BY_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_default();
+                let text = if unschedulable {
+                    format!(
+                        "{} cordoned (unschedulable=true, {CORDONED_BY_ANNOTATION}={by})",
+                        self.config.node
+                    )
+                } else {
+                    format!("{} uncordoned", self.config.node)
+                };
+                self.timeline.record(now, text);
+                o.unschedulable = unschedulable;
+                o.ever_cordoned |= unschedulable;
+            }
+        }
+    }
+
+    fn observe_repair(&self, o: &mut Observer, sr: &SnapshotRepair, now: Instant) {
+        let name = sr.name_any();
+        let status = sr.status.clone().unwrap_or_default();
+        let seen = o.repairs.entry(name.clone()).or_default();
+        if !seen.created {
+            seen.created = true;
+            o.first_repair_seen.get_or_insert(now);
+            let ann = sr.annotations();
+            self.timeline.record(
+                now,
+                format!(
+                    "operator: created SnapshotRepair {name} (action {:?}, target {}, trigger {} [{}])",
+                    sr.spec.action,
+                    sr.spec.target(),
+                    ann.get(TRIGGER_EVENT_ANNOTATION).map(String::as_str).unwrap_or("-"),
+                    ann.get("snapmend.io/trigger-signature").map(String::as_str).unwrap_or("-"),
+                ),
+            );
+        }
+        if status.phase != seen.phase {
+            seen.phase = status.phase;
+            if let Some(phase) = status.phase {
+                let message = status.message.clone().unwrap_or_default();
+                self.timeline
+                    .record(now, format!("{name}: phase {phase:?} — {message}"));
+            }
+        }
+        if let Some(report) = &status.report
+            && seen.report_id.as_deref() != Some(report.request_id.as_str())
+        {
+            seen.report_id = Some(report.request_id.clone());
+            let r = &report.report;
+            let mut details: Vec<String> = Vec::new();
+            for layer in &r.layers {
+                for f in &layer.findings {
+                    let snapshot = layer.snapshot_id.as_deref().unwrap_or("?");
+                    details.push(format!(
+                        "{} {:?} ({}) in snapshot {snapshot}",
+                        f.path, f.kind, f.detail
+                    ));
+                }
+                if let Some(n) = layer.entries_restored {
+                    details.push(format!(
+                        "{n} entries restored in snapshot {}",
+                        layer.snapshot_id.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            self.timeline.record(
+                now,
+                format!(
+                    "agent: report for request {}: {:?}{}{}",
+                    report.request_id,
+                    r.outcome,
+                    if details.is_empty() { "" } else { " — " },
+                    details.join("; ")
+                ),
+            );
+        }
+    }
+
+    /// `kubectl get sr` with the real kubectl when it is installed, else the same columns.
+    pub async fn sr_table(&self) -> String {
+        let kubectl = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["get", "sr"])
+            .output();
+        if let Ok(out) = kubectl
+            && out.status.success()
+        {
+            return format!("$ kubectl get sr\n{}", String::from_utf8_lossy(&out.stdout));
+        }
+        let repairs = Api::<SnapshotRepair>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        render_sr_table(&repairs)
+    }
+}
+
+/// The `kubectl get sr` columns (Name, Node, Target, Action, Phase, Findings, Age).
+pub fn render_sr_table(repairs: &[SnapshotRepair]) -> String {
+    let mut rows = vec![
+        [
+            "NAME", "NODE", "TARGET", "ACTION", "PHASE", "FINDINGS", "AGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for sr in repairs {
+        let status = sr.status.clone().unwrap_or_default();
+        let age = sr
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| format!("{}s", Timestamp::now().duration_since(t.0).as_secs()))
+            .unwrap_or_default();
+        rows.push(vec![
+            sr.name_any(),
+            sr.spec.node_name.clone(),
+            status.target.clone().unwrap_or_else(|| sr.spec.target()),
+            format!("{:?}", sr.spec.action),
+            status.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
+            status.findings.clone().unwrap_or_default(),
+            age,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::from("(kubectl not installed; the same columns)\n");
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Default)]
+struct RepairSeen {
+    created: bool,
+    phase: Option<Phase>,
+    report_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Observer {
+    journal_seen: usize,
+    repairs: BTreeMap<String, RepairSeen>,
+    unschedulable: bool,
+    ever_cordoned: bool,
+    first_repair_seen: Option<Instant>,
+}
+
+impl Observer {
+    fn all_finished(&self) -> bool {
+        !self.repairs.is_empty()
+            && self
+                .repairs
+                .values()
+                .all(|r| r.phase.is_some_and(Phase::is_terminal))
+    }
+
+    fn uncordoned_or_never_cordoned(&self) -> bool {
+        !self.unschedulable
+    }
+}
+
+/// Waits until the agent on `node` renewed its presence Lease.
+pub async fn wait_for_helper_lease(
+    client: &Client,
+    node: &str,
+    within: Duration,
+    agent: &ChildProcess,
+) -> Result<(), KubeletError> {
+    let leases = Api::<Lease>::namespaced(client.clone(), DEFAULT_LEASE_NAMESPACE);
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(lease)) = leases.get_opt(&helper_lease_name(node)).await
+            && lease.spec.and_then(|s| s.renew_time).is_some()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(KubeletError::Timeout {
+                what: format!(
+                    "the agent's Lease on {node}\n--- agent log tail\n{}",
+                    tail(&agent.log_text(), 30)
+                ),
+                after: within,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last `n` lines of a log.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,59 @@
+//! The incident end to end: the pause snapshot loses `/pause`, the kubelet simulator fails and
+//! posts FailedCreatePodSandBox, the operator (`--auto-remediate repair`) creates a repair on its
+//! own, the agent finds and restores `/pause`, the node is uncordoned and the sandbox runs.
+
+use std::time::Duration;
+
+use snapmend_crds::labels::{NODE_LABEL, TRIGGER_EVENT, TRIGGER_EVENT_ANNOTATION, TRIGGER_LABEL};
+use snapmend_crds::{Outcome, Phase, RepairAction};
+use snapmend_tests::kubelet::incident::{Incident, IncidentConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incident_heals_itself_from_the_first_event() {
+    let mut incident = Incident::start(IncidentConfig::default()).await.unwrap();
+    let report = incident.run_until_sandbox_running().await.unwrap();
+    for line in incident.timeline.lines() {
+        println!("{line}");
+    }
+    println!(
+        "first event -> repair created {:?}, -> sandbox running {:?} ({} failed starts)",
+        report.first_event_to_repair_created,
+        report.first_event_to_sandbox_running,
+        report.failed_starts
+    );
+
+    assert_eq!(report.repairs.len(), 1, "exactly one automatic repair");
+    let sr = &report.repairs[0];
+    let labels = sr.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get(TRIGGER_LABEL).map(String::as_str),
+        Some(TRIGGER_EVENT)
+    );
+    assert_eq!(labels.get(NODE_LABEL).map(String::as_str), Some("node-a"));
+    assert!(
+        sr.metadata
+            .name
+            .as_deref()
+            .unwrap()
+            .starts_with("auto-node-a-")
+    );
+    let trigger = sr.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        trigger
+            .get(TRIGGER_EVENT_ANNOTATION)
+            .unwrap()
+            .starts_with("default/web-0.")
+    );
+    assert!(sr.spec.sandbox_image);
+    assert_eq!(sr.spec.action, RepairAction::Repair);
+    let status = sr.status.clone().unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{:?}", status.message);
+    assert_eq!(status.report.unwrap().report.outcome, Outcome::Repaired);
+    assert!(report.pause_restored, "/pause is back in its snapshot");
+    assert!(!report.node_unschedulable_at_end, "the node is uncordoned");
+    assert!(
+        report.first_event_to_sandbox_running < Duration::from_secs(10),
+        "goal: under 10 s from the first event to the sandbox running, took {:?}",
+        report.first_event_to_sandbox_running
+    );
+}
