@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use snapmend_node_helper::store::bolt::BoltDb;
+use snapmend_node_helper::store::bolt::{BoltDb, Bucket};
 use snapmend_node_helper::store::meta_db::MetaDb;
 
 struct Containerd {
@@ -65,7 +65,11 @@ fn ctr(dir: &Path, args: &[&str]) {
         .stdout(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "ctr {args:?} failed");
+    assert!(
+        status.success(),
+        "ctr {:?} failed",
+        &args[..args.len().min(3)]
+    );
 }
 
 #[test]
@@ -111,4 +115,43 @@ fn reads_stay_consistent_while_containerd_writes() {
 
     let after = MetaDb::from_bolt(BoltDb::read(&meta_db).unwrap());
     assert!(!after.namespaces().iter().any(|n| n.starts_with("churn-")));
+}
+
+/// Pages containerd wrote itself: a bucket big enough to need branch pages, and a value big
+/// enough to need overflow pages.
+#[test]
+fn branch_and_overflow_pages_written_by_containerd_decode() {
+    let tmp = tempfile::Builder::new()
+        .prefix("snapmend-bolt-pages")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    let _containerd = start_containerd(dir);
+    // containerd caps one label at 4 KiB; two 3000-byte labels overflow a 4 KiB leaf.
+    let big = "x".repeat(3000);
+    let (a, b) = (format!("a={big}"), format!("b={big}"));
+    ctr(dir, &["namespaces", "create", "big", &a, &b]);
+    for i in 0..150 {
+        ctr(dir, &["namespaces", "create", &format!("ns-{i:03}")]);
+    }
+    let db = BoltDb::read(&dir.join("root/io.containerd.metadata.v1.bolt/meta.db")).unwrap();
+    let v1: &Bucket = db.root.bucket(b"v1").unwrap();
+    assert_eq!(v1.buckets().count(), 151);
+    let labels = v1.path(&[b"big", b"labels"]).unwrap();
+    assert_eq!(labels.get_str(b"a"), Some(big.as_str()));
+    assert_eq!(labels.get_str(b"b"), Some(big.as_str()));
+    // 151 namespace entries (~40 bytes each) cannot fit one 4 KiB leaf: bolt split them.
+    let raw = std::fs::read(dir.join("root/io.containerd.metadata.v1.bolt/meta.db")).unwrap();
+    let has_branch = raw
+        .chunks(4096)
+        .skip(2)
+        .any(|p| u16::from_le_bytes([p[8], p[9]]) == 0x01);
+    let has_overflow = raw
+        .chunks(4096)
+        .skip(2)
+        .any(|p| u32::from_le_bytes([p[12], p[13], p[14], p[15]]) > 0);
+    assert!(
+        has_branch && has_overflow,
+        "branch {has_branch}, overflow {has_overflow}"
+    );
 }
