@@ -92,7 +92,21 @@ fn timed(
     let started = Instant::now();
     let mut report = match resolve(opts) {
         Ok((store, image)) => {
-            let (layers, outcome, message) = body(&image);
+            // A bug in a layer engine must not take the agent down with it: report it instead.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&image)));
+            let (layers, outcome, message) = ran.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                tracing::error!(panic = what, "job panicked");
+                (
+                    Vec::new(),
+                    Outcome::Error,
+                    Some(format!("internal error: {what}")),
+                )
+            });
             Report {
                 image: image.name.clone(),
                 manifest_digest: image.manifest_digest.clone(),
@@ -694,6 +708,16 @@ mod tests {
         let r = verify(&options(dir.path(), Target::Image("x".into())));
         assert_eq!(r.outcome, Outcome::Error);
         assert!(r.message.unwrap().contains("not a valid bolt database"));
+    }
+
+    #[test]
+    fn a_panicking_layer_engine_becomes_an_error_report() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/store");
+        let opts = options(&root, Target::Image("snapmend.test/pause:schema2".into()));
+        let r = timed(&opts, |_| panic!("engine bug"));
+        assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(r.image, "snapmend.test/pause:schema2");
+        assert_eq!(r.message.as_deref(), Some("internal error: engine bug"));
     }
 
     #[test]
