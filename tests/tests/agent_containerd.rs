@@ -1,6 +1,7 @@
 //! The incident through the agent: a private containerd whose sandbox image lost `/pause`,
 //! snapmend-sim, and the real agent binary answering Verify and Repair requests with the same
 //! job code as the CLI. The operator's part is played by the test (it writes the requests).
+//! With `SNAPMEND_TEST_KUBECONFIG` the requests go through that cluster instead.
 
 mod agent_support;
 
@@ -36,28 +37,28 @@ async fn the_agent_verifies_and_repairs_the_incident_on_request() {
     assert_eq!(fs.len(), 1, "one pause snapshot: {fs:?}");
     let pause = fs[0].join("pause");
 
-    let sim = start_cluster(0).await;
-    let client = sim.client().unwrap();
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let node = unique("incident-a");
+    let app = unique("incident-a-pause");
     let store = StoreArgs {
         root: fixture.root(),
         config: fixture.config_path(),
     };
-    let agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", Some(&store));
+    let agent = AgentProcess::spawn(cluster.kubeconfig_yaml(), &node, Some(&store));
     agent.wait_ready().await;
     let spec = SnapshotRepairSpec {
-        node_name: "node-a".into(),
+        node_name: node.clone(),
         image: None,
         sandbox_image: true,
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,
     };
-    create_repair_with(&client, "node-a-pause", spec).await;
+    create_repair_with(&client, &app, spec).await;
 
-    request(&client, "node-a-pause", "1", RepairAction::Verify).await;
-    let healthy = wait_for_report(&client, "node-a-pause", "1", ANSWER)
-        .await
-        .report;
+    request(&client, &app, "1", RepairAction::Verify).await;
+    let healthy = wait_for_report(&client, &app, "1", ANSWER).await.report;
     assert_eq!(healthy.outcome, Outcome::Healthy, "{healthy:?}");
     assert_eq!(healthy.image, sandbox);
     assert_eq!(healthy.layers.len(), 1);
@@ -65,10 +66,8 @@ async fn the_agent_verifies_and_repairs_the_incident_on_request() {
 
     // The incident: a cleanup script deletes /pause from the unpacked snapshot.
     std::fs::remove_file(&pause).unwrap();
-    request(&client, "node-a-pause", "2", RepairAction::Verify).await;
-    let corrupted = wait_for_report(&client, "node-a-pause", "2", ANSWER)
-        .await
-        .report;
+    request(&client, &app, "2", RepairAction::Verify).await;
+    let corrupted = wait_for_report(&client, &app, "2", ANSWER).await.report;
     assert_eq!(corrupted.outcome, Outcome::Corrupted, "{corrupted:?}");
     let layer = &corrupted.layers[0];
     assert_eq!(layer.state, LayerState::Corrupted);
@@ -77,10 +76,8 @@ async fn the_agent_verifies_and_repairs_the_incident_on_request() {
     assert_eq!(layer.findings[0].kind, FindingKind::Missing);
     assert!(!path_exists(&pause), "Verify never writes");
 
-    request(&client, "node-a-pause", "3", RepairAction::Repair).await;
-    let repaired = wait_for_report(&client, "node-a-pause", "3", ANSWER)
-        .await
-        .report;
+    request(&client, &app, "3", RepairAction::Repair).await;
+    let repaired = wait_for_report(&client, &app, "3", ANSWER).await.report;
     assert_eq!(repaired.outcome, Outcome::Repaired, "{repaired:?}");
     assert!(pause.is_file(), "/pause restored");
     assert_eq!(
@@ -109,4 +106,6 @@ async fn the_agent_verifies_and_repairs_the_incident_on_request() {
             .await,
         1.0
     );
+    drop(agent);
+    cluster.finish(&[&node]).await;
 }

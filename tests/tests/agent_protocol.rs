@@ -2,6 +2,7 @@
 //! `snapmend-node-helper agent` binary against snapmend-sim. The node's containerd root is
 //! empty here, so every job answers Outcome Error (image unknown); the protocol is the same
 //! as for a real verification (agent_containerd.rs runs real ones).
+//! With `SNAPMEND_TEST_KUBECONFIG` set they run against that cluster instead.
 
 mod agent_support;
 
@@ -18,21 +19,22 @@ const ANSWER: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_the_report_for_the_request_and_touches_no_operator_field() {
-    let sim = start_cluster(0).await;
-    let client = sim.client().unwrap();
-    let agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", None);
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let (node, app) = (unique("report-a"), unique("report-a-app"));
+    let agent = AgentProcess::spawn(cluster.kubeconfig_yaml(), &node, None);
     agent.wait_ready().await;
 
-    create_repair(&client, "node-a-app", "node-a", MISSING_IMAGE).await;
-    request(&client, "node-a-app", "1", RepairAction::Verify).await;
-    let report = wait_for_report(&client, "node-a-app", "1", ANSWER).await;
+    create_repair(&client, &app, &node, MISSING_IMAGE).await;
+    request(&client, &app, "1", RepairAction::Verify).await;
+    let report = wait_for_report(&client, &app, "1", ANSWER).await;
 
     assert_eq!(report.report.outcome, Outcome::Error);
     assert_eq!(report.report.image, MISSING_IMAGE);
     assert!(report.report.message.is_some(), "an Error report says why");
 
     let srs: Api<SnapshotRepair> = Api::all(client.clone());
-    let status = srs.get("node-a-app").await.unwrap().status.unwrap();
+    let status = srs.get(&app).await.unwrap().status.unwrap();
     assert_eq!(
         status.phase,
         Some(Phase::Verifying),
@@ -53,30 +55,32 @@ async fn writes_the_report_for_the_request_and_touches_no_operator_field() {
         agent.log_text().contains("request_id=1"),
         "spans name the request"
     );
+    cluster.finish(&[&node]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_each_request_id_once_even_across_agent_restarts() {
-    let sim = start_cluster(0).await;
-    let client = sim.client().unwrap();
-    let mut agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", None);
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let (node, app) = (unique("once-a"), unique("once-a-app"));
+    let mut agent = AgentProcess::spawn(cluster.kubeconfig_yaml(), &node, None);
     agent.wait_ready().await;
-    create_repair(&client, "node-a-app", "node-a", MISSING_IMAGE).await;
+    create_repair(&client, &app, &node, MISSING_IMAGE).await;
 
-    request(&client, "node-a-app", "1", RepairAction::Verify).await;
-    let first = wait_for_report(&client, "node-a-app", "1", ANSWER).await;
+    request(&client, &app, "1", RepairAction::Verify).await;
+    let first = wait_for_report(&client, &app, "1", ANSWER).await;
 
     // The operator writes its own status fields again: a new watch event, same request.
     let srs: Api<SnapshotRepair> = Api::all(client.clone());
     let patch = json!({"status": {"message": "still verifying", "findings": "none"}});
-    srs.patch_status("node-a-app", &PatchParams::default(), &Patch::Merge(&patch))
+    srs.patch_status(&app, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let verify_errors = r#"snapmend_agent_requests_total{action="Verify",outcome="Error"}"#;
     assert_eq!(agent.metric(verify_errors).await, 1.0, "request 1 ran once");
     assert_eq!(
-        report_of(&client, "node-a-app").await,
+        report_of(&client, &app).await,
         Some(first.clone()),
         "report unchanged"
     );
@@ -86,7 +90,7 @@ async fn answers_each_request_id_once_even_across_agent_restarts() {
         agent.terminate(Duration::from_secs(10)).map(|s| s.code()),
         Some(Some(0))
     );
-    let again = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", None);
+    let again = AgentProcess::spawn(cluster.kubeconfig_yaml(), &node, None);
     again.wait_ready().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -94,11 +98,11 @@ async fn answers_each_request_id_once_even_across_agent_restarts() {
         0.0,
         "an answered request is not run again"
     );
-    assert_eq!(report_of(&client, "node-a-app").await, Some(first));
+    assert_eq!(report_of(&client, &app).await, Some(first));
 
     // A new request id is answered, with the requested action.
-    request(&client, "node-a-app", "2", RepairAction::Repair).await;
-    let second = wait_for_report(&client, "node-a-app", "2", ANSWER).await;
+    request(&client, &app, "2", RepairAction::Repair).await;
+    let second = wait_for_report(&client, &app, "2", ANSWER).await;
     assert_eq!(second.report.outcome, Outcome::Error);
     assert_eq!(
         again
@@ -106,30 +110,37 @@ async fn answers_each_request_id_once_even_across_agent_restarts() {
             .await,
         1.0
     );
+    cluster.finish(&[&node]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_only_its_own_nodes_repairs_and_all_of_them() {
-    let sim = start_cluster(0).await;
-    let client = sim.client().unwrap();
-    let agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", None);
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let (node, other) = (unique("isolation-a"), unique("isolation-b"));
+    let other_app = unique("isolation-b-app");
+    let agent = AgentProcess::spawn(cluster.kubeconfig_yaml(), &node, None);
     agent.wait_ready().await;
 
-    create_repair(&client, "node-b-app", "node-b", MISSING_IMAGE).await;
-    request(&client, "node-b-app", "1", RepairAction::Verify).await;
-    let mine = ["node-a-one", "node-a-two", "node-a-three"];
-    for name in mine {
-        create_repair(&client, name, "node-a", MISSING_IMAGE).await;
+    create_repair(&client, &other_app, &other, MISSING_IMAGE).await;
+    request(&client, &other_app, "1", RepairAction::Verify).await;
+    let mine = [
+        unique("isolation-one"),
+        unique("isolation-two"),
+        unique("isolation-three"),
+    ];
+    for name in &mine {
+        create_repair(&client, name, &node, MISSING_IMAGE).await;
         request(&client, name, "7", RepairAction::Verify).await;
     }
-    for name in mine {
+    for name in &mine {
         wait_for_report(&client, name, "7", ANSWER).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        report_of(&client, "node-b-app").await,
+        report_of(&client, &other_app).await,
         None,
-        "node-b is not ours"
+        "the other node's repair is not ours"
     );
     assert_eq!(
         agent
@@ -138,20 +149,22 @@ async fn answers_only_its_own_nodes_repairs_and_all_of_them() {
         3.0
     );
     assert_eq!(agent.metric("snapmend_agent_running_requests").await, 0.0);
+    cluster.finish(&[&node, &other]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
-    let sim = start_cluster(0).await;
-    let client = sim.client().unwrap();
-    let mut agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", None);
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let (node, app) = (unique("health-a"), unique("health-a-app"));
+    let mut agent = AgentProcess::spawn(cluster.kubeconfig_yaml(), &node, None);
     agent.wait_ready().await;
     assert_eq!(agent.http_get("/healthz").await.map(|r| r.0), Some(200));
     assert_eq!(agent.http_get("/readyz").await.map(|r| r.0), Some(200));
     // Labelled families appear once they have a sample.
-    create_repair(&client, "node-a-app", "node-a", MISSING_IMAGE).await;
-    request(&client, "node-a-app", "1", RepairAction::Verify).await;
-    wait_for_report(&client, "node-a-app", "1", ANSWER).await;
+    create_repair(&client, &app, &node, MISSING_IMAGE).await;
+    request(&client, &app, "1", RepairAction::Verify).await;
+    wait_for_report(&client, &app, "1", ANSWER).await;
     let (code, text) = agent.http_get("/metrics").await.unwrap();
     assert_eq!(code, 200);
     for family in [
@@ -178,6 +191,7 @@ async fn serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
         "took {:?}",
         started.elapsed()
     );
+    cluster.finish(&[&node]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The agent's presence Lease, and surviving the API server going away and coming back:
-//! the real binary against snapmend-sim, stopped and started again on the same port.
+//! the real binary against snapmend-sim, stopped and started again on the same port. (The
+//! Lease test also runs against `SNAPMEND_TEST_KUBECONFIG`; the restart needs snapmend-sim.)
 
 mod agent_support;
 
@@ -12,16 +13,17 @@ const ANSWER: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_its_presence_lease_fresh() {
-    let sim = start_cluster(0).await;
-    let client = sim.client().unwrap();
-    let _agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", None);
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let node = unique("lease-a");
+    let agent = AgentProcess::spawn(cluster.kubeconfig_yaml(), &node, None);
 
     let lease = wait_for("presence Lease", Duration::from_secs(20), || {
-        lease_of(&client, "node-a")
+        lease_of(&client, &node)
     })
     .await;
     let spec = lease.spec.clone().unwrap();
-    assert_eq!(spec.holder_identity.as_deref(), Some("node-a/agent-node-a"));
+    assert_eq!(spec.holder_identity, Some(format!("{node}/agent-{node}")));
     assert_eq!(spec.lease_duration_seconds, Some(40));
     let first = spec.renew_time.unwrap().0;
     let age = k8s_openapi::jiff::Timestamp::now().duration_since(first);
@@ -29,17 +31,19 @@ async fn keeps_its_presence_lease_fresh() {
 
     // Renewed every 10 s: a later renewTime within ~12 s, same holder, no transition.
     let renewed = wait_for("Lease renewal", Duration::from_secs(15), || async {
-        lease_renew_time(&client, "node-a")
+        lease_renew_time(&client, &node)
             .await
             .filter(|t| *t > first)
     })
     .await;
     let gap = renewed.duration_since(first).as_secs_f64();
     assert!((8.0..=12.5).contains(&gap), "renewed after {gap} s");
-    let again = lease_of(&client, "node-a").await.unwrap().spec.unwrap();
+    let again = lease_of(&client, &node).await.unwrap().spec.unwrap();
     assert_eq!(again.holder_identity, spec.holder_identity);
     assert_eq!(again.acquire_time, spec.acquire_time);
     assert_eq!(again.lease_transitions, Some(0));
+    drop(agent);
+    cluster.finish(&[&node]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,10 @@
-//! Shared by the `agent_*` tests: a snapmend-sim with the CRD and the agent's namespace, the
-//! real `snapmend-node-helper agent` binary as a child process, and what the operator would
-//! write (requests) and read (reports, Leases, /metrics).
+//! Shared by the `agent_*` tests: a snapmend-sim (or a real cluster) with the CRD and the
+//! agent's namespace, the real `snapmend-node-helper agent` binary as a child process, and what
+//! the operator would write (requests) and read (reports, Leases, /metrics).
+//!
+//! `SNAPMEND_TEST_KUBECONFIG=/path/to/kubeconfig` runs the tests built on [`TestCluster`]
+//! against that cluster instead of snapmend-sim. Their node, SnapshotRepair and Lease names get
+//! a per-run suffix and the label `snapmend.io/test-run=<suffix>`, and are deleted afterwards.
 
 #![allow(dead_code)] // each agent_* test file uses a different subset
 
@@ -31,6 +35,111 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Label on every object a test creates on a real cluster.
+pub const TEST_RUN_LABEL: &str = "snapmend.io/test-run";
+
+/// Empty on snapmend-sim (a fresh server per test); unique per test process on a real cluster.
+fn run_suffix() -> &'static str {
+    static SUFFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SUFFIX.get_or_init(|| {
+        if std::env::var_os("SNAPMEND_TEST_KUBECONFIG").is_none() {
+            return String::new();
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        format!("-t{}{:08x}", std::process::id(), nanos)
+    })
+}
+
+/// A node or object name unique to this run on a real cluster (unchanged on snapmend-sim).
+pub fn unique(base: &str) -> String {
+    format!("{base}{}", run_suffix())
+}
+
+/// Labels for the objects a test creates: the test-run label on a real cluster.
+pub fn run_labels() -> Vec<(String, String)> {
+    match run_suffix().trim_start_matches('-') {
+        "" => Vec::new(),
+        run => vec![(TEST_RUN_LABEL.to_string(), run.to_string())],
+    }
+}
+
+/// The API server a test runs against: snapmend-sim, or the cluster of
+/// `SNAPMEND_TEST_KUBECONFIG`.
+pub struct TestCluster {
+    sim: Option<SimServer>,
+    kubeconfig_yaml: String,
+    client: Client,
+}
+
+impl TestCluster {
+    pub async fn start() -> Self {
+        let Some(path) = std::env::var_os("SNAPMEND_TEST_KUBECONFIG") else {
+            let sim = start_cluster(0).await;
+            let client = sim.client().expect("client");
+            return TestCluster {
+                kubeconfig_yaml: sim.kubeconfig_yaml(),
+                sim: Some(sim),
+                client,
+            };
+        };
+        let kubeconfig_yaml =
+            std::fs::read_to_string(&path).expect("read SNAPMEND_TEST_KUBECONFIG");
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&path).expect("parse SNAPMEND_TEST_KUBECONFIG");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("kube config from SNAPMEND_TEST_KUBECONFIG");
+        let client = Client::try_from(config).expect("client");
+        install(&client).await;
+        TestCluster {
+            sim: None,
+            kubeconfig_yaml,
+            client,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn kubeconfig_yaml(&self) -> &str {
+        &self.kubeconfig_yaml
+    }
+
+    /// Stops the simulated server, or deletes what this run created on a real cluster.
+    pub async fn finish(self, nodes: &[&str]) {
+        match self.sim {
+            Some(sim) => sim.stop().await,
+            None => {
+                // Only this test's objects: other tests of the run may still be going.
+                let srs: Api<SnapshotRepair> = Api::all(self.client.clone());
+                for node in nodes {
+                    let lp =
+                        kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+                    for sr in srs.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+                        let name = sr.metadata.name.unwrap_or_default();
+                        if let Err(e) = srs.delete(&name, &Default::default()).await {
+                            eprintln!("cleaning up SnapshotRepair {name}: {e}");
+                        }
+                    }
+                }
+                let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+                for node in nodes {
+                    let _ = leases
+                        .delete(
+                            &snapmend_crds::labels::helper_lease_name(node),
+                            &Default::default(),
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+}
+
 /// A simulated API server with the SnapshotRepair CRD and the `snapmend-system` namespace.
 pub async fn start_cluster(port: u16) -> SimServer {
     let sim = SimServer::start_with(SimConfig {
@@ -43,19 +152,22 @@ pub async fn start_cluster(port: u16) -> SimServer {
     sim
 }
 
-/// What `kubectl apply -k deploy/` would create that the agent depends on.
+/// What `kubectl apply -k deploy/` would create that the agent depends on (kept when a real
+/// cluster already has it).
 pub async fn install(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &SnapshotRepair::crd())
-        .await
-        .expect("create CRD");
+    ok_or_exists(
+        crds.create(&PostParams::default(), &SnapshotRepair::crd())
+            .await,
+        "create CRD",
+    );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}})).expect("namespace");
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
+    ok_or_exists(
+        namespaces.create(&PostParams::default(), &ns).await,
+        "create namespace",
+    );
     // The CRD is served once its group appears in discovery.
     let srs: Api<SnapshotRepair> = Api::all(client.clone());
     wait_for(
@@ -64,6 +176,14 @@ pub async fn install(client: &Client) {
         || async { srs.list(&Default::default()).await.ok().map(|_| ()) },
     )
     .await;
+}
+
+fn ok_or_exists<T>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+        Err(e) => panic!("{what}: {e}"),
+    }
 }
 
 /// The agent binary running against a kubeconfig; stopped with SIGTERM on drop.
