@@ -292,7 +292,15 @@ fn decode_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, StatusError> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("protobuf") {
+        return super::proto::decode(body).map_err(|why| StatusError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: why,
+            details: None,
+        });
+    }
+    if ct.contains("cbor") {
         return Err(StatusError::unsupported_media_type(ct));
     }
     if body.is_empty() {

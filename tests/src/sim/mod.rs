@@ -19,6 +19,7 @@ pub mod http;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod proto;
 pub mod registry;
 pub mod selectors;
 pub mod ssa;
