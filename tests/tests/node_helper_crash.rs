@@ -4,6 +4,7 @@
 //! containerd's unpack, and nothing in the containerd root outside the damaged snapshots
 //! changed.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,24 @@ const RICH: &str = "snapmend.test/rich:1";
 const MANY: &str = "snapmend.test/many:1";
 const FAULT_ENV: &str = "SNAPMEND_FAULT_AFTER_RENAMES";
 
-fn findings_total(s: &Scenario, image: &str) -> u64 {
-    let run = s.helper.verify(image, Content::Metadata).unwrap();
+/// Verify still works after a crash, and no entry that was right before is wrong now.
+fn assert_no_worse(
+    s: &Scenario,
+    pristine: &PristineImage,
+    damaged: &BTreeSet<String>,
+    label: &str,
+) {
+    let run = s.helper.verify(&pristine.name, Content::Metadata).unwrap();
     assert!(
         matches!(run.code, Some(0) | Some(1)),
-        "verify after a crash must still work\n{run}"
+        "{label}: verify after a crash must still work\n{run}"
     );
-    run.report().unwrap().findings_total()
+    let now = pristine.damaged_entries().unwrap();
+    let worse: Vec<&String> = now.difference(damaged).collect();
+    assert!(
+        worse.is_empty(),
+        "{label}: the crash damaged entries that were right: {worse:?}"
+    );
 }
 
 /// Rerun the repair, then: Healthy, equal to the pristine trees, root unchanged elsewhere.
@@ -55,6 +67,11 @@ fn rerun_heals(
         "{label}: changed outside the damaged snapshots:\n{}",
         outside.join("\n")
     );
+    let leftovers = pristine.leftovers().unwrap();
+    assert!(
+        leftovers.is_empty(),
+        "{label}: staging left behind: {leftovers:?}"
+    );
 }
 
 /// Damages all three layers of the rich image: base emptied, a whiteout and the opaque marker
@@ -79,7 +96,7 @@ fn abort_after_each_rename_then_rerun_heals() {
     let mut aborted_runs = 0;
     loop {
         damage_rich(&pristine);
-        let damaged = findings_total(&s, RICH);
+        let damaged = pristine.damaged_entries().unwrap();
         let out = s
             .helper
             .command("repair", &["--image", RICH, "--json"])
@@ -97,11 +114,7 @@ fn abort_after_each_rename_then_rerun_heals() {
             String::from_utf8_lossy(&out.stderr)
         );
         aborted_runs += 1;
-        let after_crash = findings_total(&s, RICH);
-        assert!(
-            after_crash <= damaged,
-            "n={n}: a crash made it worse ({damaged} -> {after_crash} findings)"
-        );
+        assert_no_worse(&s, &pristine, &damaged, &format!("abort after rename {n}"));
         rerun_heals(
             &s,
             &pristine,
@@ -138,7 +151,7 @@ fn sigkill_at_spread_instants_then_rerun_heals() {
     let full = started.elapsed();
     for k in 1..=8u32 {
         empty_dir(&pristine.layers[0].fs).unwrap();
-        let damaged = findings_total(&s, MANY);
+        let damaged = pristine.damaged_entries().unwrap();
         let mut child = s
             .helper
             .command("repair", &["--image", MANY, "--json"])
@@ -147,11 +160,7 @@ fn sigkill_at_spread_instants_then_rerun_heals() {
         std::thread::sleep(full * k / 9);
         let _ = child.kill();
         let _ = child.wait();
-        let after_crash = findings_total(&s, MANY);
-        assert!(
-            after_crash <= damaged,
-            "kill at {k}/9: worse ({damaged} -> {after_crash})"
-        );
+        assert_no_worse(&s, &pristine, &damaged, &format!("SIGKILL at {k}/9"));
         rerun_heals(
             &s,
             &pristine,

@@ -253,9 +253,38 @@ impl ContainerdFixture {
     }
 
     /// `ctr images import` of an OCI layout tarball (unpacks with the overlayfs snapshotter).
+    /// Waits until containerd has finished the garbage collection an import triggers.
     pub fn import(&self, archive: &Path) -> Result<(), FixtureError> {
         let path = archive.to_string_lossy();
-        self.ctr(&["images", "import", path.as_ref()]).map(drop)
+        self.ctr(&["images", "import", path.as_ref()])?;
+        self.settle()
+    }
+
+    /// Runs a synchronous garbage collection (deleting a fresh lease with `--sync`), then
+    /// waits until `meta.db` has not changed for a while: after an import, containerd
+    /// collects the archive's own index blob asynchronously, which would otherwise race with
+    /// tests that hash the whole root.
+    pub fn settle(&self) -> Result<(), FixtureError> {
+        self.ctr(&["leases", "create", "--id", "snapmend-settle"])?;
+        self.ctr(&["leases", "delete", "--sync", "snapmend-settle"])?;
+        let meta = self.root().join("io.containerd.metadata.v1.bolt/meta.db");
+        let stamp = || {
+            std::fs::metadata(&meta)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = stamp();
+        let mut stable_since = Instant::now();
+        while stable_since.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = stamp();
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            }
+        }
+        Ok(())
     }
 
     /// Builds the images into one archive in the fixture's directory and imports it.

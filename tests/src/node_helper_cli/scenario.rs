@@ -126,6 +126,48 @@ impl PristineImage {
         Ok(out)
     }
 
+    /// `layer <i>: <path>` of every entry that differs from the pristine capture in anything
+    /// but mtime: the measure of "no worse" after a crash.
+    pub fn damaged_entries(&self) -> Result<BTreeSet<String>, FixtureError> {
+        let mut out = BTreeSet::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let now = if layer.fs.exists() {
+                capture_tree(&layer.fs)?
+            } else {
+                empty_tree()
+            };
+            for d in now.differences_from(&layer.tree, &BTreeSet::new()) {
+                let path = d.split(": ").next().unwrap_or_default().to_string();
+                out.insert(format!("layer {i}: {path}"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries a repair left in `snapshots/<id>` besides `fs` and `work`: staging leftovers
+    /// (non-empty directories); a lock file is allowed.
+    pub fn leftovers(&self) -> Result<Vec<PathBuf>, FixtureError> {
+        let mut out = Vec::new();
+        for i in 0..self.layers.len() {
+            let dir = self.snapshot_dir(i);
+            for entry in std::fs::read_dir(&dir).map_err(|e| FixtureError::io(&dir, e))? {
+                let path = entry.map_err(|e| FixtureError::io(&dir, e))?.path();
+                let name = path.file_name().unwrap_or_default();
+                if name == "fs" || name == "work" || !path.is_dir() {
+                    continue;
+                }
+                if std::fs::read_dir(&path)
+                    .map_err(|e| FixtureError::io(&path, e))?
+                    .next()
+                    .is_some()
+                {
+                    out.push(path);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `snapshots/<id>` of a layer (the parent of its `fs`).
     pub fn snapshot_dir(&self, layer: usize) -> PathBuf {
         self.layers[layer]
