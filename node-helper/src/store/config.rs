@@ -54,26 +54,29 @@ fn lookup<'a>(doc: &'a Value, path: &[&str]) -> Option<&'a Value> {
 }
 
 impl ContainerdConfig {
-    /// Reads `path`; a file that does not exist gives the defaults.
+    /// Reads `path` and the files it `imports`; a main file that does not exist gives the
+    /// defaults.
     pub fn load(path: &Path) -> Result<ContainerdConfig> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::debug!(path = %path.display(), "no containerd config, using defaults");
-                Ok(ContainerdConfig::default())
-            }
-            Err(e) => Err(Error::io(path, e)),
+        if !path.exists() {
+            tracing::debug!(path = %path.display(), "no containerd config, using defaults");
+            return Ok(ContainerdConfig::default());
         }
+        let doc = load_with_imports(path)?;
+        Self::from_doc(path, &Value::Table(doc))
     }
 
+    /// One file on its own (no imports).
     pub fn parse(path: &Path, text: &str) -> Result<ContainerdConfig> {
+        Self::from_doc(path, &Value::Table(parse_table(path, text)?))
+    }
+
+    fn from_doc(path: &Path, doc: &Value) -> Result<ContainerdConfig> {
         let bad = |reason: String| Error::Config {
             path: path.to_path_buf(),
             reason,
         };
-        let doc: Value = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         let string_at = |keys: &[&str]| -> Result<Option<String>> {
-            match lookup(&doc, keys) {
+            match lookup(doc, keys) {
                 None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(other) => Err(bad(format!(
@@ -144,6 +147,127 @@ impl ContainerdConfig {
                 .collect(),
         }
     }
+}
+
+fn parse_table(path: &Path, text: &str) -> Result<toml::Table> {
+    toml::from_str(text).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Loads a config and its `imports` like containerd: files are read breadth-first, each merged
+/// over what was read before (so imports override the main file), a plugin section from a
+/// later file replaces the whole section, relative imports are relative to the importing file,
+/// and `*`/`?` patterns in the file name are expanded in lexical order.
+pub fn load_with_imports(path: &Path) -> Result<toml::Table> {
+    let mut merged = toml::Table::new();
+    let mut pending = vec![path.to_path_buf()];
+    let mut seen = std::collections::HashSet::new();
+    while !pending.is_empty() {
+        let file = pending.remove(0);
+        if !seen.insert(file.clone()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let mut table = parse_table(&file, &text)?;
+        let imports = match table.remove("imports") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(Error::Config {
+                        path: file.clone(),
+                        reason: format!("imports must be strings, found {}", other.type_str()),
+                    }),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(other) => {
+                return Err(Error::Config {
+                    path: file.clone(),
+                    reason: format!("imports must be an array, found {}", other.type_str()),
+                });
+            }
+        };
+        merge_config(&mut merged, table, file == path);
+        let base = file.parent().unwrap_or(Path::new("/"));
+        for import in imports {
+            pending.extend(
+                expand_import(base, &import).map_err(|e| Error::io(base.join(&import), e))?,
+            );
+        }
+    }
+    Ok(merged)
+}
+
+/// Merges `from` over `into`; a later file's `version` does not change the main file's.
+fn merge_config(into: &mut toml::Table, from: toml::Table, is_main: bool) {
+    for (key, value) in from {
+        match (key.as_str(), value) {
+            ("version", _) if !is_main => {}
+            ("plugins", Value::Table(plugins)) => {
+                let target = into
+                    .entry("plugins")
+                    .or_insert_with(|| Value::Table(toml::Table::new()));
+                if let Value::Table(target) = target {
+                    target.extend(plugins);
+                } else {
+                    *target = Value::Table(plugins);
+                }
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The files an `imports` entry names: a plain path as is, a pattern in the file name expanded.
+fn expand_import(base: &Path, import: &str) -> std::io::Result<Vec<PathBuf>> {
+    let path = base.join(import);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return Ok(vec![path]);
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut found: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter(|e| wildcard_match(&name, &e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    found.sort();
+    Ok(found)
+}
+
+/// `*` (any run) and `?` (one character) matching, as in a shell glob's file-name part.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 #[cfg(test)]
@@ -244,6 +368,69 @@ version = 3
         let c = ContainerdConfig::load(&dir.path().join("config.toml")).unwrap();
         assert_eq!(c, ContainerdConfig::default());
         assert_eq!(c.sandbox_image_candidates().len(), 6);
+    }
+
+    #[test]
+    fn wildcards_match_like_a_glob_file_name() {
+        assert!(wildcard_match("*.toml", "10-sandbox.toml"));
+        assert!(wildcard_match("*.toml", ".toml"));
+        assert!(!wildcard_match("*.toml", "sandbox.toml.bak"));
+        assert!(wildcard_match("?0-*.toml", "20-x.toml"));
+        assert!(!wildcard_match("?0-*.toml", "200-x.toml"));
+        assert!(wildcard_match("a*b*c", "aXXbYYc"));
+        assert!(!wildcard_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn imports_override_the_main_file_and_replace_plugin_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            &main,
+            "version = 2\nroot = \"/main\"\nimports = [\"conf.d/*.toml\", \"/nonexistent/*.toml\"]\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"main/pause:1\"\n\
+             [plugins.\"io.containerd.snapshotter.v1.overlayfs\"]\nroot_path = \"/main-overlay\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/10-sandbox.toml"),
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"dropin/pause:2\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/20-root.toml"),
+            "root = \"/dropin\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("conf.d/ignored.bak"), "root = \"/nope\"\n").unwrap();
+        let c = ContainerdConfig::load(&main).unwrap();
+        assert_eq!(c.version, Some(2));
+        assert_eq!(c.sandbox_image.as_deref(), Some("dropin/pause:2"));
+        assert_eq!(c.root.as_deref(), Some(Path::new("/dropin")));
+        assert_eq!(
+            c.overlay_root.as_deref(),
+            Some(Path::new("/main-overlay")),
+            "other plugin sections stay"
+        );
+    }
+
+    #[test]
+    fn a_missing_plain_import_is_an_error_and_import_cycles_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "version = 2\nimports = [\"gone.toml\"]\n").unwrap();
+        let e = ContainerdConfig::load(&main).unwrap_err().to_string();
+        assert!(e.contains("gone.toml"), "{e}");
+        std::fs::write(
+            &main,
+            "version = 2\nimports = [\"config.toml\"]\nroot = \"/r\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ContainerdConfig::load(&main).unwrap().root.as_deref(),
+            Some(Path::new("/r"))
+        );
     }
 
     #[test]
