@@ -135,6 +135,8 @@ pub mod reason {
 const RECHECK: Duration = Duration::from_secs(5);
 /// Longest wait between looks while a request is outstanding (the report itself triggers a watch event).
 const AGENT_RECHECK: Duration = Duration::from_secs(10);
+/// metav1.Time keeps whole seconds.
+const TIME_RESOLUTION: Duration = Duration::from_secs(1);
 /// Quick look after changing a node, to confirm the change and move on.
 const NODE_CONFIRM: Duration = Duration::from_secs(1);
 
@@ -493,7 +495,10 @@ impl Machine<'_, '_> {
             self.step.requeue_after = Some(timeout.min(AGENT_RECHECK));
             return;
         };
-        let age = Duration::try_from(self.o.now.duration_since(issued.0)).unwrap_or(Duration::ZERO);
+        // requestTime is stored in whole seconds; never time out before the full timeout.
+        let age = Duration::try_from(self.o.now.duration_since(issued.0))
+            .unwrap_or(Duration::ZERO)
+            .saturating_sub(TIME_RESOLUTION);
         if age >= timeout {
             let why = format!(
                 "the node helper on {} did not answer request {} within --helper-timeout {}",

@@ -389,11 +389,13 @@ fn verifying() -> World {
 
 #[test]
 fn verifying_waits_for_the_helper_and_requeues_before_the_timeout() {
-    let s = verifying().at(295).decide();
+    let s = verifying().at(296).decide();
     assert_eq!(phase(&s), Phase::Verifying);
-    assert_eq!(s.status, verifying().at(295).decide().status);
+    assert_eq!(s.status, verifying().at(296).decide().status);
     assert!(s.events.is_empty());
     assert_eq!(s.requeue_after, Some(Duration::from_secs(5)));
+    // requestTime has whole seconds: one second of slack, never an early timeout.
+    assert_eq!(phase(&verifying().at(300).decide()), Phase::Verifying);
     assert_eq!(
         verifying().at(10).decide().requeue_after,
         Some(Duration::from_secs(10))
@@ -408,7 +410,7 @@ fn verifying_ignores_a_report_for_an_older_request() {
 
 #[test]
 fn verifying_unanswered_past_the_timeout_fails_helper_unavailable() {
-    let s = verifying().at(300).decide();
+    let s = verifying().at(301).decide();
     assert_failed(&s, reason::HELPER_UNAVAILABLE);
     assert!(
         message(&s).contains("did not answer request 1 within --helper-timeout 5m"),

@@ -338,6 +338,8 @@ pub fn report_for(state: NodeState, action: RepairAction) -> Report {
 /// answers each new request of its node's SnapshotRepairs after `delay`, unless held.
 pub struct FakeAgent {
     pub held: Arc<AtomicBool>,
+    /// Answer verifications but leave repair requests unanswered.
+    pub held_repairs: Arc<AtomicBool>,
     answered: Arc<Mutex<Vec<(String, String, RepairAction)>>>,
     task: JoinHandle<()>,
 }
@@ -345,6 +347,8 @@ pub struct FakeAgent {
 impl FakeAgent {
     pub fn start(client: &Client, node: &str, state: NodeState, delay: Duration) -> Self {
         let held = Arc::new(AtomicBool::new(false));
+        let held_repairs = Arc::new(AtomicBool::new(false));
+        let hold_repairs = held_repairs.clone();
         let answered = Arc::new(Mutex::new(Vec::new()));
         let (client, node, hold, log) = (
             client.clone(),
@@ -378,7 +382,9 @@ impl FakeAgent {
                         }
                         let key = (sr.name_any(), request.id.clone());
                         let since = *first_seen.entry(key.clone()).or_insert_with(Instant::now);
-                        if hold.load(Ordering::SeqCst) || since.elapsed() < delay {
+                        let repair_held = request.action == RepairAction::Repair
+                            && hold_repairs.load(Ordering::SeqCst);
+                        if hold.load(Ordering::SeqCst) || repair_held || since.elapsed() < delay {
                             continue;
                         }
                         let mut report = serde_json::to_value(report_for(state, request.action))
@@ -401,6 +407,7 @@ impl FakeAgent {
         });
         FakeAgent {
             held,
+            held_repairs,
             answered,
             task,
         }
@@ -413,6 +420,10 @@ impl FakeAgent {
 
     pub fn hold(&self, hold: bool) {
         self.held.store(hold, Ordering::SeqCst);
+    }
+
+    pub fn hold_repairs(&self, hold: bool) {
+        self.held_repairs.store(hold, Ordering::SeqCst);
     }
 }
 
