@@ -9,15 +9,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use snapmend_crds::labels::{
     CORDONED_BY_ANNOTATION, DEFAULT_LEASE_NAMESPACE, TRIGGER_EVENT_ANNOTATION, helper_lease_name,
 };
-use snapmend_crds::{Phase, SnapshotRepair};
+use snapmend_crds::{Phase, Report, SnapshotRepair};
 
 use super::scenario::{
     ChildProcess, Damage, create_pod, install_snapmend, pod_on_node, spawn_agent, spawn_operator,
@@ -232,21 +235,24 @@ impl Incident {
     /// Observes until the kubelet's sandbox runs and every SnapshotRepair has finished.
     pub async fn run_until_sandbox_running(&mut self) -> Result<IncidentReport, KubeletError> {
         let deadline = Instant::now() + self.config.timeout;
-        let mut observer = Observer::default();
-        loop {
-            self.observe(&mut observer).await;
+        let observer = Arc::new(ClusterObserver {
+            timeline: self.timeline.clone(),
+            node: self.config.node.clone(),
+            state: Mutex::new(Observer::default()),
+        });
+        let watching = tokio::spawn(observer.clone().watch(self.client.clone()));
+        let mut journal_seen = 0;
+        let outcome = loop {
+            journal_seen = self.record_journal(journal_seen);
             let running = self
                 .kubelet
                 .journal()
                 .first(|o| matches!(o, Observation::SandboxRunning { .. }));
-            if running.is_some()
-                && observer.all_finished()
-                && observer.uncordoned_or_never_cordoned()
-            {
-                break;
+            if running.is_some() && observer.settled() {
+                break Ok(());
             }
             if Instant::now() > deadline {
-                return Err(KubeletError::Timeout {
+                break Err(KubeletError::Timeout {
                     what: format!(
                         "the sandbox to run\n--- operator log tail\n{}\n--- agent log tail\n{}",
                         tail(&self.operator.log_text(), 30),
@@ -255,8 +261,10 @@ impl Incident {
                     after: self.config.timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        watching.abort();
+        outcome?;
         let journal = self.kubelet.journal();
         let first_event = journal
             .first(|o| matches!(o, Observation::StartFailed { .. }))
@@ -280,10 +288,10 @@ impl Incident {
             .get(&self.config.node)
             .await
             .map_err(super::kube_err("get", format!("Node {}", self.config.node)))?;
+        let first_repair_seen = observer.state.lock().ok().and_then(|s| s.first_repair_seen);
         Ok(IncidentReport {
             first_event_to_sandbox_running: running.saturating_duration_since(first_event),
-            first_event_to_repair_created: observer
-                .first_repair_seen
+            first_event_to_repair_created: first_repair_seen
                 .map(|t| t.saturating_duration_since(first_event)),
             failed_starts,
             repairs,
@@ -292,125 +300,32 @@ impl Incident {
         })
     }
 
-    /// One look at the kubelet journal, the SnapshotRepairs and the node; new facts go to the timeline.
-    async fn observe(&self, o: &mut Observer) {
+    /// New kubelet journal entries go to the timeline, at the instant they happened.
+    fn record_journal(&self, seen: usize) -> usize {
         let entries = self.kubelet.journal().entries();
-        for (at, entry) in entries.iter().skip(o.journal_seen) {
-            match entry {
-                Observation::StartFailed { event, count: 1, message, .. } => self.timeline.record(
-                    *at,
-                    format!("kubelet: Warning FailedCreatePodSandBox (event {event}):\n                      {message}"),
+        for (at, entry) in entries.iter().skip(seen) {
+            let text = match entry {
+                Observation::StartFailed {
+                    event,
+                    count: 1,
+                    message,
+                    ..
+                } => format!(
+                    "kubelet: Warning FailedCreatePodSandBox (event {event}):\n{:24}{message}",
+                    ""
                 ),
                 Observation::StartFailed { count, .. } => {
-                    self.timeline.record(*at, format!("kubelet: sandbox start retried, still failing (event count {count})"))
+                    format!("kubelet: sandbox start retried, still failing (event count {count})")
                 }
-                Observation::SandboxRunning { pod } => self.timeline.record(*at, format!("kubelet: sandbox of {pod} running")),
+                Observation::SandboxRunning { pod } => format!("kubelet: sandbox of {pod} running"),
                 Observation::ContainerRunning { pod, container } => {
-                    self.timeline.record(*at, format!("kubelet: container {container} of {pod} running"))
+                    format!("kubelet: container {container} of {pod} running")
                 }
-                Observation::PodRunning { pod } => self.timeline.record(*at, format!("kubelet: pod {pod} is Running")),
-            }
+                Observation::PodRunning { pod } => format!("kubelet: pod {pod} is Running"),
+            };
+            self.timeline.record(*at, text);
         }
-        o.journal_seen = entries.len();
-
-        let now = Instant::now();
-        if let Ok(list) = Api::<SnapshotRepair>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-        {
-            for sr in list.items {
-                self.observe_repair(o, &sr, now);
-            }
-        }
-        if let Ok(node) = Api::<Node>::all(self.client.clone())
-            .get(&self.config.node)
-            .await
-        {
-            let unschedulable = node
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false);
-            if unschedulable != o.unschedulable {
-                let by = node
-                    .annotations()
-                    .get(CORDONED_BY_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_default();
-                let text = if unschedulable {
-                    format!(
-                        "{} cordoned (unschedulable=true, {CORDONED_BY_ANNOTATION}={by})",
-                        self.config.node
-                    )
-                } else {
-                    format!("{} uncordoned", self.config.node)
-                };
-                self.timeline.record(now, text);
-                o.unschedulable = unschedulable;
-                o.ever_cordoned |= unschedulable;
-            }
-        }
-    }
-
-    fn observe_repair(&self, o: &mut Observer, sr: &SnapshotRepair, now: Instant) {
-        let name = sr.name_any();
-        let status = sr.status.clone().unwrap_or_default();
-        let seen = o.repairs.entry(name.clone()).or_default();
-        if !seen.created {
-            seen.created = true;
-            o.first_repair_seen.get_or_insert(now);
-            let ann = sr.annotations();
-            self.timeline.record(
-                now,
-                format!(
-                    "operator: created SnapshotRepair {name} (action {:?}, target {}, trigger {} [{}])",
-                    sr.spec.action,
-                    sr.spec.target(),
-                    ann.get(TRIGGER_EVENT_ANNOTATION).map(String::as_str).unwrap_or("-"),
-                    ann.get("snapmend.io/trigger-signature").map(String::as_str).unwrap_or("-"),
-                ),
-            );
-        }
-        if status.phase != seen.phase {
-            seen.phase = status.phase;
-            if let Some(phase) = status.phase {
-                let message = status.message.clone().unwrap_or_default();
-                self.timeline
-                    .record(now, format!("{name}: phase {phase:?} — {message}"));
-            }
-        }
-        if let Some(report) = &status.report
-            && seen.report_id.as_deref() != Some(report.request_id.as_str())
-        {
-            seen.report_id = Some(report.request_id.clone());
-            let r = &report.report;
-            let mut details: Vec<String> = Vec::new();
-            for layer in &r.layers {
-                for f in &layer.findings {
-                    let snapshot = layer.snapshot_id.as_deref().unwrap_or("?");
-                    details.push(format!(
-                        "{} {:?} ({}) in snapshot {snapshot}",
-                        f.path, f.kind, f.detail
-                    ));
-                }
-                if let Some(n) = layer.entries_restored {
-                    details.push(format!(
-                        "{n} entries restored in snapshot {}",
-                        layer.snapshot_id.as_deref().unwrap_or("?")
-                    ));
-                }
-            }
-            self.timeline.record(
-                now,
-                format!(
-                    "agent: report for request {}: {:?}{}{}",
-                    report.request_id,
-                    r.outcome,
-                    if details.is_empty() { "" } else { " — " },
-                    details.join("; ")
-                ),
-            );
-        }
+        entries.len()
     }
 
     /// `kubectl get sr` with the real kubectl when it is installed, else the same columns.
@@ -486,25 +401,148 @@ struct RepairSeen {
 
 #[derive(Default)]
 struct Observer {
-    journal_seen: usize,
     repairs: BTreeMap<String, RepairSeen>,
     unschedulable: bool,
-    ever_cordoned: bool,
     first_repair_seen: Option<Instant>,
 }
 
-impl Observer {
-    fn all_finished(&self) -> bool {
-        !self.repairs.is_empty()
-            && self
-                .repairs
-                .values()
-                .all(|r| r.phase.is_some_and(Phase::is_terminal))
+/// Follows SnapshotRepairs and the node through watches, so no transition is missed.
+struct ClusterObserver {
+    timeline: Timeline,
+    node: String,
+    state: Mutex<Observer>,
+}
+
+impl ClusterObserver {
+    async fn watch(self: Arc<Self>, client: Client) {
+        let repairs = watcher(
+            Api::<SnapshotRepair>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .applied_objects()
+        .map(|r| r.map(Watched::Repair).ok());
+        let nodes = watcher(
+            Api::<Node>::all(client),
+            watcher::Config::default().fields(&format!("metadata.name={}", self.node)),
+        )
+        .default_backoff()
+        .applied_objects()
+        .map(|r| r.map(|n| Watched::Node(Box::new(n))).ok());
+        let mut merged = futures::stream::select(repairs.boxed(), nodes.boxed());
+        while let Some(item) = merged.next().await {
+            match item {
+                Some(Watched::Repair(sr)) => self.repair_changed(&sr),
+                Some(Watched::Node(node)) => self.node_changed(&node),
+                None => {}
+            }
+        }
     }
 
-    fn uncordoned_or_never_cordoned(&self) -> bool {
-        !self.unschedulable
+    /// Every SnapshotRepair finished, and the node is not left cordoned.
+    fn settled(&self) -> bool {
+        self.state.lock().is_ok_and(|s| {
+            !s.repairs.is_empty()
+                && s.repairs
+                    .values()
+                    .all(|r| r.phase.is_some_and(Phase::is_terminal))
+                && !s.unschedulable
+        })
     }
+
+    fn node_changed(&self, node: &Node) {
+        let Ok(mut o) = self.state.lock() else { return };
+        let unschedulable = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        if unschedulable != o.unschedulable {
+            let by = node
+                .annotations()
+                .get(CORDONED_BY_ANNOTATION)
+                .cloned()
+                .unwrap_or_default();
+            let text = if unschedulable {
+                format!(
+                    "{} cordoned (unschedulable=true, {CORDONED_BY_ANNOTATION}={by})",
+                    self.node
+                )
+            } else {
+                format!("{} uncordoned", self.node)
+            };
+            self.timeline.record(Instant::now(), text);
+            o.unschedulable = unschedulable;
+        }
+    }
+
+    fn repair_changed(&self, sr: &SnapshotRepair) {
+        let Ok(mut o) = self.state.lock() else { return };
+        let now = Instant::now();
+        let name = sr.name_any();
+        let status = sr.status.clone().unwrap_or_default();
+        if o.first_repair_seen.is_none() {
+            o.first_repair_seen = Some(now);
+        }
+        let seen = o.repairs.entry(name.clone()).or_default();
+        if !seen.created {
+            seen.created = true;
+            let ann = sr.annotations();
+            self.timeline.record(
+                now,
+                format!(
+                    "operator: created SnapshotRepair {name} (action {:?}, target {}, trigger {} [{}])",
+                    sr.spec.action,
+                    sr.spec.target(),
+                    ann.get(TRIGGER_EVENT_ANNOTATION).map(String::as_str).unwrap_or("-"),
+                    ann.get("snapmend.io/trigger-signature").map(String::as_str).unwrap_or("-"),
+                ),
+            );
+        }
+        if let Some(report) = &status.report
+            && seen.report_id.as_deref() != Some(report.request_id.as_str())
+        {
+            seen.report_id = Some(report.request_id.clone());
+            self.timeline
+                .record(now, describe_report(&report.request_id, &report.report));
+        }
+        if status.phase != seen.phase {
+            seen.phase = status.phase;
+            if let Some(phase) = status.phase {
+                let message = status.message.clone().unwrap_or_default();
+                self.timeline
+                    .record(now, format!("{name}: phase {phase:?} — {message}"));
+            }
+        }
+    }
+}
+
+enum Watched {
+    Repair(SnapshotRepair),
+    Node(Box<Node>),
+}
+
+/// "agent: report for request 1: Corrupted — /pause Missing (regular file, 667 KiB) in snapshot 1".
+fn describe_report(request_id: &str, r: &Report) -> String {
+    let mut details: Vec<String> = Vec::new();
+    for layer in &r.layers {
+        let snapshot = layer.snapshot_id.as_deref().unwrap_or("?");
+        for f in &layer.findings {
+            details.push(format!(
+                "{} {:?} ({}) in snapshot {snapshot}",
+                f.path, f.kind, f.detail
+            ));
+        }
+        if let Some(n) = layer.entries_restored {
+            details.push(format!("{n} entries restored in snapshot {snapshot}"));
+        }
+    }
+    format!(
+        "agent: report for request {request_id}: {:?}{}{}",
+        r.outcome,
+        if details.is_empty() { "" } else { " — " },
+        details.join("; ")
+    )
 }
 
 /// Waits until the agent on `node` renewed its presence Lease.

@@ -29,6 +29,11 @@ pub fn cri_error_from_ctr(stderr: &str) -> String {
     }
 }
 
+/// containerd's CRI error when the CNI plugin fails while it sets up the sandbox's network.
+pub fn network_setup_error(sandbox_id: &str, plugin_error: &str) -> String {
+    format!("failed to setup network for sandbox \"{sandbox_id}\": {plugin_error}")
+}
+
 /// `FailedCreatePodSandBox` message exactly as kubelet writes it.
 pub fn sandbox_failed_message(cri_error: &str) -> String {
     format!("Failed to create pod sandbox: rpc error: code = Unknown desc = {cri_error}")
@@ -100,6 +105,17 @@ mod tests {
         );
         assert_eq!(cri_error_from_ctr("warning\nctr: boom"), "boom");
         assert_eq!(cri_error_from_ctr(""), "");
+    }
+
+    #[test]
+    fn cni_failures_are_worded_as_containerd_does() {
+        assert_eq!(
+            sandbox_failed_message(&network_setup_error(
+                "ab12",
+                "plugin type=\"bridge\" failed (add): no IP addresses available"
+            )),
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for sandbox \"ab12\": plugin type=\"bridge\" failed (add): no IP addresses available"
+        );
     }
 
     #[test]

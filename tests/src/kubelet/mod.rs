@@ -7,6 +7,7 @@
 //! with a rising `count` on every retry, and retries follow a doubling backoff. A pod whose sandbox
 //! (and containers) started is reported Running.
 
+pub mod cluster;
 pub mod incident;
 pub mod messages;
 pub mod scenario;
@@ -32,7 +33,7 @@ use crate::containerd::{ContainerdFixture, RunOutcome};
 pub use messages::Backoff;
 use messages::{
     REASON_CONTAINER_FAILED, REASON_SANDBOX_FAILED, WAITING_RUN_ERROR, container_failed_message,
-    cri_error_from_ctr, event_name, sandbox_failed_message,
+    cri_error_from_ctr, event_name, network_setup_error, sandbox_failed_message,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,9 @@ pub struct KubeletConfig {
     pub backoff: Backoff,
     /// Also start the pods' application containers (from their own images).
     pub run_containers: bool,
+    /// Simulates a broken CNI plugin: sandbox network setup fails with this plugin error (for
+    /// example `plugin type="bridge" failed (add): …`) before any container is started.
+    pub cni_failure: Option<String>,
 }
 
 impl KubeletConfig {
@@ -87,6 +91,7 @@ impl KubeletConfig {
             node_labels: BTreeMap::new(),
             backoff: Backoff::default(),
             run_containers: false,
+            cni_failure: None,
         }
     }
 }
@@ -347,6 +352,17 @@ impl Kubelet {
         let mut event: Option<(String, i32, Timestamp)> = None;
         let mut attempt = 0u32;
         loop {
+            if container.is_none()
+                && let Some(plugin_error) = &self.config.cni_failure
+            {
+                let message = sandbox_failed_message(&network_setup_error(id, plugin_error));
+                self.report_failure(pod, container, &message, &mut event)
+                    .await;
+                if !self.back_off(&mut attempt, cancel).await {
+                    return false;
+                }
+                continue;
+            }
             let fixture = self.fixture.clone();
             let (image_owned, id_owned, args_owned) =
                 (image.to_string(), id.to_string(), args.clone());
@@ -367,31 +383,52 @@ impl Kubelet {
                 Ok(Err(error)) => format!("Error: {error}"),
                 Err(error) => format!("Error: {error}"),
             };
-            match self
-                .post_failure(pod, container, &message, event.as_ref())
-                .await
-            {
-                Ok(posted) => {
-                    self.journal.push(Observation::StartFailed {
-                        pod: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
-                        container: container.map(str::to_string),
-                        event: posted.0.clone(),
-                        count: posted.1,
-                        message: message.clone(),
-                    });
-                    event = Some(posted);
-                }
-                Err(error) => warn!(%error, "cannot post the failure event"),
+            self.report_failure(pod, container, &message, &mut event)
+                .await;
+            if !self.back_off(&mut attempt, cancel).await {
+                return false;
             }
-            if let Some(c) = container {
-                let _ = self.report_waiting(pod, c, &message).await;
+        }
+    }
+
+    /// Posts or updates the failure event, notes it in the journal and the container status.
+    async fn report_failure(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        message: &str,
+        event: &mut Option<(String, i32, Timestamp)>,
+    ) {
+        match self
+            .post_failure(pod, container, message, event.as_ref())
+            .await
+        {
+            Ok(posted) => {
+                self.journal.push(Observation::StartFailed {
+                    pod: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                    container: container.map(str::to_string),
+                    event: posted.0.clone(),
+                    count: posted.1,
+                    message: message.to_string(),
+                });
+                *event = Some(posted);
             }
-            let delay = self.config.backoff.delay(attempt);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = cancel.cancelled() => return false,
-                _ = tokio::time::sleep(delay) => {}
-            }
+            Err(error) => warn!(%error, "cannot post the failure event"),
+        }
+        if let Some(c) = container
+            && let Err(error) = self.report_waiting(pod, c, message).await
+        {
+            warn!(%error, "cannot report the container waiting");
+        }
+    }
+
+    /// Sleeps the next backoff delay; false when the pod went away meanwhile.
+    async fn back_off(&self, attempt: &mut u32, cancel: &CancellationToken) -> bool {
+        let delay = self.config.backoff.delay(*attempt);
+        *attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
         }
     }
 

@@ -1,0 +1,311 @@
+//! A storm: 1,000 kubelet events (200 FailedCreatePodSandBox events, each updated four more times)
+//! from 50 nodes against the real operator binary. Exactly one SnapshotRepair per node, never
+//! more nodes cordoned than `--max-cordoned-nodes`; prints event→repair latency (p50/p99) and the
+//! operator's peak RSS. The 50 agents are played by a protocol double (Leases, request → report),
+//! since 50 containerds do not fit a test machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use snapmend_crds::labels::{DEFAULT_LEASE_NAMESPACE, helper_lease_name};
+use snapmend_crds::{Phase, RepairAction, SnapshotRepair};
+use snapmend_tests::kubelet::cluster::TestCluster;
+use snapmend_tests::kubelet::scenario::{kubelet_event, register_node};
+
+const NODES: usize = 50;
+const PODS_PER_NODE: usize = 4;
+const UPDATES_PER_EVENT: i32 = 4;
+const MAX_CORDONED: usize = 3;
+const PAUSE_GONE: &str = r#"Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/pause": stat /pause: no such file or directory: unknown"#;
+
+fn node_name(i: usize) -> String {
+    format!("storm-{i:02}")
+}
+
+/// Keeps every node's presence Lease fresh, as 50 agents would.
+async fn renew_leases(client: Client, nodes: Vec<String>) {
+    let leases = Api::<Lease>::namespaced(client, DEFAULT_LEASE_NAMESPACE);
+    loop {
+        for node in &nodes {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(helper_lease_name(node)),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(format!("agent-{node}")),
+                    lease_duration_seconds: Some(40),
+                    renew_time: Some(MicroTime(Timestamp::now())),
+                    ..Default::default()
+                }),
+            };
+            let _ = leases
+                .patch(
+                    &helper_lease_name(node),
+                    &PatchParams::apply("storm-agents").force(),
+                    &Patch::Apply(&lease),
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Answers every request like an agent: Verify finds `/pause` missing, Repair restores it.
+async fn answer_requests(client: Client) {
+    let api = Api::<SnapshotRepair>::all(client);
+    let stream = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    while let Ok(Some(sr)) = stream.try_next().await {
+        let Some(status) = sr.status.clone() else {
+            continue;
+        };
+        let Some(request) = status.request.clone() else {
+            continue;
+        };
+        if status
+            .report
+            .as_ref()
+            .is_some_and(|r| r.request_id == request.id)
+        {
+            continue;
+        }
+        let (outcome, restored) = match request.action {
+            RepairAction::Verify => ("Corrupted", json!(null)),
+            RepairAction::Repair => ("Repaired", json!(1)),
+        };
+        let report = json!({ "status": { "report": {
+            "requestId": request.id, "image": "snapmend.test/pause:3.10", "outcome": outcome,
+            "layers": [{ "index": 0, "digest": "sha256:aa", "diffId": "sha256:bb", "chainId": "sha256:bb",
+                "snapshotId": "1", "blob": "Verified", "state": if outcome == "Repaired" { "Repaired" } else { "Corrupted" },
+                "findingsTotal": 1, "findings": [{ "path": "/pause", "kind": "Missing" }], "entriesRestored": restored }],
+        }}});
+        let api = api.clone();
+        let name = sr.name_any();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&report))
+                .await;
+        });
+    }
+}
+
+/// Largest number of nodes unschedulable at the same time.
+async fn track_cordons(client: Client, max_seen: Arc<Mutex<usize>>) {
+    let stream = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    let mut cordoned = BTreeSet::new();
+    while let Ok(Some(node)) = stream.try_next().await {
+        if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+            cordoned.insert(node.name_any());
+        } else {
+            cordoned.remove(&node.name_any());
+        }
+        if let Ok(mut m) = max_seen.lock() {
+            *m = (*m).max(cordoned.len());
+        }
+    }
+}
+
+/// When each node's first repair appeared.
+async fn track_repairs(client: Client, seen: Arc<Mutex<HashMap<String, Instant>>>) {
+    let stream = watcher(
+        Api::<SnapshotRepair>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .applied_objects();
+    futures::pin_mut!(stream);
+    while let Ok(Some(sr)) = stream.try_next().await {
+        if let Ok(mut s) = seen.lock() {
+            s.entry(sr.spec.node_name.clone())
+                .or_insert_with(Instant::now);
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() {
+    let mut cluster = TestCluster::start().await.unwrap();
+    let client = cluster.client.clone();
+    let nodes: Vec<String> = (0..NODES).map(node_name).collect();
+    for node in &nodes {
+        register_node(&client, node, &[]).await.unwrap();
+    }
+    tokio::spawn(renew_leases(client.clone(), nodes.clone()));
+    tokio::spawn(answer_requests(client.clone()));
+    let max_cordoned = Arc::new(Mutex::new(0usize));
+    tokio::spawn(track_cordons(client.clone(), max_cordoned.clone()));
+    let repair_seen = Arc::new(Mutex::new(HashMap::new()));
+    tokio::spawn(track_repairs(client.clone(), repair_seen.clone()));
+    let cap = MAX_CORDONED.to_string();
+    cluster
+        .start_operator(&[
+            "--auto-remediate",
+            "repair",
+            "--cooldown",
+            "10m",
+            "--helper-timeout",
+            "1m",
+            "--max-cordoned-nodes",
+            &cap,
+        ])
+        .await
+        .unwrap();
+
+    // 200 events, created round-robin over the nodes, then each updated four times: 1,000 writes.
+    let first_event: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let storm_started = Instant::now();
+    let events = Api::<Event>::namespaced(client.clone(), "default");
+    let creations = (0..PODS_PER_NODE).flat_map(|p| nodes.iter().map(move |n| (n.clone(), p)));
+    futures::stream::iter(creations)
+        .for_each_concurrent(8, |(node, p)| {
+            let (events, first_event) = (events.clone(), first_event.clone());
+            async move {
+                let pod = format!("{node}-web-{p}");
+                let event = kubelet_event(
+                    "default",
+                    &format!("{pod}.1"),
+                    &pod,
+                    &node,
+                    "FailedCreatePodSandBox",
+                    PAUSE_GONE,
+                    None,
+                );
+                first_event
+                    .lock()
+                    .unwrap()
+                    .entry(node.clone())
+                    .or_insert_with(Instant::now);
+                events.create(&PostParams::default(), &event).await.unwrap();
+            }
+        })
+        .await;
+    let updates = (2..=UPDATES_PER_EVENT + 1).flat_map(|count| {
+        (0..PODS_PER_NODE).flat_map(move |p| {
+            (0..NODES).map(move |n| (count, format!("{}-web-{p}.1", node_name(n))))
+        })
+    });
+    futures::stream::iter(updates)
+        .for_each_concurrent(8, |(count, name)| {
+            let events = events.clone();
+            async move {
+                let patch =
+                    json!({ "count": count, "lastTimestamp": Timestamp::now().to_string() });
+                events
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    let storm_took = storm_started.elapsed();
+
+    // Every node gets its repair; then every repair finishes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while repair_seen.lock().unwrap().len() < NODES {
+        assert!(
+            Instant::now() < deadline,
+            "only {} nodes got a repair\n{}",
+            repair_seen.lock().unwrap().len(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let repairs = cluster.repairs().await.unwrap();
+        let done = repairs
+            .iter()
+            .filter(|sr| {
+                sr.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(Phase::is_terminal)
+            })
+            .count();
+        if done == repairs.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done}/{} repairs finished\n{}",
+            repairs.len(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let repairs = cluster.repairs().await.unwrap();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for sr in &repairs {
+        *per_node.entry(sr.spec.node_name.clone()).or_default() += 1;
+        assert_eq!(
+            sr.status.as_ref().and_then(|s| s.phase),
+            Some(Phase::Succeeded),
+            "{}",
+            sr.name_any()
+        );
+    }
+    assert_eq!(per_node.len(), NODES, "{per_node:?}");
+    assert!(
+        per_node.values().all(|n| *n == 1),
+        "exactly one repair per node: {per_node:?}"
+    );
+    let max = *max_cordoned.lock().unwrap();
+    assert!(
+        max >= 1 && max <= MAX_CORDONED,
+        "at most {MAX_CORDONED} nodes cordoned at once, saw {max}"
+    );
+
+    let first_event = first_event.lock().unwrap().clone();
+    let seen = repair_seen.lock().unwrap().clone();
+    let mut latencies: Vec<Duration> = nodes
+        .iter()
+        .map(|n| seen[n].saturating_duration_since(first_event[n]))
+        .collect();
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    let rss_kib = cluster
+        .operator
+        .as_ref()
+        .and_then(|o| o.peak_rss_kib())
+        .unwrap_or_default();
+    println!(
+        "storm: {} events from {NODES} nodes posted in {:.2}s; event->repair p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; \
+         operator peak RSS {:.1} MiB; max cordoned at once {max} (cap {MAX_CORDONED})",
+        NODES * PODS_PER_NODE * (1 + UPDATES_PER_EVENT as usize),
+        storm_took.as_secs_f64(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        latencies[latencies.len() - 1].as_secs_f64() * 1e3,
+        rss_kib as f64 / 1024.0,
+    );
+    assert!(
+        rss_kib > 0 && rss_kib < 100 * 1024,
+        "operator peak RSS {rss_kib} KiB"
+    );
+    assert!(p99 < Duration::from_secs(5), "p99 event->repair {p99:?}");
+}
