@@ -242,32 +242,23 @@ fn max_valid_txid(head: &[u8]) -> Option<u64> {
     valid_metas(head).iter().map(|m| m.txid).max()
 }
 
-/// Decodes a whole bolt file from the meta with the highest txid; when that meta's tree is
-/// unreadable and the other meta is valid, bolt itself would fall back to it, and so do we.
+/// Decodes a whole bolt file from the valid meta with the highest txid (a torn newest meta is
+/// invalid, so the other one is used, as bolt does).
 fn decode(data: &[u8]) -> std::result::Result<BoltDb, String> {
-    let mut metas = valid_metas(data);
-    if metas.is_empty() {
-        return Err("no valid meta page (magic 0xED0CDAED, version 2, FNV-1a checksum)".into());
-    }
-    metas.sort_by_key(|m| std::cmp::Reverse(m.txid));
-    let mut first_err = None;
-    for meta in metas {
-        let reader = PageReader { data, meta };
-        let mut visited = HashSet::new();
-        match reader.read_bucket(meta.root_pgid, meta.root_sequence, 0, &mut visited) {
-            Ok(root) => {
-                return Ok(BoltDb {
-                    path: PathBuf::new(),
-                    txid: meta.txid,
-                    root,
-                });
-            }
-            Err(e) => {
-                first_err.get_or_insert(format!("txid {}: {e}", meta.txid));
-            }
-        }
-    }
-    Err(first_err.unwrap_or_default())
+    let meta = valid_metas(data)
+        .into_iter()
+        .max_by_key(|m| m.txid)
+        .ok_or("no valid meta page (magic 0xED0CDAED, version 2, FNV-1a checksum)")?;
+    let reader = PageReader { data, meta };
+    let mut visited = HashSet::new();
+    let root = reader
+        .read_bucket(meta.root_pgid, meta.root_sequence, 0, &mut visited)
+        .map_err(|e| format!("txid {}: {e}", meta.txid))?;
+    Ok(BoltDb {
+        path: PathBuf::new(),
+        txid: meta.txid,
+        root,
+    })
 }
 
 struct PageReader<'a> {
