@@ -48,7 +48,7 @@ async fn demo() -> Result<(), String> {
     }
     println!("snapmend demo: the FailedCreatePodSandBox incident, healed automatically\n");
     let config = IncidentConfig {
-        live: true,
+        live: false,
         timeout: Duration::from_secs(45),
         ..IncidentConfig::default()
     };
@@ -57,6 +57,10 @@ async fn demo() -> Result<(), String> {
         .run_until_sandbox_running()
         .await
         .map_err(|e| e.to_string())?;
+    println!("timeline (wall clock, time since start):");
+    for line in incident.timeline.lines() {
+        println!("  {line}");
+    }
     println!();
     println!("{}", incident.sr_table().await);
     summary(&report)?;
