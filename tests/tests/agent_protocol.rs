@@ -149,6 +149,7 @@ async fn answers_only_its_own_nodes_repairs_and_all_of_them() {
         3.0
     );
     assert_eq!(agent.metric("snapmend_agent_running_requests").await, 0.0);
+    assert_one_at_a_time(&agent.log_text(), 3);
     cluster.finish(&[&node, &other]).await;
 }
 
@@ -219,4 +220,25 @@ async fn a_bad_metrics_address_fails_at_start_with_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&addr));
+}
+
+/// The agent's log shows `running request` and `request finished` strictly alternating: it
+/// never started a request while another was running.
+fn assert_one_at_a_time(log: &str, expected: usize) {
+    let mut running = false;
+    let mut finished = 0;
+    for line in log.lines() {
+        if line.contains("running request") {
+            assert!(
+                !running,
+                "a second request started while one was running:\n{log}"
+            );
+            running = true;
+        } else if line.contains("request finished") {
+            assert!(running, "finished a request that was not running:\n{log}");
+            running = false;
+            finished += 1;
+        }
+    }
+    assert_eq!(finished, expected, "{log}");
 }

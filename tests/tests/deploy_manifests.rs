@@ -340,6 +340,11 @@ fn the_operator_deployment_is_two_hardened_replicas_with_probes() {
         env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"),
         "{env:?}"
     );
+    let pdb: Value = object(&all, "PodDisruptionBudget", "snapmend-operator");
+    assert_eq!(
+        pdb["spec"]["maxUnavailable"], 1,
+        "one of the two replicas stays up"
+    );
     assert!(
         c.image
             .as_deref()
