@@ -2,6 +2,7 @@
 //! containerd's applier handles, images in OCI and Docker schema2 form, multi-platform indexes,
 //! and the OCI layout tarball that `ctr images import` reads. Everything is deterministic.
 
+mod big_layer;
 mod catalog;
 mod oci_archive;
 mod pause_binary;
@@ -9,9 +10,10 @@ mod tar_layer;
 
 use sha2::{Digest, Sha256};
 
+pub use big_layer::{BigLayer, big_layer_file_size, write_big_layer_archive, write_big_layer_blob};
 pub use catalog::{
-    CAP_NET_BIND_SERVICE_XATTR, compressed_image, index_image, long_file_name, many_files_image, pause_image,
-    rich_image, shared_base_images,
+    CAP_NET_BIND_SERVICE_XATTR, compressed_image, index_image, long_file_name, many_files_image,
+    pause_image, rich_image, shared_base_images,
 };
 pub use oci_archive::{
     BuiltImage, IMAGE_NAME_ANNOTATION, ImageLayer, ImageSpec, ManifestStyle, Platform,

@@ -1,0 +1,405 @@
+//! The verify/repair benchmark of issues 2 and 3: a generated ≥1 GiB, ≥50k-file gzip layer
+//! imported into a private containerd, then snapmend-node-helper side by side with GNU tar on
+//! the same blob and the same snapshot. `bench/run.sh` drives it and records the Markdown.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::containerd::{ContainerdFixture, FixtureError};
+use crate::image_builder::{BigLayer, write_big_layer_archive, write_big_layer_blob};
+use crate::node_helper_cli::{Content, NodeHelper};
+
+pub const IMAGE: &str = "snapmend.bench/big:1";
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Where the blob and archive are written (same filesystem as /tmp is best).
+    pub work_dir: PathBuf,
+    pub files: u64,
+    /// Timed runs per command (after one untimed warm-up).
+    pub runs: usize,
+    pub node_helper: PathBuf,
+}
+
+/// Timed runs of one command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    pub command: String,
+    pub samples: Vec<Duration>,
+}
+
+impl Timing {
+    pub fn median(&self) -> Duration {
+        let mut s = self.samples.clone();
+        s.sort();
+        s.get(s.len() / 2).copied().unwrap_or_default()
+    }
+}
+
+/// snapmend against a reference, with the goal the issue sets for the ratio.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    pub what: String,
+    pub ours: Timing,
+    pub reference: Timing,
+    pub goal: String,
+}
+
+impl Comparison {
+    pub fn ratio(&self) -> f64 {
+        self.ours.median().as_secs_f64() / self.reference.median().as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchReport {
+    pub machine: Vec<(String, String)>,
+    pub layer: BigLayer,
+    pub comparisons: Vec<Comparison>,
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, FixtureError> {
+    let started = Instant::now();
+    let out = cmd.output().map_err(|e| FixtureError::Command {
+        command: what.into(),
+        status: "not started".into(),
+        stderr: e.to_string(),
+    })?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        return Err(FixtureError::Command {
+            command: what.into(),
+            status: out.status.to_string(),
+            stderr: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(took)
+}
+
+/// One untimed warm-up, then `runs` timed runs; `setup` runs untimed before each.
+fn measure(
+    runs: usize,
+    label: &str,
+    mut setup: impl FnMut() -> Result<(), FixtureError>,
+    mut make: impl FnMut() -> Command,
+) -> Result<Timing, FixtureError> {
+    let mut samples = Vec::new();
+    for i in 0..=runs {
+        setup()?;
+        let took = run_checked(&mut make(), label)?;
+        if i > 0 {
+            samples.push(took);
+        }
+        eprintln!("  {label}: {took:.2?}");
+    }
+    Ok(Timing {
+        command: label.into(),
+        samples,
+    })
+}
+
+fn empty_dir(dir: &Path) -> Result<(), FixtureError> {
+    crate::node_helper_cli::empty_dir(dir)
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU, cores, memory, kernel, filesystem and tool versions.
+pub fn machine_info(dir: &Path) -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1048576.0))
+        .unwrap_or_default();
+    let dir_s = dir.to_string_lossy().into_owned();
+    vec![
+        (
+            "CPU".into(),
+            format!(
+                "{cpu} ({} cores online)",
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(0)
+            ),
+        ),
+        ("memory".into(), mem),
+        ("kernel".into(), command_output("uname", &["-sr"])),
+        (
+            "filesystem".into(),
+            command_output(
+                "findmnt",
+                &["-n", "-o", "FSTYPE,SOURCE", "--target", &dir_s],
+            ),
+        ),
+        ("GNU tar".into(), command_output("tar", &["--version"])),
+        (
+            "containerd".into(),
+            command_output("containerd", &["--version"]),
+        ),
+    ]
+}
+
+/// Generates the layer, imports it into a private containerd and runs every comparison.
+pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> {
+    std::fs::create_dir_all(&opts.work_dir).map_err(|e| FixtureError::io(&opts.work_dir, e))?;
+    let blob_path = opts.work_dir.join("layer.tar.gz");
+    let archive = opts.work_dir.join("image.oci.tar");
+    eprintln!("generating {} files ...", opts.files);
+    let layer = write_big_layer_blob(&blob_path, opts.files)?;
+    write_big_layer_archive(&archive, &blob_path, &layer, IMAGE)?;
+    std::fs::remove_file(&blob_path).map_err(|e| FixtureError::io(&blob_path, e))?;
+    eprintln!("layer: {layer:?}\nimporting ...");
+    let fixture = ContainerdFixture::start()?;
+    fixture.import(&archive)?;
+    std::fs::remove_file(&archive).map_err(|e| FixtureError::io(&archive, e))?;
+    let helper = NodeHelper {
+        binary: opts.node_helper.clone(),
+        root: fixture.root(),
+        config: fixture.config_path(),
+    };
+    let fs = helper
+        .snapshot_paths(IMAGE)?
+        .pop()
+        .ok_or_else(|| FixtureError::NodeHelper("no layer".into()))?;
+    let blob = fixture.blob_path(&layer.digest);
+    let blob_s = blob.to_string_lossy().into_owned();
+    let fs_s = fs.to_string_lossy().into_owned();
+    let extract_dir = fixture.dir().join("tar-extract");
+    let extract_s = extract_dir.to_string_lossy().into_owned();
+    let runs = opts.runs;
+    let none = || Ok(());
+    let verify = |content: Content| {
+        let c = match content {
+            Content::Full => "full",
+            Content::Metadata => "metadata",
+        };
+        let mut cmd = helper.command("verify", &["--image", IMAGE, "--content", c, "--json"]);
+        cmd.stdout(std::process::Stdio::null());
+        cmd
+    };
+    let repair = || helper.command("repair", &["--image", IMAGE, "--json"]);
+
+    let verify_full = measure(
+        runs,
+        "snapmend-node-helper verify --content full",
+        none,
+        || verify(Content::Full),
+    )?;
+    let tar_compare = measure(runs, "tar --compare -z -f BLOB -C fs", none, || {
+        let mut c = Command::new("tar");
+        c.args(["--compare", "-z", "-f", &blob_s, "-C", &fs_s]);
+        c
+    })?;
+    let verify_meta = measure(
+        runs,
+        "snapmend-node-helper verify --content metadata",
+        none,
+        || verify(Content::Metadata),
+    )?;
+    let rebuild = measure(
+        runs,
+        "snapmend-node-helper repair (emptied snapshot)",
+        || empty_dir(&fs),
+        repair,
+    )?;
+    let tar_extract = measure(
+        runs,
+        "tar -xzf BLOB -C empty-dir",
+        || {
+            if extract_dir.exists() {
+                std::fs::remove_dir_all(&extract_dir)
+                    .map_err(|e| FixtureError::io(&extract_dir, e))?;
+            }
+            std::fs::create_dir(&extract_dir).map_err(|e| FixtureError::io(&extract_dir, e))
+        },
+        || {
+            let mut c = Command::new("tar");
+            c.args(["-xzf", &blob_s, "-C", &extract_s]);
+            c
+        },
+    )?;
+    let one_file = fs.join("data/000/00/f000001");
+    let repair_one = measure(
+        runs,
+        "snapmend-node-helper repair (one file missing)",
+        || std::fs::remove_file(&one_file).map_err(|e| FixtureError::io(&one_file, e)),
+        repair,
+    )?;
+    let comparisons = vec![
+        Comparison {
+            what: "full-content verify vs GNU tar --compare".into(),
+            ours: verify_full.clone(),
+            reference: tar_compare.clone(),
+            goal: "≤ 0.5×".into(),
+        },
+        Comparison {
+            what: "metadata verify vs GNU tar --compare".into(),
+            ours: verify_meta,
+            reference: tar_compare,
+            goal: "faster than full verify".into(),
+        },
+        Comparison {
+            what: "full rebuild of the emptied snapshot vs tar -xzf into an empty dir".into(),
+            ours: rebuild,
+            reference: tar_extract,
+            goal: "≤ 0.6×".into(),
+        },
+        Comparison {
+            what: "repair of one missing file vs one full verify pass".into(),
+            ours: repair_one,
+            reference: verify_full,
+            goal: "≈ 1×".into(),
+        },
+    ];
+    Ok(BenchReport {
+        machine: machine_info(fixture.dir()),
+        layer,
+        comparisons,
+    })
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The Markdown section recorded in docs/BENCHMARKS.md.
+pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> String {
+    let mut out = String::new();
+    out.push_str("## Verify and repair (issues 2 and 3)\n\n");
+    out.push_str(&format!("Measured {date} with `{command}`. Times are medians of the timed runs (after one warm-up run, warm page cache); the ratio is snapmend ÷ reference.\n\n"));
+    out.push_str("| machine | |\n| --- | --- |\n");
+    for (k, v) in &report.machine {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    let l = &report.layer;
+    out.push_str(&format!(
+        "\nLayer: {} tar entries, {} of file content, tar stream {}, gzip blob {} (`{}`).\n\n",
+        l.entries,
+        gib(l.file_bytes),
+        gib(l.tar_bytes),
+        gib(l.blob_bytes),
+        l.digest
+    ));
+    out.push_str(
+        "| comparison | snapmend | reference | ratio | goal |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for c in &report.comparisons {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2}× | {} |\n",
+            c.what,
+            secs(c.ours.median()),
+            secs(c.reference.median()),
+            c.ratio(),
+            c.goal
+        ));
+    }
+    out.push_str("\nCommands and every timed run:\n\n");
+    let mut seen = Vec::new();
+    for c in &report.comparisons {
+        for t in [&c.ours, &c.reference] {
+            if !seen.contains(&t.command) {
+                seen.push(t.command.clone());
+                let runs: Vec<String> = t.samples.iter().map(|d| secs(*d)).collect();
+                out.push_str(&format!("- `{}`: {}\n", t.command, runs.join(", ")));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(cmd: &str, ms: &[u64]) -> Timing {
+        Timing {
+            command: cmd.into(),
+            samples: ms.iter().map(|m| Duration::from_millis(*m)).collect(),
+        }
+    }
+
+    #[test]
+    fn median_and_ratio() {
+        let ours = timing("a", &[300, 100, 200]);
+        assert_eq!(ours.median(), Duration::from_millis(200));
+        let c = Comparison {
+            what: "x".into(),
+            ours,
+            reference: timing("b", &[800, 800, 800]),
+            goal: "≤ 0.5×".into(),
+        };
+        assert!((c.ratio() - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn markdown_lists_times_ratio_goal_and_each_command_once() {
+        let report = BenchReport {
+            machine: vec![("CPU".into(), "test cpu".into())],
+            layer: BigLayer {
+                digest: "sha256:d".into(),
+                diff_id: "sha256:e".into(),
+                entries: 50_100,
+                file_bytes: 1 << 30,
+                tar_bytes: 1 << 30,
+                blob_bytes: 1 << 29,
+            },
+            comparisons: vec![
+                Comparison {
+                    what: "verify vs tar".into(),
+                    ours: timing("verify", &[1000]),
+                    reference: timing("tar", &[4000]),
+                    goal: "≤ 0.5×".into(),
+                },
+                Comparison {
+                    what: "meta vs tar".into(),
+                    ours: timing("meta", &[500]),
+                    reference: timing("tar", &[4000]),
+                    goal: "faster".into(),
+                },
+            ],
+        };
+        let md = render_markdown(&report, "2026-11-28", "bench/run.sh");
+        assert!(
+            md.contains("| verify vs tar | 1.00 s | 4.00 s | 0.25× | ≤ 0.5× |"),
+            "{md}"
+        );
+        assert!(md.contains("| CPU | test cpu |"));
+        assert!(md.contains("50100 tar entries, 1.00 GiB of file content"));
+        assert_eq!(md.matches("- `tar`:").count(), 1);
+    }
+}
