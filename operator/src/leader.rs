@@ -21,11 +21,13 @@ pub fn grace_seconds(lease_seconds: u64) -> u64 {
 
 /// Runs `lead` while this replica holds the Lease, again each time it wins it back, until
 /// `shutdown` is cancelled. `lead` gets a token that is cancelled when leadership is lost.
-/// `on_change` is told about each change of leadership.
+/// `on_joined` runs once the Lease is reachable; `on_change` is told about each change of
+/// leadership.
 pub async fn run_when_leader<F, Fut>(
     client: Client,
     env: &Environment,
     shutdown: CancellationToken,
+    on_joined: impl FnOnce(),
     on_change: impl Fn(bool),
     lead: F,
 ) -> Result<(), Error>
@@ -47,6 +49,7 @@ where
         .await
         .map_err(election_error)?;
     let (mut leading, manager_task) = manager.watch().await;
+    on_joined();
     info!(identity = %env.identity, lease = LEADER_LEASE_NAME, "joined leader election");
     'terms: loop {
         // Wait for leadership.

@@ -53,11 +53,11 @@ pub async fn run_operator_with(
         config.clone(),
         metrics.clone(),
     ));
-    health.set_ready(true);
     let election = leader::run_when_leader(
         client,
         &config.env,
         shutdown.clone(),
+        || health.set_ready(true),
         |leading| {
             metrics.set_leader(leading);
             if !leading {
