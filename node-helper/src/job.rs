@@ -306,8 +306,8 @@ impl LayerAttempt {
     }
 }
 
-/// The repair outcome from each layer's attempt and, when something was written, the
-/// verification that followed. Pure.
+/// The repair outcome from each layer's attempt and `post_verify`, the verification of the
+/// layers that were restored. Pure.
 pub fn repair_outcome(
     attempts: &[LayerAttempt],
     post_verify: &[LayerReport],
@@ -335,13 +335,20 @@ pub fn repair_outcome(
     if dry_run {
         return Outcome::Corrupted;
     }
+    // Repaired only when every restored layer re-verified healthy and every other layer was.
+    let confirmed = |a: &LayerAttempt| {
+        let r = a.report();
+        match r.state {
+            LayerState::Repaired => post_verify
+                .iter()
+                .any(|p| p.index == r.index && layer_ok(p)),
+            _ => layer_ok(r),
+        }
+    };
     let restored = attempts
         .iter()
         .any(|a| a.report().state == LayerState::Repaired);
-    let others_ok = attempts
-        .iter()
-        .all(|a| matches!(a.report().state, LayerState::Healthy | LayerState::Repaired));
-    if restored && others_ok && !post_verify.is_empty() && post_verify.iter().all(layer_ok) {
+    if restored && attempts.iter().all(confirmed) {
         Outcome::Repaired
     } else {
         Outcome::Corrupted
@@ -400,27 +407,7 @@ fn repair_image(
     } else {
         verify_layers(&repaired, opts.content)
     };
-    let post_all: Vec<LayerReport> = attempts
-        .iter()
-        .map(|a| {
-            let r = a.report();
-            post.iter()
-                .find(|p| p.index == r.index)
-                .cloned()
-                .unwrap_or_else(|| r.clone())
-        })
-        .map(|mut r| {
-            if r.state == LayerState::Repaired {
-                r.state = LayerState::Healthy;
-            }
-            r
-        })
-        .collect();
-    let outcome = repair_outcome(
-        &attempts,
-        if post.is_empty() { &[] } else { &post_all },
-        opts.dry_run,
-    );
+    let outcome = repair_outcome(&attempts, &post, opts.dry_run);
     let message = repair_message(&attempts, &post, outcome, opts.dry_run);
 
     let layers = attempts
@@ -607,6 +594,31 @@ mod tests {
             repair_outcome(&a, &[], false),
             Outcome::Corrupted,
             "no post-verify, no claim"
+        );
+    }
+
+    #[test]
+    fn only_the_restored_layers_need_a_post_verify_and_every_other_layer_must_be_healthy() {
+        let a = [
+            done(layer(0, Verified, Healthy)),
+            done(layer(1, Verified, Repaired)),
+        ];
+        assert_eq!(
+            repair_outcome(&a, &[layer(1, Verified, Healthy)], false),
+            Outcome::Repaired
+        );
+        assert_eq!(
+            repair_outcome(&a, &[layer(0, Verified, Healthy)], false),
+            Outcome::Corrupted,
+            "the restored layer itself was not re-verified"
+        );
+        let left = [
+            done(layer(0, Verified, LayerState::Corrupted)),
+            done(layer(1, Verified, Repaired)),
+        ];
+        assert_eq!(
+            repair_outcome(&left, &[layer(1, Verified, Healthy)], false),
+            Outcome::Corrupted
         );
     }
 
