@@ -385,7 +385,7 @@ impl ContainerdFixture {
                 let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
                 args.first()
                     .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
-                    && args.iter().any(|a| *a == socket.as_bytes())
+                    && args.contains(&socket.as_bytes())
             })
             .collect()
     }

@@ -103,7 +103,7 @@ pub fn capture_tree_except(root: &Path, skip: &[PathBuf]) -> Result<TreeSnapshot
     let mut inodes: HashMap<(u64, u64), Vec<String>> = HashMap::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
-        if skip.iter().any(|s| *s == path) {
+        if skip.contains(&path) {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path).map_err(|e| FixtureError::io(&path, e))?;

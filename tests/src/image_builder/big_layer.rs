@@ -79,7 +79,7 @@ fn content_pool() -> Vec<u8> {
 
 /// Size of file `i`: every 12th between 100 and 250 KiB, the others 0.5 to 8 KiB.
 pub fn big_layer_file_size(i: u64) -> u64 {
-    if i % 12 == 0 {
+    if i.is_multiple_of(12) {
         100 * 1024 + (i * 37_171) % (150 * 1024)
     } else {
         512 + (i * 131) % (7 * 1024 + 512)

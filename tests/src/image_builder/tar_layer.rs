@@ -283,7 +283,10 @@ pub fn write_tar(entries: &[TarEntry]) -> Result<Vec<u8>, FixtureError> {
 mod tests {
     use super::*;
 
-    fn read_back(tar: &[u8]) -> Vec<(Vec<u8>, tar::EntryType, u32, Option<Vec<u8>>)> {
+    /// (name, type, mode, link name) of each entry.
+    type ReadBack = (Vec<u8>, tar::EntryType, u32, Option<Vec<u8>>);
+
+    fn read_back(tar: &[u8]) -> Vec<ReadBack> {
         let mut archive = tar::Archive::new(tar);
         archive
             .entries()
