@@ -45,14 +45,18 @@ pub enum Signature {
     VetoRuntimeBinary,
     VetoImageRecordMissing,
     VetoNameConflict,
+    VetoExecInRunningContainer,
+    VetoHostMount,
     // Strong signatures.
     SnapshotDirMissing,
     MissingParent,
     LowerdirMissing,
     TmpmountMissing,
+    SnapshotRecordMissing,
     SandboxEntrypointBroken,
     // Ambiguous signatures.
     ContentBlobMissing,
+    LayerBlobCorrupt,
     EntrypointMissing,
     ExecUserProcessEnoent,
     ExecFormatError,
@@ -79,12 +83,16 @@ impl Signature {
             Signature::VetoRuntimeBinary => "veto-runtime-binary",
             Signature::VetoImageRecordMissing => "veto-image-record-missing",
             Signature::VetoNameConflict => "veto-name-conflict",
+            Signature::VetoExecInRunningContainer => "veto-exec-in-running-container",
+            Signature::VetoHostMount => "veto-host-mount",
             Signature::SnapshotDirMissing => "snapshot-dir-missing",
             Signature::MissingParent => "missing-parent",
             Signature::LowerdirMissing => "lowerdir-missing",
             Signature::TmpmountMissing => "tmpmount-missing",
+            Signature::SnapshotRecordMissing => "snapshot-record-missing",
             Signature::SandboxEntrypointBroken => "sandbox-entrypoint-broken",
             Signature::ContentBlobMissing => "content-blob-missing",
+            Signature::LayerBlobCorrupt => "layer-blob-corrupt",
             Signature::EntrypointMissing => "entrypoint-missing",
             Signature::ExecUserProcessEnoent => "exec-user-process-enoent",
             Signature::ExecFormatError => "exec-format-error",
@@ -148,6 +156,9 @@ pub fn classify(reason: &str, message: &str) -> Classification {
         sandbox,
     };
 
+    if exec.as_ref().is_some_and(ExecTarget::is_host_runtime) {
+        return verdict_of(Signature::VetoRuntimeBinary);
+    }
     if let Some(veto) = find_veto(&reason, &masked) {
         return verdict_of(veto);
     }
@@ -166,8 +177,10 @@ fn verdict_for(signature: Signature) -> Verdict {
         | Signature::MissingParent
         | Signature::LowerdirMissing
         | Signature::TmpmountMissing
+        | Signature::SnapshotRecordMissing
         | Signature::SandboxEntrypointBroken => Verdict::Repair,
         Signature::ContentBlobMissing
+        | Signature::LayerBlobCorrupt
         | Signature::EntrypointMissing
         | Signature::ExecUserProcessEnoent
         | Signature::ExecFormatError
@@ -250,6 +263,23 @@ impl ExecTarget {
             path: path.to_string(),
             failure,
         })
+    }
+
+    /// The program is one of the node's runtime tools (runc, a shim, …), not the image's entrypoint.
+    fn is_host_runtime(&self) -> bool {
+        let name = self.path.rsplit('/').next().unwrap_or_default();
+        const HOST_TOOLS: &[&str] = &[
+            "runc",
+            "docker-runc",
+            "crun",
+            "runsc",
+            "youki",
+            "conmon",
+            "apparmor_parser",
+            "nvidia-container-runtime",
+            "kata-runtime",
+        ];
+        HOST_TOOLS.contains(&name) || name.starts_with("containerd-shim")
     }
 
     fn is_absolute(&self) -> bool {
@@ -397,6 +427,10 @@ fn find_veto(reason: &str, text: &str) -> Option<Signature> {
                 "unable to retrieve oci runtime error",
                 "docker-runc",
                 "runtime binary",
+                "failed to start shim",
+                "containerd-shim",
+                "nvidia-container",
+                "conmon",
                 "exec: \"runc\"",
                 "exec: \"crun\"",
                 "exec: \"runsc\"",
@@ -417,7 +451,22 @@ fn find_veto(reason: &str, text: &str) -> Option<Signature> {
                 "already exists",
                 "error reserving pod name",
                 "name is reserved",
+                "is reserved for",
+                "failed to reserve",
             ],
+        ),
+        (
+            Signature::VetoExecInRunningContainer,
+            &[
+                "oci runtime exec failed",
+                "failed to exec in container",
+                "exec failed:",
+            ],
+        ),
+        // A bind mount from the host (hostPath, kubelet files, device): not the image's snapshot.
+        (
+            Signature::VetoHostMount,
+            &["to rootfs at", "error mounting \""],
         ),
     ];
     rules
@@ -449,8 +498,14 @@ fn find_strong(text: &str, exec: Option<&ExecTarget>, sandbox: bool) -> Option<S
     if enoent && has_snapshot_dir(text) {
         return Some(Signature::SnapshotDirMissing);
     }
-    if text.contains("tmpmounts/") && enoent {
+    // Mounting (not unmounting) a snapshot's temporary mount failed because a directory is gone.
+    if text.contains("tmpmounts/") && text.contains("failed to mount") && enoent {
         return Some(Signature::TmpmountMissing);
+    }
+    if text.contains("snapshot")
+        && (text.contains("does not exist") || text.contains("snapshot not found"))
+    {
+        return Some(Signature::SnapshotRecordMissing);
     }
     if sandbox {
         let broken_entrypoint = exec.is_some_and(|e| {
@@ -464,7 +519,7 @@ fn find_strong(text: &str, exec: Option<&ExecTarget>, sandbox: bool) -> Option<S
                 )
         });
         let user_process = text.contains("exec user process caused")
-            && (enoent || text.contains("exec format error"));
+            && (enoent || text.contains("exec format error") || text.contains("permission denied"));
         if broken_entrypoint || user_process {
             return Some(Signature::SandboxEntrypointBroken);
         }
@@ -477,7 +532,12 @@ fn has_snapshot_dir(text: &str) -> bool {
     text.match_indices("/snapshots/").any(|(i, m)| {
         let rest = &text[i + m.len()..];
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        digits > 0 && (rest[digits..].starts_with("/fs") || rest[digits..].starts_with("/work"))
+        let after = &rest[digits..];
+        digits > 0
+            && (after.starts_with("/fs")
+                || after.starts_with("/work")
+                || after.starts_with(':')
+                || after.is_empty())
     })
 }
 
@@ -487,6 +547,20 @@ fn find_ambiguous(text: &str, exec: Option<&ExecTarget>) -> Option<Signature> {
         || text.contains("content digest") && text.contains("not found")
     {
         return Some(Signature::ContentBlobMissing);
+    }
+    if text.contains("failed to extract layer")
+        && has_any(
+            text,
+            &[
+                "unexpected eof",
+                "invalid tar header",
+                "digest mismatch",
+                "diffid mismatch",
+                "gzip: invalid",
+            ],
+        )
+    {
+        return Some(Signature::LayerBlobCorrupt);
     }
     if let Some(e) = exec {
         match e.failure {

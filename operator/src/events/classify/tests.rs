@@ -423,12 +423,16 @@ fn signature_names_are_unique() {
         Signature::VetoRuntimeBinary,
         Signature::VetoImageRecordMissing,
         Signature::VetoNameConflict,
+        Signature::VetoExecInRunningContainer,
+        Signature::VetoHostMount,
         Signature::SnapshotDirMissing,
         Signature::MissingParent,
         Signature::LowerdirMissing,
         Signature::TmpmountMissing,
+        Signature::SnapshotRecordMissing,
         Signature::SandboxEntrypointBroken,
         Signature::ContentBlobMissing,
+        Signature::LayerBlobCorrupt,
         Signature::EntrypointMissing,
         Signature::ExecUserProcessEnoent,
         Signature::ExecFormatError,
@@ -438,4 +442,104 @@ fn signature_names_are_unique() {
     ];
     let names: std::collections::HashSet<_> = all.iter().map(|s| s.name()).collect();
     assert_eq!(names.len(), all.len());
+}
+
+#[test]
+fn more_store_damage_wordings() {
+    let cases = [
+        (
+            SANDBOX,
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd container: failed to create prepare snapshot dir: stat /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/45: no such file or directory",
+            Verdict::Repair,
+        ),
+        (
+            "Failed",
+            "Error: failed to create containerd container: failed to stat snapshot sha256:9f2e: snapshot sha256:9f2e does not exist: not found",
+            Verdict::Repair,
+        ),
+        (
+            "Failed",
+            r#"Failed to pull image "quay.io/org/app:2": failed to pull and unpack image "quay.io/org/app:2": failed to extract layer sha256:77: failed to get stream processor for application/vnd.oci.image.layer.v1.tar+gzip: unexpected EOF"#,
+            Verdict::Verify,
+        ),
+        (
+            SANDBOX,
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: OCI runtime create failed: standard_init_linux.go:228: exec user process caused: permission denied: unknown",
+            Verdict::Repair,
+        ),
+        (
+            SANDBOX,
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: exec: \"/pause\": stat /pause: no such file or directory",
+            Verdict::Repair,
+        ),
+    ];
+    for (reason, m, want) in cases {
+        let c = classify(reason, m);
+        assert_eq!(c.verdict, want, "{} {m}", c.signature);
+    }
+}
+
+#[test]
+fn host_side_look_alikes_are_vetoed() {
+    let cases = [
+        // A hostPath bind mount whose source is missing on the host.
+        (
+            "Failed",
+            "Error: failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: error mounting \"/etc/kubernetes/pki\" to rootfs at \"/etc/kubernetes/pki\": mount /etc/kubernetes/pki:/etc/kubernetes/pki (via /proc/self/fd/6), flags: 0x5000: no such file or directory: unknown",
+            Signature::VetoHostMount,
+        ),
+        // The shim binary is missing on the host.
+        (
+            SANDBOX,
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed to start shim: exec: \"containerd-shim-runc-v2\": executable file not found in $PATH: unknown",
+            Signature::VetoRuntimeBinary,
+        ),
+        // kubectl exec / exec probes into a running container.
+        (
+            "Failed",
+            "OCI runtime exec failed: exec failed: unable to start container process: exec: \"bash\": executable file not found in $PATH: unknown",
+            Signature::VetoExecInRunningContainer,
+        ),
+        // Unmounting a temporary mount that is already gone is not a damaged snapshot.
+        (
+            "Failed",
+            "Error: failed to create containerd container: failed to unmount /var/lib/containerd/tmpmounts/containerd-mount11: no such file or directory",
+            Signature::NoSignature,
+        ),
+        (
+            SANDBOX,
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: unable to apply apparmor profile: apparmor failed to apply profile: write /proc/self/attr/apparmor/exec: no such file or directory: unknown",
+            Signature::VetoSecurityProfile,
+        ),
+        (
+            "Failed",
+            "Error: failed to create containerd container: failed to reserve container name \"app_web-0_default_1_0\": name \"app_web-0_default_1_0\" is reserved for \"4b1f\"",
+            Signature::VetoNameConflict,
+        ),
+    ];
+    for (reason, m, sig) in cases {
+        let c = classify(reason, m);
+        assert_eq!((c.verdict, c.signature), (Verdict::Ignore, sig), "{m}");
+    }
+}
+
+#[test]
+fn host_runtime_tools_named_as_the_program_are_vetoed() {
+    for tool in [
+        "runc",
+        "/usr/bin/crun",
+        "containerd-shim-runc-v2",
+        "docker-runc",
+        "apparmor_parser",
+    ] {
+        let m = format!(
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: exec: \"{tool}\": executable file not found in $PATH: unknown"
+        );
+        let c = classify(SANDBOX, &m);
+        assert_eq!(
+            (c.verdict, c.signature),
+            (Verdict::Ignore, Signature::VetoRuntimeBinary),
+            "{m}"
+        );
+    }
 }
