@@ -120,7 +120,7 @@ fn timed(
         Err(e) => {
             tracing::info!(error = %e, "could not run");
             Report {
-                image: requested_name(&opts.target),
+                image: requested_name(&opts.target, &e),
                 outcome: Outcome::Error,
                 message: Some(error_message(&e)),
                 ..Default::default()
@@ -132,10 +132,12 @@ fn timed(
     report
 }
 
-fn requested_name(target: &Target) -> String {
-    match target {
-        Target::Image(name) => name.clone(),
-        Target::SandboxImage => String::new(),
+/// The image a failed job was about: the requested name, or the sandbox image looked for.
+fn requested_name(target: &Target, error: &Error) -> String {
+    match (target, error) {
+        (Target::Image(name), _) => name.clone(),
+        (Target::SandboxImage, Error::ImageNotFound { reference, .. }) => reference.clone(),
+        (Target::SandboxImage, _) => String::new(),
     }
 }
 
@@ -708,6 +710,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/store");
         let r = repair(&options(&root, Target::SandboxImage));
         assert_eq!(r.outcome, Outcome::Error);
+        assert_eq!(r.image, "registry.k8s.io/pause:3.8");
         assert!(r.message.unwrap().contains("registry.k8s.io/pause:3.8"));
     }
 
