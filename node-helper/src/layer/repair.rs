@@ -298,6 +298,7 @@ struct Applier<'a> {
     counter: u64,
     renames: u64,
     fault_after: Option<u64>,
+    parent_cache: Option<(Vec<u8>, OwnedFd)>,
 }
 
 impl<'a> Applier<'a> {
@@ -333,6 +334,7 @@ impl<'a> Applier<'a> {
             counter: 0,
             renames: 0,
             fault_after,
+            parent_cache: None,
         })
     }
 
@@ -390,7 +392,7 @@ impl<'a> Applier<'a> {
                 Need::FixDir => self.fix_dir(path, inode, obs)?,
                 Need::CreateDir => {
                     let name = self.build(id, inode)?;
-                    self.place(&name, path)?;
+                    self.place(&name, path, true)?;
                 }
                 Need::Recreate => {
                     if let Some(paths) = groups.get(&id) {
@@ -399,7 +401,7 @@ impl<'a> Applier<'a> {
                         }
                     } else {
                         let name = self.build(id, inode)?;
-                        self.place(&name, path)?;
+                        self.place(&name, path, false)?;
                     }
                 }
             }
@@ -468,6 +470,7 @@ impl<'a> Applier<'a> {
             .open_parent(path)
             .map_err(|e| self.err(path, e))?;
         let name = self.temp_name("trash");
+        self.parent_cache = None;
         match nix::fcntl::renameat(&parent, base, &self.staging_fd, name.as_str()) {
             Ok(()) => {}
             Err(nix::errno::Errno::ENOENT) => return Ok(()),
@@ -493,37 +496,74 @@ impl<'a> Applier<'a> {
     /// Renames the staged entry `name` to `path` inside `fs`. Whatever was there is replaced
     /// atomically (a directory in the way, or a non-directory where a directory goes, is
     /// swapped out with RENAME_EXCHANGE and deleted from staging).
-    fn place(&mut self, name: &str, path: &[u8]) -> Result<()> {
-        let (parent, base) = self
-            .beneath()?
-            .open_parent(path)
-            .map_err(|e| self.err(path, e))?;
-        let staged_is_dir = fstatat(&self.staging_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-            .map_err(|e| Error::io(self.staging.join(name), nix_io(e)))?;
-        let existing = match fstatat(&parent, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Some(st.st_mode & libc::S_IFMT == libc::S_IFDIR),
-            Err(nix::errno::Errno::ENOENT) => None,
+    fn place(&mut self, name: &str, path: &[u8], staged_is_dir: bool) -> Result<()> {
+        let (parent_path, base) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&[][..], path),
+        };
+        // Siblings come one after another: keep their parent open. Any rename that could
+        // swap a directory out drops the cache.
+        let cached = matches!(&self.parent_cache, Some((p, _)) if p.as_slice() == parent_path);
+        if !cached {
+            let (fd, _) = self
+                .beneath()?
+                .open_parent(path)
+                .map_err(|e| self.err(path, e))?;
+            self.parent_cache = Some((parent_path.to_vec(), fd));
+        }
+        let Some((_, parent)) = self.parent_cache.take() else {
+            return Err(self.err(path, io::Error::other("parent directory not open")));
+        };
+        let result = self.place_in(&parent, name, path, base, staged_is_dir);
+        if result.is_ok() && !staged_is_dir {
+            self.parent_cache = Some((parent_path.to_vec(), parent));
+        }
+        result
+    }
+
+    fn place_in(
+        &mut self,
+        parent: &OwnedFd,
+        name: &str,
+        path: &[u8],
+        base: &[u8],
+        staged_is_dir: bool,
+    ) -> Result<()> {
+        // Common case first: nothing is there.
+        match renameat2(
+            &self.staging_fd,
+            name,
+            parent,
+            base,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {
+                self.renamed();
+                return Ok(());
+            }
+            Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(self.err(path, nix_io(e))),
+        }
+        let existing_is_dir = match fstatat(parent, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
             Err(e) => return Err(self.err(path, nix_io(e))),
         };
-        match existing {
-            Some(existing_is_dir) if existing_is_dir || staged_is_dir => {
-                renameat2(
-                    &self.staging_fd,
-                    name,
-                    &parent,
-                    base,
-                    RenameFlags::RENAME_EXCHANGE,
-                )
+        if existing_is_dir || staged_is_dir {
+            renameat2(
+                &self.staging_fd,
+                name,
+                parent,
+                base,
+                RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(|e| self.err(path, nix_io(e)))?;
+            self.renamed();
+            self.parent_cache = None;
+            self.discard(name);
+        } else {
+            nix::fcntl::renameat(&self.staging_fd, name, parent, base)
                 .map_err(|e| self.err(path, nix_io(e)))?;
-                self.renamed();
-                self.discard(name);
-            }
-            _ => {
-                nix::fcntl::renameat(&self.staging_fd, name, &parent, base)
-                    .map_err(|e| self.err(path, nix_io(e)))?;
-                self.renamed();
-            }
+            self.renamed();
         }
         Ok(())
     }
@@ -531,12 +571,13 @@ impl<'a> Applier<'a> {
     /// Staged bytes for a file inode: the copy made during the pass, or a copy of the disk
     /// file whose bytes the pass compared equal to the tar.
     fn file_bytes(&mut self, id: InodeId) -> Result<String> {
+        if let Some(src) = self.pass.staged.get(&id)
+            && let Some(staged) = src.file_name().and_then(|n| n.to_str())
+        {
+            return Ok(staged.to_string());
+        }
         let name = self.temp_name("file");
         let dst = self.staging.join(&name);
-        if let Some(src) = self.pass.staged.get(&id) {
-            std::fs::rename(src, &dst).map_err(|e| Error::io(src, e))?;
-            return Ok(name);
-        }
         let verified = self.pass.content.get(&id) == Some(&super::compare::ContentVerdict::Same);
         let Some(path) = self.pass.compared_at.get(&id).filter(|_| verified) else {
             return Err(Error::Layer {
@@ -685,7 +726,7 @@ impl<'a> Applier<'a> {
             names.push(n);
         }
         for (name, path) in names.iter().zip(paths) {
-            self.place(name, path)?;
+            self.place(name, path, false)?;
         }
         Ok(())
     }

@@ -856,3 +856,69 @@ fn crash_at_every_rename_then_rerun_is_healthy() {
     }
     assert!(crashes >= 20, "the fault knob fired {crashes} times");
 }
+
+/// Benchmark harness (release build): `SNAPMEND_BENCH_BLOB=<gzip layer>`
+/// `SNAPMEND_BENCH_SNAPSHOT=<dir holding fs/>` `SNAPMEND_BENCH_MODE=verify|metadata|repair`
+/// `cargo test --release -p snapmend-node-helper --lib layer::tests::bench_layer -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; needs SNAPMEND_BENCH_* (see docs/architecture/layer-engine.md)"]
+fn bench_layer() {
+    let (Ok(blob), Ok(dir)) = (
+        std::env::var("SNAPMEND_BENCH_BLOB"),
+        std::env::var("SNAPMEND_BENCH_SNAPSHOT"),
+    ) else {
+        return;
+    };
+    let mode = std::env::var("SNAPMEND_BENCH_MODE").unwrap_or_else(|_| "verify".into());
+    let bytes = std::fs::read(&blob).unwrap();
+    let digest = sha(&bytes);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&bytes[..]), &mut tar)
+        .unwrap();
+    let diff_id = sha(&tar);
+    drop((bytes, tar));
+    let dir = PathBuf::from(dir);
+    let layer = ResolvedLayer {
+        index: 0,
+        digest,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        size: 0,
+        diff_id: diff_id.clone(),
+        chain_id: diff_id,
+        blob_path: blob.into(),
+        snapshot: Some(SnapshotRef {
+            id: "b".into(),
+            backend_key: "b".into(),
+            kind: SnapshotKind::Committed,
+            fs: dir.join("fs"),
+            dir,
+            lower_fs: vec![],
+        }),
+    };
+    let started = std::time::Instant::now();
+    let (state, findings) = match mode.as_str() {
+        "metadata" => {
+            let r = verify_layer(&layer, ContentCheck::Metadata);
+            (r.state, r.findings_total)
+        }
+        "repair" => {
+            let r = repair_layer(
+                &layer,
+                &RepairOptions {
+                    dry_run: false,
+                    content: ContentCheck::Full,
+                },
+            )
+            .unwrap();
+            (r.report.state, r.report.findings_total)
+        }
+        _ => {
+            let r = verify_layer(&layer, ContentCheck::Full);
+            (r.state, r.findings_total)
+        }
+    };
+    println!(
+        "BENCH mode={mode} state={state:?} findings={findings} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    );
+}
