@@ -39,8 +39,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("encoding metrics: {0}")]
-    Metrics(#[from] std::fmt::Error),
 }
 
 impl Error {
@@ -52,13 +50,7 @@ impl Error {
             Error::Kubeconfig { .. } | Error::ClientConfig(_) => "config",
             Error::LeaderElection { .. } => "leader_election",
             Error::Serve { .. } => "serve",
-            Error::Metrics(_) => "metrics",
         }
-    }
-
-    /// The API server said 404 for the object in question.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.is_not_found())
     }
 }
 

@@ -93,7 +93,9 @@ pub async fn run_repair_controller(ctx: Arc<Context>, stop: CancellationToken) {
         .for_each(|result| async move {
             match result {
                 Ok((obj, action)) => debug!(repair = %obj.name, ?action, "reconciled"),
-                Err(error) => debug!(%error, "controller event"),
+                // Reconcile failures are logged by error_policy; this is the watch side.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(%error, "SnapshotRepair controller"),
             }
         })
         .await;
