@@ -148,6 +148,11 @@ fn error_message(e: &Error) -> String {
                 "{e}; list the known images with `ctr -n <namespace> images ls` or `crictl images`"
             )
         }
+        Error::Io { path, source }
+            if source.kind() == std::io::ErrorKind::NotFound && path.ends_with("meta.db") =>
+        {
+            format!("{e}; is this containerd's root (--root, or `root` in config.toml)?")
+        }
         _ => e.to_string(),
     }
 }
@@ -712,6 +717,18 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Error);
         assert_eq!(r.image, "registry.k8s.io/pause:3.8");
         assert!(r.message.unwrap().contains("registry.k8s.io/pause:3.8"));
+    }
+
+    #[test]
+    fn a_wrong_root_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = verify(&options(dir.path(), Target::Image("x".into())));
+        assert_eq!(r.outcome, Outcome::Error);
+        let m = r.message.unwrap();
+        assert!(
+            m.contains("meta.db") && m.contains("is this containerd's root"),
+            "{m}"
+        );
     }
 
     #[test]
