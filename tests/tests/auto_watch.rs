@@ -22,18 +22,22 @@ const PAUSE_GONE: &str = r#"Failed to create pod sandbox: rpc error: code = Unkn
 const CORPUS: &str = include_str!("../../operator/testdata/events.tsv");
 
 async fn cluster(mode: AutoRemediate) -> (SimServer, Client, tokio::task::JoinHandle<()>) {
-    let sim = SimServer::start().await.unwrap();
-    let client = sim.client().unwrap();
-    install_snapmend(&client).await.unwrap();
-    register_node(&client, "node-a", &[]).await.unwrap();
+    let sim = SimServer::start().await.expect("test setup");
+    let client = sim.client().expect("test setup");
+    install_snapmend(&client).await.expect("test setup");
+    register_node(&client, "node-a", &[])
+        .await
+        .expect("test setup");
     register_node(&client, "node-b", &[(AUTO_REMEDIATE_LABEL, "false")])
         .await
-        .unwrap();
-    register_node(&client, "node-c", &[]).await.unwrap();
+        .expect("test setup");
+    register_node(&client, "node-c", &[])
+        .await
+        .expect("test setup");
     let config = EventRemediationConfig::new(mode, Duration::from_secs(600));
     let c = client.clone();
     let watcher = tokio::spawn(async move {
-        run_event_remediation(c, config).await.unwrap();
+        run_event_remediation(c, config).await.expect("test setup");
     });
     (sim, client, watcher)
 }
@@ -42,7 +46,7 @@ async fn repairs(client: &Client) -> Vec<SnapshotRepair> {
     Api::<SnapshotRepair>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .unwrap()
+        .expect("test setup")
         .items
 }
 

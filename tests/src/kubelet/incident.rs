@@ -421,7 +421,7 @@ impl ClusterObserver {
         )
         .default_backoff()
         .applied_objects()
-        .map(|r| r.map(Watched::Repair).ok());
+        .map(|r| r.map(|sr| Watched::Repair(Box::new(sr))).ok());
         let nodes = watcher(
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={}", self.node)),
@@ -518,7 +518,7 @@ impl ClusterObserver {
 }
 
 enum Watched {
-    Repair(SnapshotRepair),
+    Repair(Box<SnapshotRepair>),
     Node(Box<Node>),
 }
 
