@@ -56,6 +56,32 @@ fn image_error(reference: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The fully qualified form of a Docker-style short name, as CRI records images:
+/// `busybox` → `docker.io/library/busybox:latest`, `me/app:1` → `docker.io/me/app:1`.
+/// `None` when the reference already names a registry (or is a bare digest).
+pub fn normalize_docker_reference(reference: &str) -> Option<String> {
+    if reference.starts_with("sha256:") || reference.is_empty() {
+        return None;
+    }
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_domain =
+        reference.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    if has_domain {
+        return None;
+    }
+    let path = if reference.contains('/') {
+        reference.to_string()
+    } else {
+        format!("library/{reference}")
+    };
+    let last = path.rsplit('/').next().unwrap_or_default();
+    let tagged = last.contains(':') || path.contains('@');
+    Some(format!(
+        "docker.io/{path}{}",
+        if tagged { "" } else { ":latest" }
+    ))
+}
+
 /// containerd's media-type sanity check: a document must not contradict how it is described
 /// (its own `mediaType`, or the fields only the other kind has).
 pub fn check_document_kind(
@@ -99,7 +125,13 @@ impl Store {
                 images.push((name, record.target.digest));
             }
         }
-        match pick_image_name(reference, &images) {
+        let normalized = normalize_docker_reference(reference);
+        let picked = pick_image_name(reference, &images).or_else(|| {
+            normalized
+                .as_deref()
+                .and_then(|n| pick_image_name(n, &images))
+        });
+        match picked {
             Some(name) => self.meta.image(namespace, name),
             None => Ok(None),
         }
@@ -336,6 +368,28 @@ mod tests {
                 .unwrap_err()
                 .contains("\"layers\" field")
         );
+    }
+
+    #[test]
+    fn docker_short_names_are_qualified_like_cri_records_them() {
+        let n = |r: &str| normalize_docker_reference(r);
+        assert_eq!(
+            n("busybox").as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        assert_eq!(
+            n("busybox:1.36").as_deref(),
+            Some("docker.io/library/busybox:1.36")
+        );
+        assert_eq!(n("me/app:1").as_deref(), Some("docker.io/me/app:1"));
+        assert_eq!(
+            n("busybox@sha256:beef").as_deref(),
+            Some("docker.io/library/busybox@sha256:beef")
+        );
+        assert_eq!(n("registry.k8s.io/pause:3.10"), None);
+        assert_eq!(n("localhost/pause"), None);
+        assert_eq!(n("localhost:5000/pause:1"), None);
+        assert_eq!(n("sha256:578b"), None);
     }
 
     #[test]
@@ -694,6 +748,17 @@ mod synthetic_store_tests {
             )
             .unwrap();
         assert_eq!(arm64.manifest_digest, arm["digest"].as_str().unwrap());
+        let short = store
+            .resolve_image(
+                "k8s.io",
+                "busybox:1",
+                &Platform::new("linux", "arm64", None),
+            )
+            .unwrap();
+        assert_eq!(
+            short.name, "docker.io/library/busybox:1",
+            "a short name finds the qualified record"
+        );
     }
 
     #[test]
