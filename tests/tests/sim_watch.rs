@@ -311,3 +311,35 @@ async fn metadata_watcher_sees_changes() {
     assert_eq!(seen.labels()["x"], "1");
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn watchers_survive_an_api_server_restart() {
+    let sim = SimServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(sim.client().unwrap());
+    cms.create(&PostParams::default(), &config_map("before", json!({})))
+        .await
+        .unwrap();
+    let (store, mut events) = spawn_reflector(cms.clone(), watcher::Config::default());
+    wait_for(&mut events, "init-done").await;
+
+    sim.pause().await;
+    assert!(cms.get("before").await.is_err(), "the server is down");
+    sim.resume().await.unwrap();
+    assert_eq!(
+        cms.get("before").await.unwrap().name_any(),
+        "before",
+        "objects survive"
+    );
+
+    cms.create(&PostParams::default(), &config_map("after", json!({})))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while store_names(&store).await != vec!["after", "before"] {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the reflector caught up after the restart");
+    sim.stop().await;
+}

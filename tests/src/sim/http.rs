@@ -25,7 +25,8 @@ use super::validation::FieldValidation;
 /// Shared state of the HTTP handlers.
 pub struct App {
     pub cluster: Arc<Cluster>,
-    pub shutdown: CancellationToken,
+    /// Cancelled when the current serving session ends (pause, stop); replaced on resume.
+    pub shutdown: Mutex<CancellationToken>,
     /// Cancelled (and replaced) to end every open watch, e.g. to test watch recovery.
     pub watch_epoch: Mutex<CancellationToken>,
     pub bookmark_interval: Duration,
@@ -37,6 +38,13 @@ impl App {
         let mut epoch = self.watch_epoch.lock().unwrap_or_else(|p| p.into_inner());
         epoch.cancel();
         *epoch = CancellationToken::new();
+    }
+
+    pub fn current_shutdown(&self) -> CancellationToken {
+        self.shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn current_epoch(&self) -> CancellationToken {
@@ -556,7 +564,7 @@ fn watch(
     let start = app.cluster.watch(&t.def, ns, rv, send_initial, &opts);
     let def = t.def.clone();
     let ns = ns.map(str::to_string);
-    let shutdown = app.shutdown.clone();
+    let shutdown = app.current_shutdown();
     let epoch = app.current_epoch();
     let bookmark_interval = app.bookmark_interval;
     let render = move |kind: &str, obj: &Value, headers_sent: &mut bool| -> Bytes {
@@ -619,6 +627,8 @@ fn watch(
         ticker.tick().await;
         loop {
             tokio::select! {
+                // Ending the watch wins over pending changes, so `end_watches` cuts at a known point.
+                biased;
                 _ = &mut deadline => return,
                 _ = shutdown.cancelled() => return,
                 _ = epoch.cancelled() => return,

@@ -86,6 +86,20 @@ pub struct SimServer {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Serves `app` on `listener` until the app's current shutdown token is cancelled.
+fn serve(app: Arc<http::App>, listener: tokio::net::TcpListener) -> JoinHandle<()> {
+    let shutdown = app.current_shutdown();
+    let router = axum::Router::new().fallback(http::handle).with_state(app);
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "snapmend-sim stopped serving");
+        }
+    })
+}
+
 impl SimServer {
     /// Starts a server on an ephemeral loopback port with default settings.
     pub async fn start() -> Result<Self, SimError> {
@@ -103,25 +117,14 @@ impl SimServer {
         let cluster = Arc::new(Cluster::new(ClusterConfig {
             history_window: config.history_window,
         }));
-        let shutdown = CancellationToken::new();
         let app = Arc::new(http::App {
             cluster,
-            shutdown: shutdown.clone(),
+            shutdown: Mutex::new(CancellationToken::new()),
             watch_epoch: Mutex::new(CancellationToken::new()),
             bookmark_interval: config.bookmark_interval,
             server_address: addr.to_string(),
         });
-        let router = axum::Router::new()
-            .fallback(http::handle)
-            .with_state(app.clone());
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "snapmend-sim stopped serving");
-            }
-        });
+        let task = serve(app.clone(), listener);
         tracing::info!(%addr, "snapmend-sim listening");
         Ok(Self {
             addr,
@@ -187,8 +190,8 @@ impl SimServer {
         self.app.cluster.set_history_window(window);
     }
 
-    /// Ends every open watch and forgets the history: clients must re-list (410 on resume),
-    /// as after an etcd compaction.
+    /// Ends every open watch and forgets the history: clients that missed changes must
+    /// re-list (their resume gets 410), as after an etcd compaction.
     pub fn expire_watches(&self) {
         self.app.cluster.compact();
         self.app.end_all_watches();
@@ -199,21 +202,60 @@ impl SimServer {
         self.app.end_all_watches();
     }
 
+    /// Stops serving, as if the API server went down: open watches end, new connections are
+    /// refused. The objects stay; [`SimServer::resume`] serves them again on the same port.
+    pub async fn pause(&self) {
+        self.app.current_shutdown().cancel();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut task) = task {
+            // Connections that linger past the grace period are cut.
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// Serves again on the same port after [`SimServer::pause`] (a no-op while serving).
+    pub async fn resume(&self) -> Result<(), SimError> {
+        if self
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: self.addr,
+                source,
+            })?;
+        *self.app.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = CancellationToken::new();
+        let task = serve(self.app.clone(), listener);
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        tracing::info!(addr = %self.addr, "snapmend-sim serving again");
+        Ok(())
+    }
+
+    /// A restart of the API server: pause, then resume on the same port with the same objects.
+    pub async fn restart(&self) -> Result<(), SimError> {
+        self.pause().await;
+        self.resume().await
+    }
+
     /// Stops serving and ends open watches.
     pub async fn stop(self) {
-        self.app.shutdown.cancel();
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            tracing::warn!(error = %e, "snapmend-sim server task ended abnormally");
-        }
+        self.pause().await;
     }
 }
 
 impl Drop for SimServer {
     fn drop(&mut self) {
-        self.app.shutdown.cancel();
+        self.app.current_shutdown().cancel();
     }
 }
 

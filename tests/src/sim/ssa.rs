@@ -396,8 +396,17 @@ pub fn record_update(
     subresource: Option<&str>,
 ) {
     let mut entries = old.map(read_entries).unwrap_or_default();
+    // Fields that are gone are owned by nobody.
+    for e in entries.iter_mut() {
+        e.fields.retain(|p| get_path(new, p).is_some());
+    }
+    let in_scope = |p: &FieldPath| match subresource {
+        Some("status") => p.first().is_some_and(|f| f == "status"),
+        _ => p.first().is_none_or(|f| f != "status"),
+    };
     let changed: FieldSet = leaf_paths(new)
         .into_iter()
+        .filter(in_scope)
         .filter(|p| old.is_none_or(|o| get_path(o, p) != get_path(new, p)))
         .collect();
     if changed.is_empty() {

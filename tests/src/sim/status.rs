@@ -110,17 +110,22 @@ impl StatusError {
 
     /// Server-side apply conflicts: 409 Conflict with one cause per contested field.
     pub fn apply_conflict(t: Target<'_>, causes: &[Cause]) -> Self {
-        let list: Vec<String> = causes.iter().map(|c| format!("- {}", c.message)).collect();
+        let list: Vec<String> = causes.iter().map(|c| c.message.clone()).collect();
+        let summary = if causes.len() == 1 {
+            format!("Apply failed with 1 conflict: {}", list.join(""))
+        } else {
+            format!(
+                "Apply failed with {} conflicts: {}",
+                causes.len(),
+                list.join("\n")
+            )
+        };
         let mut details = t.details();
         details["causes"] = causes_json(causes);
         Self {
             code: 409,
             reason: "Conflict",
-            message: format!(
-                "Apply failed with {} conflict(s): {}",
-                causes.len(),
-                list.join("\n")
-            ),
+            message: summary,
             details: Some(details),
         }
     }
