@@ -182,3 +182,27 @@ fn the_incident_end_to_end() {
         Some("RUNNING")
     );
 }
+
+#[test]
+fn the_same_file_deleted_and_repaired_again_and_again() {
+    const MANY: &str = "snapmend.test/many:1";
+    let s = Scenario::start(&[snapmend_tests::image_builder::many_files_image(MANY, 300).unwrap()])
+        .unwrap();
+    let pristine = s.capture_pristine(MANY).unwrap();
+    let file = pristine.layers[0].fs.join("data/d0001/f000051");
+    // After a full rebuild, too.
+    empty_dir(&pristine.layers[0].fs).unwrap();
+    let run = s.helper.repair(MANY).unwrap();
+    assert_eq!(run.code, Some(0), "{run}");
+    for round in 0..3 {
+        std::fs::remove_file(&file).unwrap();
+        let run = s.helper.repair(MANY).unwrap();
+        assert_eq!(run.code, Some(0), "round {round}\n{run}");
+        assert!(
+            file.exists(),
+            "round {round}: exit 0 but {} not restored\n{run}",
+            file.display()
+        );
+    }
+    assert!(pristine.differences_now().unwrap().is_empty());
+}

@@ -249,7 +249,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> 
             c
         },
     )?;
-    let one_file = fs.join("data/000/00/f000001");
+    let one_file = fs.join("data/000/000/f000001");
     let repair_one = measure(
         runs,
         "snapmend-node-helper repair (one file missing)",
