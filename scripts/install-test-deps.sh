@@ -21,3 +21,8 @@ fi
 for tool in containerd ctr runc kubectl cc getfattr; do
   command -v "$tool" >/dev/null || { echo "missing required test tool: $tool" >&2; exit 1; }
 done
+# The private containerd fixture (tests/src/containerd) and bench/run.sh use these util-linux,
+# coreutils and tar tools (all in Debian's essential set; checked so a missing one is named).
+for tool in unshare nsenter findmnt mount mknod tar; do
+  command -v "$tool" >/dev/null || { echo "missing required test tool: $tool" >&2; exit 1; }
+done
