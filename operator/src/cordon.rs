@@ -101,6 +101,39 @@ pub async fn uncordon(api: &Api<Node>, node_name: &str, repair: &str) -> Result<
     Ok(true)
 }
 
+/// Renames the holder of `repair`'s cordon to `next` (the node stays cordoned), only if the
+/// annotation names `repair`. Returns whether it did.
+#[instrument(skip(api), fields(node = %node_name, repair = %repair, next = %next))]
+pub async fn hand_over(
+    api: &Api<Node>,
+    node_name: &str,
+    repair: &str,
+    next: &str,
+) -> Result<bool, Error> {
+    let Some(node) = get_node(api, node_name).await? else {
+        return Ok(false);
+    };
+    if !node_facts(&node).cordoned_by_repair(repair) {
+        return Ok(false);
+    }
+    let patch = hand_over_patch(node.resource_version().as_deref(), next);
+    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_context("hand_over", format!("node {node_name}")))?;
+    info!("cordon handed over");
+    Ok(true)
+}
+
+/// The merge patch that passes a cordon on: the annotation changes, `unschedulable` stays.
+pub fn hand_over_patch(resource_version: Option<&str>, next: &str) -> serde_json::Value {
+    json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { CORDONED_BY_ANNOTATION: next },
+        },
+    })
+}
+
 pub async fn get_node(api: &Api<Node>, node_name: &str) -> Result<Option<Node>, Error> {
     api.get_opt(node_name)
         .await
@@ -160,6 +193,9 @@ mod tests {
         assert_eq!(c["spec"]["unschedulable"], true);
         assert_eq!(c["metadata"]["annotations"][CORDONED_BY_ANNOTATION], "sr-1");
         assert_eq!(c["metadata"]["resourceVersion"], "42");
+        let h = hand_over_patch(Some("44"), "sr-2");
+        assert_eq!(h["metadata"]["annotations"][CORDONED_BY_ANNOTATION], "sr-2");
+        assert!(h.get("spec").is_none(), "unschedulable untouched");
         let u = uncordon_patch(Some("43"));
         assert!(u["spec"]["unschedulable"].is_null());
         assert!(u["metadata"]["annotations"][CORDONED_BY_ANNOTATION].is_null());

@@ -84,16 +84,53 @@ pub struct Observed<'a> {
     pub settings: Settings,
     /// Namespace of the presence Leases, for messages.
     pub lease_namespace: &'a str,
+    /// Who inherits this repair's cordon (see [`cordon_successor`]).
+    pub successor: Option<&'a str>,
 }
 
 /// What to do with the node before the new status is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeIntent {
     Leave,
     /// Set `unschedulable` and annotate `snapmend.io/cordoned-by=<name>`, if still schedulable.
     Cordon,
     /// Clear `unschedulable` and the annotation, only if the annotation names this repair.
     Uncordon,
+    /// Keep the node cordoned but name this other repair, still working under the cordon, in
+    /// the annotation; only if the annotation names this repair.
+    HandOver(String),
+}
+
+/// Another SnapshotRepair, as far as sharing a node's cordon is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sibling<'a> {
+    pub name: &'a str,
+    pub node: &'a str,
+    pub phase: Option<Phase>,
+    pub action: RepairAction,
+    pub cordon: bool,
+    pub deleting: bool,
+}
+
+/// The repair that takes over `me`'s cordon on `node` when `me` is done: another live repair
+/// of that node that is repairing under the cordon (the first by name).
+pub fn cordon_successor<'a>(
+    me: &str,
+    node: &str,
+    siblings: impl IntoIterator<Item = Sibling<'a>>,
+) -> Option<&'a str> {
+    siblings
+        .into_iter()
+        .filter(|s| {
+            s.name != me
+                && s.node == node
+                && !s.deleting
+                && s.action == RepairAction::Repair
+                && s.cordon
+                && matches!(s.phase, Some(Phase::Cordoning | Phase::Repairing))
+        })
+        .map(|s| s.name)
+        .min()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,10 +190,14 @@ pub fn next_request_id(previous: Option<&RepairRequest>) -> String {
     (n + 1).to_string()
 }
 
-/// What deleting the SnapshotRepair must do to its node: undo only its own cordon.
-pub fn cleanup_intent(name: &str, node: Option<&NodeFacts>) -> NodeIntent {
-    match node {
-        Some(n) if n.cordoned_by_repair(name) => NodeIntent::Uncordon,
+/// What deleting the SnapshotRepair must do to its node: undo only its own cordon (or pass it
+/// to a sibling still repairing under it).
+pub fn cleanup_intent(name: &str, node: Option<&NodeFacts>, successor: Option<&str>) -> NodeIntent {
+    match (node, successor) {
+        (Some(n), Some(next)) if n.cordoned_by_repair(name) => {
+            NodeIntent::HandOver(next.to_string())
+        }
+        (Some(n), None) if n.cordoned_by_repair(name) => NodeIntent::Uncordon,
         _ => NodeIntent::Leave,
     }
 }
@@ -183,7 +224,8 @@ pub fn next_step(o: &Observed) -> Step {
         Phase::Cordoning => m.cordoning(),
         Phase::Repairing => m.repairing(),
         Phase::Uncordoning => m.uncordoning(),
-        Phase::Succeeded | Phase::Failed => {}
+        Phase::Succeeded => m.release_leftover_cordon(),
+        Phase::Failed => {}
     }
     m.step
 }
@@ -397,6 +439,16 @@ impl Machine<'_, '_> {
         let Some(node) = self.o.node else {
             return self.node_not_found();
         };
+        if node.cordoned_by_repair(self.o.name) && self.o.status.cordoned_by_operator != Some(true)
+        {
+            // A sibling repair handed its cordon over: releasing it is now this repair's job.
+            self.step.status.cordoned_by_operator = Some(true);
+            let msg = format!(
+                "node {} cordon handed over by another SnapshotRepair",
+                self.node_name()
+            );
+            self.condition(CORDONED, Status::True, "HandedOver", &msg);
+        }
         let Some(report) = current_report(self.o.status) else {
             return self.await_helper();
         };
@@ -425,7 +477,12 @@ impl Machine<'_, '_> {
                 };
                 self.condition(REPAIRED, Status::True, why, &text);
                 self.event(EventKind::Normal, why, text.clone());
-                if node.cordoned_by_repair(self.o.name) {
+                if node.cordoned_by_repair(self.o.name)
+                    && let Some(next) = self.o.successor
+                {
+                    let tail = self.hand_over(next);
+                    self.succeed(why, format!("{text}; {tail}"));
+                } else if node.cordoned_by_repair(self.o.name) {
                     let msg = format!("{text}; uncordoning node {}", self.node_name());
                     self.condition(READY, Status::False, "Uncordoning", &msg);
                     self.step.node = NodeIntent::Uncordon;
@@ -466,6 +523,10 @@ impl Machine<'_, '_> {
             );
         };
         if node.cordoned_by_repair(self.o.name) {
+            if let Some(next) = self.o.successor {
+                let tail = self.hand_over(next);
+                return self.succeed("Repaired", format!("{repaired}; {tail}"));
+            }
             self.step.node = NodeIntent::Uncordon;
             self.step.requeue_after = Some(NODE_CONFIRM);
             return;
@@ -576,6 +637,32 @@ impl Machine<'_, '_> {
         self.enter(Phase::Succeeded, message);
     }
 
+    /// Passes this repair's cordon to `next`, which is still repairing under it.
+    fn hand_over(&mut self, next: &str) -> String {
+        self.step.node = NodeIntent::HandOver(next.to_string());
+        let msg = format!(
+            "node {} stays cordoned for SnapshotRepair {next}, which is still repairing it",
+            self.node_name()
+        );
+        self.condition(CORDONED, Status::False, "HandedOver", &msg);
+        self.event(EventKind::Normal, "CordonHandedOver", msg.clone());
+        msg
+    }
+
+    /// A finished repair never keeps a cordon (a crash could leave one behind).
+    fn release_leftover_cordon(&mut self) {
+        if self
+            .o
+            .node
+            .is_some_and(|n| n.cordoned_by_repair(self.o.name))
+        {
+            self.step.node = match self.o.successor {
+                Some(next) => NodeIntent::HandOver(next.to_string()),
+                None => NodeIntent::Uncordon,
+            };
+        }
+    }
+
     /// Ends the repair; the node is handled per `--failure-policy` if this repair cordoned it.
     fn fail(&mut self, why: &'static str, text: String) {
         let name = self.node_name().to_string();
@@ -585,12 +672,15 @@ impl Machine<'_, '_> {
                     FailurePolicy::KeepCordoned => format!(
                         "node {name} stays cordoned (--failure-policy keep-cordoned); fix it, then run `kubectl uncordon {name}` or delete this SnapshotRepair"
                     ),
-                    FailurePolicy::Uncordon => {
-                        self.step.node = NodeIntent::Uncordon;
-                        let msg = format!("node {name} uncordoned (--failure-policy uncordon)");
-                        self.condition(CORDONED, Status::False, "Uncordoned", &msg);
-                        msg
-                    }
+                    FailurePolicy::Uncordon => match self.o.successor {
+                        Some(next) => self.hand_over(next),
+                        None => {
+                            self.step.node = NodeIntent::Uncordon;
+                            let msg = format!("node {name} uncordoned (--failure-policy uncordon)");
+                            self.condition(CORDONED, Status::False, "Uncordoned", &msg);
+                            msg
+                        }
+                    },
                 }
             }
             Some(node) => self.untouched_node_text(node),

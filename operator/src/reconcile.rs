@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -23,7 +23,8 @@ use crate::cordon::{self, count_cordoned_by_snapmend, node_facts};
 use crate::error::{Error, kube_context};
 use crate::metrics::Metrics;
 use crate::phases::{
-    self, CordonBudget, EventKind, NodeIntent, Notice, Observed, Settings, Step, cleanup_intent,
+    self, CordonBudget, EventKind, NodeIntent, Notice, Observed, Settings, Sibling, Step,
+    cleanup_intent, cordon_successor,
 };
 use crate::presence::helper_presence;
 
@@ -122,11 +123,13 @@ async fn apply(cached: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> 
     ensure_node_label(&api, &sr).await?;
     let status = sr.status.clone().unwrap_or_default();
     let before = status.phase;
-    if before.is_some_and(Phase::is_terminal) {
+    if before == Some(Phase::Failed) {
         ctx.metrics.set_phase(&name, before);
         return Ok(Action::await_change());
     }
 
+    // Held until the status is written: another repair deciding about the same cordon (the
+    // cap, or a hand-over) must see this one's outcome.
     let guard = ctx.cordon_lock.lock().await;
     let nodes = cordon::list_nodes(&ctx.nodes()).await?;
     let cordoned_now = count_cordoned_by_snapmend(&nodes);
@@ -144,6 +147,8 @@ async fn apply(cached: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> 
             "get",
             format!("Lease {}/{lease_name}", ctx.config.env.namespace),
         ))?;
+    let siblings = list_repairs(&api).await?;
+    let successor = successor_of(&sr, &siblings);
     let now = Timestamp::now();
     let step = phases::next_step(&Observed {
         name: &name,
@@ -159,13 +164,13 @@ async fn apply(cached: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> 
         now,
         settings: ctx.settings(),
         lease_namespace: &ctx.config.env.namespace,
+        successor: successor.as_deref(),
     });
-    apply_node_intent(ctx, &sr, step.node, cordoned_now).await?;
-    drop(guard);
-
+    apply_node_intent(ctx, &sr, &step.node, cordoned_now).await?;
     if operator_fields(&status) != operator_fields(&step.status) {
         write_status(&api, &name, &step.status).await?;
     }
+    drop(guard);
     record_transition(ctx, &name, &status, &step);
     for notice in &step.events {
         publish(ctx, &sr, notice).await;
@@ -184,7 +189,7 @@ async fn apply(cached: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> 
 async fn apply_node_intent(
     ctx: &Context,
     sr: &SnapshotRepair,
-    intent: NodeIntent,
+    intent: &NodeIntent,
     cordoned_now: u32,
 ) -> Result<(), Error> {
     let name = sr.name_any();
@@ -202,8 +207,33 @@ async fn apply_node_intent(
                     .set_nodes_cordoned(cordoned_now.saturating_sub(1));
             }
         }
+        NodeIntent::HandOver(next) => {
+            cordon::hand_over(&ctx.nodes(), node, &name, next).await?;
+        }
     }
     Ok(())
+}
+
+async fn list_repairs(api: &Api<SnapshotRepair>) -> Result<Vec<SnapshotRepair>, Error> {
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_context("list", "snapshotrepairs".to_string()))?;
+    Ok(list.items)
+}
+
+/// The sibling repair that inherits `sr`'s cordon, if any.
+fn successor_of(sr: &SnapshotRepair, all: &[SnapshotRepair]) -> Option<String> {
+    let me = sr.name_any();
+    let siblings = all.iter().map(|s| Sibling {
+        name: s.metadata.name.as_deref().unwrap_or_default(),
+        node: &s.spec.node_name,
+        phase: s.status.as_ref().and_then(|st| st.phase),
+        action: s.spec.action,
+        cordon: s.spec.cordon,
+        deleting: s.metadata.deletion_timestamp.is_some(),
+    });
+    cordon_successor(&me, &sr.spec.node_name, siblings).map(str::to_string)
 }
 
 /// Deleting a SnapshotRepair undoes its own cordon, whatever phase it was in.
@@ -212,13 +242,22 @@ async fn cleanup(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     let _guard = ctx.cordon_lock.lock().await;
     let node = cordon::get_node(&ctx.nodes(), &sr.spec.node_name).await?;
     let facts = node.as_ref().map(node_facts);
-    if cleanup_intent(&name, facts.as_ref()) == NodeIntent::Uncordon
-        && cordon::uncordon(&ctx.nodes(), &sr.spec.node_name, &name).await?
-    {
-        let note = format!(
-            "SnapshotRepair deleted; node {} uncordoned",
-            sr.spec.node_name
-        );
+    let successor = successor_of(sr, &list_repairs(&ctx.repairs()).await?);
+    let node_name = &sr.spec.node_name;
+    let note = match cleanup_intent(&name, facts.as_ref(), successor.as_deref()) {
+        NodeIntent::Uncordon if cordon::uncordon(&ctx.nodes(), node_name, &name).await? => Some(
+            format!("SnapshotRepair deleted; node {node_name} uncordoned"),
+        ),
+        NodeIntent::HandOver(next)
+            if cordon::hand_over(&ctx.nodes(), node_name, &name, &next).await? =>
+        {
+            Some(format!(
+                "SnapshotRepair deleted; node {node_name} stays cordoned for SnapshotRepair {next}"
+            ))
+        }
+        _ => None,
+    };
+    if let Some(note) = note {
         info!(node = %sr.spec.node_name, "{note}");
         publish(
             ctx,

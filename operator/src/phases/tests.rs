@@ -66,6 +66,7 @@ struct World {
     budget: CordonBudget,
     now: Timestamp,
     settings: Settings,
+    successor: Option<&'static str>,
 }
 
 impl World {
@@ -84,7 +85,13 @@ impl World {
                 helper_timeout: Duration::from_secs(300),
                 failure_policy: FailurePolicy::KeepCordoned,
             },
+            successor: None,
         }
+    }
+
+    fn successor(mut self, next: &'static str) -> Self {
+        self.successor = Some(next);
+        self
     }
 
     fn decide(&self) -> Step {
@@ -98,6 +105,7 @@ impl World {
             budget: self.budget,
             now: self.now,
             settings: self.settings,
+            successor: self.successor,
             lease_namespace: "snapmend-system",
         })
     }
@@ -271,14 +279,29 @@ fn cleanup_uncordons_only_its_own_cordon() {
         unschedulable: true,
         cordoned_by: None,
     };
-    assert_eq!(cleanup_intent(NAME, Some(&ours)), NodeIntent::Uncordon);
-    assert_eq!(cleanup_intent(NAME, Some(&other)), NodeIntent::Leave);
-    assert_eq!(cleanup_intent(NAME, Some(&manual)), NodeIntent::Leave);
     assert_eq!(
-        cleanup_intent(NAME, Some(&NodeFacts::default())),
-        NodeIntent::Leave
+        cleanup_intent(NAME, Some(&ours), None),
+        NodeIntent::Uncordon
     );
-    assert_eq!(cleanup_intent(NAME, None), NodeIntent::Leave);
+    assert_eq!(
+        cleanup_intent(NAME, Some(&ours), Some("sibling")),
+        NodeIntent::HandOver("sibling".into())
+    );
+    for successor in [None, Some("sibling")] {
+        assert_eq!(
+            cleanup_intent(NAME, Some(&other), successor),
+            NodeIntent::Leave
+        );
+        assert_eq!(
+            cleanup_intent(NAME, Some(&manual), successor),
+            NodeIntent::Leave
+        );
+        assert_eq!(
+            cleanup_intent(NAME, Some(&NodeFacts::default()), successor),
+            NodeIntent::Leave
+        );
+        assert_eq!(cleanup_intent(NAME, None, successor), NodeIntent::Leave);
+    }
 }
 
 // ---- Pending ----
@@ -829,7 +852,14 @@ fn terminal_phases_never_change_under_any_observation() {
         for w in variants {
             let s = w.decide();
             assert_eq!(phase(&s), p);
-            assert_eq!(s.node, NodeIntent::Leave);
+            let holds = w.node.as_ref().is_some_and(|n| n.cordoned_by_repair(NAME));
+            // A Succeeded repair never keeps a cordon; a Failed one keeps it per policy.
+            let expected = if holds && p == Phase::Succeeded {
+                NodeIntent::Uncordon
+            } else {
+                NodeIntent::Leave
+            };
+            assert_eq!(s.node, expected);
             assert!(s.events.is_empty());
             assert_eq!(s.requeue_after, None);
             assert_eq!(s.status.request, w.status.request);
@@ -871,6 +901,10 @@ impl Flow {
                 node.cordoned_by = None;
             }
             NodeIntent::Uncordon => {}
+            NodeIntent::HandOver(next) if node.cordoned_by_repair(NAME) => {
+                node.cordoned_by = Some(next);
+            }
+            NodeIntent::HandOver(_) => {}
         }
     }
 
@@ -879,7 +913,7 @@ impl Flow {
     fn run(mut self, helper: impl Fn(RepairAction) -> Outcome, crash_after_node: bool) -> Self {
         for i in 0..40 {
             let step = self.world.decide();
-            self.apply_node(step.node);
+            self.apply_node(step.node.clone());
             self.events.extend(step.events.iter().map(|e| e.reason));
             let crashed = crash_after_node && i % 2 == 0 && step.node != NodeIntent::Leave;
             if !crashed {
@@ -1030,4 +1064,135 @@ fn a_step_that_changes_nothing_emits_nothing() {
             w.node = Some(NodeFacts::default());
         }
     }
+}
+
+// ---- sharing a cordon between repairs of the same node ----
+
+fn sibling(name: &str, phase: Option<Phase>) -> Sibling<'_> {
+    Sibling {
+        name,
+        node: NODE,
+        phase,
+        action: RepairAction::Repair,
+        cordon: true,
+        deleting: false,
+    }
+}
+
+#[test]
+fn the_successor_is_a_live_repair_of_the_same_node_working_under_the_cordon() {
+    let repairing = Some(Phase::Repairing);
+    assert_eq!(
+        cordon_successor(NAME, NODE, [sibling("b", repairing)]),
+        Some("b")
+    );
+    assert_eq!(
+        cordon_successor(
+            NAME,
+            NODE,
+            [
+                sibling("c", repairing),
+                sibling("b", Some(Phase::Cordoning))
+            ]
+        ),
+        Some("b"),
+        "the first by name"
+    );
+    assert_eq!(
+        cordon_successor(NAME, NODE, [sibling(NAME, repairing)]),
+        None,
+        "not itself"
+    );
+    for phase in [
+        None,
+        Some(Phase::Pending),
+        Some(Phase::Verifying),
+        Some(Phase::Uncordoning),
+        Some(Phase::Succeeded),
+        Some(Phase::Failed),
+    ] {
+        assert_eq!(
+            cordon_successor(NAME, NODE, [sibling("b", phase)]),
+            None,
+            "{phase:?}"
+        );
+    }
+    let other_node = Sibling {
+        node: "node-b",
+        ..sibling("b", repairing)
+    };
+    let verify_only = Sibling {
+        action: RepairAction::Verify,
+        ..sibling("b", repairing)
+    };
+    let no_cordon = Sibling {
+        cordon: false,
+        ..sibling("b", repairing)
+    };
+    let deleting = Sibling {
+        deleting: true,
+        ..sibling("b", repairing)
+    };
+    for s in [other_node, verify_only, no_cordon, deleting] {
+        assert_eq!(cordon_successor(NAME, NODE, [s]), None, "{s:?}");
+    }
+}
+
+#[test]
+fn a_finished_repair_hands_its_cordon_to_a_sibling_instead_of_uncordoning() {
+    let s = repairing()
+        .successor("sibling")
+        .answered("2", Outcome::Repaired)
+        .decide();
+    assert_eq!(phase(&s), Phase::Succeeded);
+    assert_eq!(s.node, NodeIntent::HandOver("sibling".into()));
+    assert_eq!(cond(&s, CORDONED).reason, "HandedOver");
+    assert!(
+        message(&s).contains("stays cordoned for SnapshotRepair sibling"),
+        "{}",
+        message(&s)
+    );
+    assert!(reasons(&s).contains(&"CordonHandedOver"));
+    let s = uncordoning().successor("sibling").decide();
+    assert_eq!(phase(&s), Phase::Succeeded);
+    assert_eq!(s.node, NodeIntent::HandOver("sibling".into()));
+    let s = World::new()
+        .in_phase(Phase::Succeeded, None)
+        .ours()
+        .successor("sibling")
+        .decide();
+    assert_eq!(s.node, NodeIntent::HandOver("sibling".into()));
+}
+
+#[test]
+fn a_failed_repair_hands_over_under_uncordon_policy_and_keeps_it_otherwise() {
+    let s = repairing()
+        .successor("sibling")
+        .policy(FailurePolicy::Uncordon)
+        .answered("2", Outcome::Unrepairable)
+        .decide();
+    assert_failed(&s, reason::UNREPAIRABLE);
+    assert_eq!(s.node, NodeIntent::HandOver("sibling".into()));
+    let s = repairing()
+        .successor("sibling")
+        .answered("2", Outcome::Unrepairable)
+        .decide();
+    assert_eq!(
+        s.node,
+        NodeIntent::Leave,
+        "keep-cordoned keeps its own cordon"
+    );
+}
+
+#[test]
+fn a_repair_that_inherits_a_cordon_owns_releasing_it() {
+    let mut w = repairing();
+    w.status.cordoned_by_operator = Some(false);
+    let s = w.clone().decide();
+    assert_eq!(phase(&s), Phase::Repairing);
+    assert_eq!(s.status.cordoned_by_operator, Some(true));
+    assert_eq!(cond(&s, CORDONED).reason, "HandedOver");
+    let done = w.answered("2", Outcome::Repaired).decide();
+    assert_eq!(phase(&done), Phase::Uncordoning);
+    assert_eq!(done.node, NodeIntent::Uncordon);
 }

@@ -340,6 +340,8 @@ pub struct FakeAgent {
     pub held: Arc<AtomicBool>,
     /// Answer verifications but leave repair requests unanswered.
     pub held_repairs: Arc<AtomicBool>,
+    /// Leave these SnapshotRepairs' repair requests unanswered.
+    pub held_names: Arc<Mutex<Vec<String>>>,
     answered: Arc<Mutex<Vec<(String, String, RepairAction)>>>,
     task: JoinHandle<()>,
 }
@@ -349,6 +351,8 @@ impl FakeAgent {
         let held = Arc::new(AtomicBool::new(false));
         let held_repairs = Arc::new(AtomicBool::new(false));
         let hold_repairs = held_repairs.clone();
+        let held_names = Arc::new(Mutex::new(Vec::<String>::new()));
+        let hold_names = held_names.clone();
         let answered = Arc::new(Mutex::new(Vec::new()));
         let (client, node, hold, log) = (
             client.clone(),
@@ -383,7 +387,8 @@ impl FakeAgent {
                         let key = (sr.name_any(), request.id.clone());
                         let since = *first_seen.entry(key.clone()).or_insert_with(Instant::now);
                         let repair_held = request.action == RepairAction::Repair
-                            && hold_repairs.load(Ordering::SeqCst);
+                            && (hold_repairs.load(Ordering::SeqCst)
+                                || hold_names.lock().expect("names").contains(&key.0));
                         if hold.load(Ordering::SeqCst) || repair_held || since.elapsed() < delay {
                             continue;
                         }
@@ -408,6 +413,7 @@ impl FakeAgent {
         FakeAgent {
             held,
             held_repairs,
+            held_names,
             answered,
             task,
         }
@@ -420,6 +426,15 @@ impl FakeAgent {
 
     pub fn hold(&self, hold: bool) {
         self.held.store(hold, Ordering::SeqCst);
+    }
+
+    /// Holds (or releases) the repair request of one SnapshotRepair.
+    pub fn hold_repair_of(&self, name: &str, hold: bool) {
+        let mut names = self.held_names.lock().expect("names");
+        names.retain(|n| n != name);
+        if hold {
+            names.push(name.to_string());
+        }
     }
 
     pub fn hold_repairs(&self, hold: bool) {
