@@ -541,16 +541,8 @@ fn watch(
     let send_initial = q.get("sendInitialEvents").is_some_and(|s| s == "true");
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|s| s == "true");
     if send_initial && !bookmarks {
-        return Err(StatusError::invalid(
-            "",
-            "",
-            "",
-            "",
-            &[super::status::Cause::new(
-                "FieldValueForbidden",
-                "allowWatchBookmarks",
-                "Forbidden: allowWatchBookmarks must be true when sendInitialEvents is set",
-            )],
+        return Err(StatusError::forbidden_invalid(
+            "sendInitialEvents requires allowWatchBookmarks=true",
         ));
     }
     let timeout = q
