@@ -3,8 +3,9 @@
 //! (`target/<profile>/deps/<test>` → `target/<profile>/snapmend-node-helper`), or at
 //! `$SNAPMEND_NODE_HELPER`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::SystemTime;
 
 use snapmend_crds::{FindingKind, Report};
 
@@ -30,7 +31,7 @@ pub fn node_helper_binary() -> Result<PathBuf, FixtureError> {
         .take(2)
         .map(|dir| dir.join(BINARY_NAME))
         .collect();
-    candidates
+    let found = candidates
         .iter()
         .find(|p| p.is_file())
         .cloned()
@@ -40,7 +41,44 @@ pub fn node_helper_binary() -> Result<PathBuf, FixtureError> {
              `cargo build -p snapmend-node-helper` (or run `cargo test --workspace`), \
              or point SNAPMEND_NODE_HELPER at it"
             ))
-        })
+        })?;
+    refuse_stale(&found)?;
+    Ok(found)
+}
+
+/// Newest modification time of the files beneath `dir`.
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let meta = entry.metadata().ok()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if let Ok(m) = meta.modified() {
+                newest = newest.max(Some(m));
+            }
+        }
+    }
+    newest
+}
+
+/// A binary older than the node-helper sources of this checkout would test old code.
+fn refuse_stale(binary: &Path) -> Result<(), FixtureError> {
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node-helper/src");
+    let built = std::fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .map_err(|e| FixtureError::io(binary, e))?;
+    match newest_mtime(&sources) {
+        Some(changed) if changed > built => Err(FixtureError::NodeHelper(format!(
+            "{} is older than the sources in {}; rebuild it with \
+             `cargo build -p snapmend-node-helper` (`cargo test --workspace` does this), \
+             or point SNAPMEND_NODE_HELPER at a binary to test",
+            binary.display(),
+            sources.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `--content` of verify and repair.
