@@ -4,15 +4,15 @@
 //! controller, leader election, metrics and health endpoints together.
 
 pub mod conditions;
-pub mod duration;
-pub mod error;
-pub mod phases;
-pub mod events;
 pub mod config;
 pub mod cordon;
+pub mod duration;
+pub mod error;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod phases;
 pub mod presence;
 pub mod reconcile;
 pub mod run;

@@ -75,7 +75,13 @@ async fn operator_killed_at_every_phase_still_completes() {
 async fn operator_resumes_from_every_phase_and_crash_window() {
     use serde_json::json;
     // (phase, request, answered, node cordoned by the repair)
-    let cases: [(&str, Option<(&str, &str)>, bool, bool); 8] = [
+    type Case = (
+        &'static str,
+        Option<(&'static str, &'static str)>,
+        bool,
+        bool,
+    );
+    let cases: [Case; 8] = [
         ("Pending", None, false, false),
         ("Verifying", Some(("1", "Verify")), false, false),
         ("Verifying", Some(("1", "Verify")), true, false),

@@ -204,15 +204,18 @@ pub async fn wait_events(client: &Client, name: &str, reasons: &[&str]) {
 
 // ---------------------------------------------------------------- node watch
 
-/// Every (node, unschedulable, cordoned-by) the API server reported, in order.
+/// (node, unschedulable, cordoned-by) as the API server reported it.
+type NodeSighting = (String, bool, Option<String>);
+
+/// Every NodeSighting the API server reported, in order.
 pub struct NodeHistory {
-    seen: Arc<Mutex<Vec<(String, bool, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<NodeSighting>>>,
     task: JoinHandle<()>,
 }
 
 impl NodeHistory {
     pub fn start(client: &Client) -> Self {
-        let seen = Arc::new(Mutex::new(Vec::<(String, bool, Option<String>)>::new()));
+        let seen = Arc::new(Mutex::new(Vec::<NodeSighting>::new()));
         let nodes: Api<Node> = Api::all(client.clone());
         let record = seen.clone();
         let task = tokio::spawn(async move {
