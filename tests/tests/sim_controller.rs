@@ -1,6 +1,9 @@
 //! A kube-runtime `Controller` with a finalizer on a CRD (snapmend's SnapshotRepair) against
 //! snapmend-sim: reconcile writes status, deletion runs the cleanup and releases the object.
 
+// Helpers outside #[test] functions unwrap too: a panic is a failing test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! kube-rs `Api` against snapmend-sim: CRUD, every patch kind, conflicts, the status
 //! subresource, finalizers, selectors, pagination, events and error Status bodies.
 
+// Helpers outside #[test] functions unwrap too: a panic is a failing test.
+#![allow(clippy::unwrap_used)]
+
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Namespace, Node, Pod};
 use kube::api::{
     Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, ResourceExt,

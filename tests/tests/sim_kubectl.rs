@@ -1,6 +1,9 @@
 //! The real kubectl against snapmend-sim. These tests fail (never skip) when kubectl is missing;
 //! set `KUBECTL` to use another binary than the one on PATH.
 
+// Helpers outside #[test] functions unwrap too: a panic is a failing test.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

@@ -2,6 +2,9 @@
 //! timeoutSeconds, sendInitialEvents, and kube-runtime's watcher and reflector recovering
 //! from a server-side expiry.
 
+// Helpers outside #[test] functions unwrap too: a panic is a failing test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
