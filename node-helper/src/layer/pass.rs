@@ -211,7 +211,10 @@ fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
         .collect();
     for (path, id) in implicit {
         for lower in lowers {
-            let Ok(o) = observe_path(&lower.join(std::ffi::OsStr::from_bytes(&path))) else {
+            let Some(resolved) = root_path_in(lower, &path) else {
+                break;
+            };
+            let Ok(o) = observe_path(&lower.join(std::ffi::OsStr::from_bytes(&resolved))) else {
                 continue;
             };
             if o.file_type() == libc::S_IFDIR {
@@ -228,6 +231,43 @@ fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
             break;
         }
     }
+}
+
+/// continuity's `RootPath` on a real directory: every symlink below `root` is followed
+/// chroot-style (absolute targets and `..` stay inside `root`). `None` on a symlink loop.
+pub fn root_path_in(root: &Path, rel: &[u8]) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut resolved: Vec<Vec<u8>> = Vec::new();
+    let mut queue: std::collections::VecDeque<Vec<u8>> =
+        rel.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+    let mut links = 0;
+    while let Some(c) = queue.pop_front() {
+        match c.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        resolved.push(c);
+        let here = root.join(std::ffi::OsStr::from_bytes(&resolved.join(&b'/')));
+        if let Ok(target) = std::fs::read_link(&here) {
+            links += 1;
+            if links > 255 {
+                return None;
+            }
+            resolved.pop();
+            let t = target.as_os_str().as_bytes();
+            if t.first() == Some(&b'/') {
+                resolved.clear();
+            }
+            for part in t.split(|&b| b == b'/').rev() {
+                queue.push_front(part.to_vec());
+            }
+        }
+    }
+    Some(resolved.join(&b'/'))
 }
 
 /// Runs one pass. `stage` (repair only) receives the correct bytes of every file that differs.
@@ -332,5 +372,22 @@ pub fn run_pass(
         content: content_verdicts,
         compared_at,
         staged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::root_path_in;
+
+    #[test]
+    fn lower_paths_follow_symlinks_inside_the_lower_only() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", d.path().join("lib")).unwrap();
+        std::os::unix::fs::symlink("../../../../usr", d.path().join("up")).unwrap();
+        assert_eq!(root_path_in(d.path(), b"lib/x").unwrap(), b"usr/lib/x");
+        assert_eq!(root_path_in(d.path(), b"up/lib").unwrap(), b"usr/lib");
+        std::os::unix::fs::symlink("loop", d.path().join("loop")).unwrap();
+        assert!(root_path_in(d.path(), b"loop/x").is_none());
     }
 }
