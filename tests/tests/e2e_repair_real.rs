@@ -1,0 +1,790 @@
+//! End to end with the real pieces: snapmend-sim, one private containerd, the real
+//! `snapmend-operator` and one real `snapmend-node-helper agent` per simulated node, all reading
+//! and writing the same containerd root. Each scenario uses its own node and its own image, so
+//! the scenarios share one sim, one containerd and one operator and may run in parallel.
+//!
+//! Each scenario checks the phases a watch saw, the report, the cordon history a Node watch
+//! recorded, the containerd snapshot itself (trees hashed before and after), and `/metrics`.
+
+#[path = "agent_support/mod.rs"]
+mod agent_support;
+mod operator_support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use agent_support::{AgentProcess, StoreArgs, install, lease_of};
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use operator_support::{
+    NodeHistory, OperatorProcess, add_node, condition, cordoned_by, get_repair, is_unschedulable,
+    message, metric_value, node, wait_for,
+};
+use snapmend_crds::{
+    ContentCheck, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
+};
+use snapmend_tests::containerd::{ContainerdFixture, RunOutcome};
+use snapmend_tests::fs_tree::{TreeSnapshot, capture_tree};
+use snapmend_tests::image_builder::{
+    BuiltImage, ImageSpec, LayerSpec, ManifestStyle, TarEntry, pause_binary, pause_image,
+};
+use snapmend_tests::node_helper_cli::{NodeHelper, flip_blob_byte};
+use snapmend_tests::sim::BackgroundSim;
+use tokio::task::{JoinHandle, block_in_place};
+
+/// What the shared operator is started with; the no-agent scenario must fail within it.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole flow on a loaded 2-core machine (they take 2-5 s when idle).
+const FLOW: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- the shared environment
+
+/// One snapmend-sim, one private containerd and one operator, shared by the scenarios running
+/// at the same time and torn down when the last of them drops its handle.
+struct Env {
+    operator: OperatorProcess,
+    fixture: ContainerdFixture,
+    sim: Option<BackgroundSim>,
+    kubeconfig_yaml: String,
+    kubeconfig: PathBuf,
+    /// `ctr images import` settles with a fixed lease id: one import at a time.
+    imports: Mutex<()>,
+    dir: tempfile::TempDir,
+}
+
+static SHARED: tokio::sync::Mutex<Weak<Env>> = tokio::sync::Mutex::const_new(Weak::new());
+
+async fn shared_env() -> Arc<Env> {
+    let mut slot = SHARED.lock().await;
+    if let Some(env) = slot.upgrade() {
+        return env;
+    }
+    let env = Arc::new(Env::start().await);
+    *slot = Arc::downgrade(&env);
+    env
+}
+
+impl Env {
+    async fn start() -> Env {
+        let fixture = block_in_place(ContainerdFixture::start).expect("private containerd");
+        // BackgroundSim runs its own runtime; it must be created outside of ours.
+        let sim = block_in_place(|| std::thread::spawn(BackgroundSim::start).join())
+            .expect("sim thread")
+            .expect("start snapmend-sim");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let kubeconfig_yaml = sim.server().kubeconfig_yaml();
+        let client = client_for(&sim).await;
+        install(&client).await;
+        let timeout = format!("{}s", HELPER_TIMEOUT.as_secs());
+        // The corrupt-blob scenario keeps its node cordoned while others still need a slot.
+        let operator = OperatorProcess::spawn(
+            sim.server(),
+            "op-e2e",
+            &["--helper-timeout", &timeout, "--max-cordoned-nodes", "10"],
+        );
+        operator.wait_leader().await;
+        Env {
+            operator,
+            fixture,
+            sim: Some(sim),
+            kubeconfig_yaml,
+            kubeconfig,
+            imports: Mutex::new(()),
+            dir,
+        }
+    }
+
+    /// A client on the calling test's runtime.
+    async fn client(&self) -> Client {
+        client_for(self.sim.as_ref().expect("sim runs until drop")).await
+    }
+
+    fn import(&self, images: &[ImageSpec]) -> Vec<BuiltImage> {
+        let _one = self.imports.lock().unwrap_or_else(|e| e.into_inner());
+        block_in_place(|| self.fixture.import_images(images)).expect("import images")
+    }
+
+    fn helper(&self) -> NodeHelper {
+        NodeHelper::for_fixture(&self.fixture).expect("node-helper binary")
+    }
+
+    /// The snapshot `fs` directory of each layer of `image`, bottom first (from the CLI).
+    fn snapshot_fs(&self, image: &str) -> Vec<PathBuf> {
+        block_in_place(|| self.helper().snapshot_paths(image)).expect("snapshot paths")
+    }
+
+    /// A started, ready agent for `node` whose presence Lease exists.
+    async fn agent(&self, client: &Client, node: &str) -> AgentProcess {
+        let store = StoreArgs {
+            root: self.fixture.root(),
+            config: self.fixture.config_path(),
+        };
+        let agent = AgentProcess::spawn(&self.kubeconfig_yaml, node, Some(&store));
+        agent.wait_ready().await;
+        wait_for("the agent's presence Lease", FLOW, || async {
+            lease_of(client, node).await.map(drop)
+        })
+        .await;
+        agent
+    }
+
+    /// `kubectl apply -f` of a manifest, as a person would.
+    fn kubectl_apply(&self, name: &str, manifest: &str) {
+        let file = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).expect("write manifest");
+        let out = block_in_place(|| {
+            Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .arg("--cache-dir")
+                .arg(self.dir.path().join("kubectl-cache"))
+                .args(["apply", "-f"])
+                .arg(&file)
+                .env_remove("KUBECONFIG")
+                .output()
+        })
+        .expect("kubectl is required (scripts/install-test-deps.sh)");
+        assert!(
+            out.status.success(),
+            "kubectl apply -f {name}.yaml:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until the operator's `series` reads at least `at_least` (other scenarios add to it).
+    async fn wait_operator_metric(&self, series: &str, at_least: f64) {
+        let mut last = 0.0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            last = self.operator.metric(series).await;
+            if last >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("operator {series} is {last}, expected at least {at_least}");
+    }
+}
+
+async fn client_for(sim: &BackgroundSim) -> Client {
+    Client::try_from(sim.server().kube_config().expect("kube config")).expect("client")
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.operator.terminate(Duration::from_secs(5));
+        // The sim's runtime blocks on its own shutdown; that may not happen on a runtime thread.
+        if let Some(sim) = self.sim.take() {
+            let _ = std::thread::spawn(move || drop(sim)).join();
+        }
+        // The fixture (a field) is dropped next: containers, shims and containerd are killed.
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// An image of its own for one scenario: one layer with a marker file (so no other scenario
+/// shares its snapshot) and a static `app` binary as entrypoint.
+fn scenario_image(scenario: &str) -> ImageSpec {
+    ImageSpec::new(
+        &format!("snapmend.test/e2e-{scenario}:1"),
+        ManifestStyle::Oci,
+        vec![LayerSpec::gzip(vec![
+            TarEntry::dir("etc/"),
+            TarEntry::file("etc/scenario", format!("{scenario}\n")),
+            TarEntry::file("app", pause_binary().expect("pause binary")).mode(0o755),
+        ])],
+    )
+    .entrypoint(&["/app"])
+}
+
+fn spec(node: &str, image: &str, action: RepairAction) -> SnapshotRepairSpec {
+    SnapshotRepairSpec {
+        node_name: node.into(),
+        image: Some(image.into()),
+        sandbox_image: false,
+        action,
+        cordon: true,
+        content_check: ContentCheck::Full,
+    }
+}
+
+async fn create_repair(client: &Client, name: &str, spec: SnapshotRepairSpec) {
+    Api::<SnapshotRepair>::all(client.clone())
+        .create(&Default::default(), &SnapshotRepair::new(name, spec))
+        .await
+        .expect("create SnapshotRepair");
+}
+
+/// Waits for Succeeded or Failed; returns the repair and how long it took from `since`.
+async fn wait_terminal(client: &Client, name: &str, since: Instant) -> (SnapshotRepair, Duration) {
+    let sr = wait_for(&format!("{name} to finish"), FLOW, || async {
+        get_repair(client, name)
+            .await
+            .filter(|sr| phase_of(sr).is_some_and(Phase::is_terminal))
+    })
+    .await;
+    (sr, since.elapsed())
+}
+
+fn phase_of(sr: &SnapshotRepair) -> Option<Phase> {
+    sr.status.as_ref().and_then(|s| s.phase)
+}
+
+fn findings(sr: &SnapshotRepair) -> Option<String> {
+    sr.status.as_ref().and_then(|s| s.findings.clone())
+}
+
+fn report_outcome(sr: &SnapshotRepair) -> Option<Outcome> {
+    sr.status
+        .as_ref()
+        .and_then(|s| s.report.as_ref())
+        .map(|r| r.report.outcome)
+}
+
+/// The tree of a snapshot directory (`fs` and `work`), every file hashed.
+fn tree(snapshot_dir: &Path) -> TreeSnapshot {
+    block_in_place(|| capture_tree(snapshot_dir)).expect("capture snapshot tree")
+}
+
+/// Every phase each SnapshotRepair went through, as a watch saw them.
+struct PhaseHistory {
+    seen: Arc<Mutex<HashMap<String, Vec<Phase>>>>,
+    task: JoinHandle<()>,
+}
+
+impl PhaseHistory {
+    fn start(client: &Client) -> Self {
+        let seen = Arc::new(Mutex::new(HashMap::<String, Vec<Phase>>::new()));
+        let record = seen.clone();
+        let srs: Api<SnapshotRepair> = Api::all(client.clone());
+        let task = tokio::spawn(async move {
+            let mut stream = watcher(srs, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(sr)) = stream.next().await {
+                let Some(phase) = phase_of(&sr) else { continue };
+                let mut seen = record.lock().expect("phases");
+                let phases = seen.entry(sr.name_any()).or_default();
+                if phases.last() != Some(&phase) {
+                    phases.push(phase);
+                }
+            }
+        });
+        PhaseHistory { seen, task }
+    }
+
+    /// The phases `name` went through, Pending left out (it may or may not be written).
+    fn of(&self, name: &str) -> Vec<Phase> {
+        let seen = self.seen.lock().expect("phases");
+        let all = seen.get(name).cloned().unwrap_or_default();
+        all.into_iter().filter(|p| *p != Phase::Pending).collect()
+    }
+
+    async fn wait_for(&self, name: &str, want: &[Phase]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.of(name) == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(self.of(name), want, "phases of {name} seen by a watch");
+    }
+}
+
+impl Drop for PhaseHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until the Node watch recorded exactly `want` for `node`.
+async fn wait_cordon_history(history: &NodeHistory, node: &str, want: &[bool]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && history.of(node) != want {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(history.of(node), want, "unschedulable history of {node}");
+}
+
+// ---------------------------------------------------------------- scenarios
+
+/// The incident: `/pause` deleted from the sandbox image's snapshot; applied with kubectl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_is_verified_cordoned_repaired_and_uncordoned() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    let sandbox = env.fixture.sandbox_image().to_string();
+    env.import(&[pause_image(&sandbox).expect("pause image")]);
+    let fs = env.snapshot_fs(&sandbox).pop().expect("one layer");
+    let pristine = tree(&fs);
+
+    add_node(&client, "node-a", false).await;
+    let history = NodeHistory::start(&client);
+    let phases = PhaseHistory::start(&client);
+    let agent = env.agent(&client, "node-a").await;
+
+    // The cleanup script of the incident, and the sandbox that can no longer start.
+    std::fs::remove_file(fs.join("pause")).expect("delete /pause");
+    let before = block_in_place(|| {
+        env.fixture
+            .run_container(&sandbox, "e2e-sandbox-before", &[])
+    })
+    .expect("ctr run");
+    assert!(before.is_missing_entrypoint(), "runc refuses: {before:?}");
+
+    let started = Instant::now();
+    env.kubectl_apply(
+        "node-a-pause",
+        "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: node-a-pause\n\
+         spec:\n  nodeName: node-a\n  sandboxImage: true\n",
+    );
+    let (sr, took) = wait_terminal(&client, "node-a-pause", started).await;
+    eprintln!("incident repaired end to end in {took:?}");
+    let status = sr.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    assert_eq!(report_outcome(&sr), Some(Outcome::Repaired));
+    assert_eq!(status.findings.as_deref(), Some("1 missing"));
+    assert_eq!(status.cordoned_by_operator, Some(true));
+    assert_eq!(
+        condition(&sr, "Verified"),
+        ("False".into(), "Corrupted".into())
+    );
+    assert_eq!(
+        condition(&sr, "Repaired"),
+        ("True".into(), "Repaired".into())
+    );
+    assert_eq!(condition(&sr, "Ready").0, "True");
+    phases
+        .wait_for(
+            "node-a-pause",
+            &[
+                Phase::Verifying,
+                Phase::Cordoning,
+                Phase::Repairing,
+                Phase::Uncordoning,
+                Phase::Succeeded,
+            ],
+        )
+        .await;
+    wait_cordon_history(&history, "node-a", &[false, true, false]).await;
+    let node_a = node(&client, "node-a").await;
+    assert!(!is_unschedulable(&node_a));
+    assert_eq!(cordoned_by(&node_a), None, "annotation removed");
+
+    // The snapshot is what containerd unpacked (directory mtimes aside), and the sandbox runs.
+    let diffs = tree(&fs).differences_from(&pristine, &BTreeSet::new());
+    assert!(
+        diffs.is_empty(),
+        "snapshot differs from the unpack: {diffs:#?}"
+    );
+    let after = block_in_place(|| {
+        env.fixture
+            .run_container(&sandbox, "e2e-sandbox-after", &[])
+    })
+    .expect("ctr run");
+    assert_eq!(after, RunOutcome::Started);
+    block_in_place(|| env.fixture.remove_container("e2e-sandbox-after")).expect("remove");
+    let cli = block_in_place(|| env.helper().run("verify", &["--sandbox-image", "--json"]))
+        .expect("verify via CLI");
+    assert_eq!(cli.code, Some(0), "{cli}");
+    assert_eq!(cli.report().expect("report").outcome, Outcome::Healthy);
+
+    for (series, want) in [
+        (
+            r#"snapmend_agent_requests_total{action="Verify",outcome="Corrupted"}"#,
+            1.0,
+        ),
+        (
+            r#"snapmend_agent_requests_total{action="Repair",outcome="Repaired"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(agent.metric(series).await, want, "agent {series}");
+    }
+    env.wait_operator_metric(
+        r#"snapmend_repairs_finished_total{phase="Succeeded",outcome="Repaired"}"#,
+        1.0,
+    )
+    .await;
+}
+
+/// A healthy snapshot: verified, Succeeded, never cordoned, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_snapshot_succeeds_without_a_cordon() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    let image = scenario_image("healthy");
+    env.import(std::slice::from_ref(&image));
+    let fs = env.snapshot_fs(&image.name).pop().expect("one layer");
+    let before = tree(fs.parent().expect("snapshot dir"));
+
+    add_node(&client, "node-healthy", false).await;
+    let history = NodeHistory::start(&client);
+    let phases = PhaseHistory::start(&client);
+    let agent = env.agent(&client, "node-healthy").await;
+    let started = Instant::now();
+    create_repair(
+        &client,
+        "node-healthy-app",
+        spec("node-healthy", &image.name, RepairAction::Repair),
+    )
+    .await;
+    let (sr, _) = wait_terminal(&client, "node-healthy-app", started).await;
+    assert_eq!(phase_of(&sr), Some(Phase::Succeeded), "{:#?}", sr.status);
+    assert_eq!(report_outcome(&sr), Some(Outcome::Healthy));
+    assert_eq!(findings(&sr).as_deref(), Some("none"));
+    assert_eq!(
+        condition(&sr, "Verified"),
+        ("True".into(), "Healthy".into())
+    );
+    phases
+        .wait_for("node-healthy-app", &[Phase::Verifying, Phase::Succeeded])
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(history.of("node-healthy"), [false], "never cordoned");
+    assert_eq!(
+        tree(fs.parent().expect("snapshot dir")),
+        before,
+        "nothing written"
+    );
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_requests_total{action="Verify",outcome="Healthy"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_request_duration_seconds_count{action="Repair"}"#)
+            .await,
+        0.0,
+        "no repair asked"
+    );
+    env.wait_operator_metric(
+        r#"snapmend_repairs_finished_total{phase="Succeeded",outcome="Healthy"}"#,
+        1.0,
+    )
+    .await;
+}
+
+/// `action: Verify` on a damaged snapshot reports the damage, never cordons, never writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_action_reports_damage_without_cordon_or_write() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    let image = scenario_image("verify");
+    env.import(std::slice::from_ref(&image));
+    let fs = env.snapshot_fs(&image.name).pop().expect("one layer");
+    std::fs::remove_file(fs.join("app")).expect("damage the snapshot");
+    let before = tree(fs.parent().expect("snapshot dir"));
+
+    add_node(&client, "node-verify", false).await;
+    let history = NodeHistory::start(&client);
+    let phases = PhaseHistory::start(&client);
+    let agent = env.agent(&client, "node-verify").await;
+    let started = Instant::now();
+    create_repair(
+        &client,
+        "node-verify-app",
+        spec("node-verify", &image.name, RepairAction::Verify),
+    )
+    .await;
+    let (sr, _) = wait_terminal(&client, "node-verify-app", started).await;
+    // The operator's design: a finished verification succeeds; the verdict is Verified=False.
+    assert_eq!(phase_of(&sr), Some(Phase::Succeeded), "{:#?}", sr.status);
+    assert_eq!(report_outcome(&sr), Some(Outcome::Corrupted));
+    assert_eq!(findings(&sr).as_deref(), Some("1 missing"));
+    assert_eq!(
+        condition(&sr, "Verified"),
+        ("False".into(), "Corrupted".into())
+    );
+    assert!(
+        message(&sr).contains("not repaired because action is Verify"),
+        "{}",
+        message(&sr)
+    );
+    phases
+        .wait_for("node-verify-app", &[Phase::Verifying, Phase::Succeeded])
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(history.of("node-verify"), [false], "never cordoned");
+    assert_eq!(
+        tree(fs.parent().expect("snapshot dir")),
+        before,
+        "never writes"
+    );
+    assert!(!fs.join("app").exists());
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_requests_total{action="Verify",outcome="Corrupted"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_request_duration_seconds_count{action="Repair"}"#)
+            .await,
+        0.0,
+        "never asked to repair"
+    );
+    env.wait_operator_metric(
+        r#"snapmend_repairs_finished_total{phase="Succeeded",outcome="Verified"}"#,
+        1.0,
+    )
+    .await;
+}
+
+/// A node someone else cordoned is repaired without a cordon of ours and stays cordoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_cordoned_node_is_repaired_and_stays_cordoned() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    let image = scenario_image("cordoned");
+    env.import(std::slice::from_ref(&image));
+    let fs = env.snapshot_fs(&image.name).pop().expect("one layer");
+    let pristine = tree(&fs);
+    std::fs::remove_file(fs.join("app")).expect("damage the snapshot");
+
+    add_node(&client, "node-cordoned", true).await;
+    let history = NodeHistory::start(&client);
+    let phases = PhaseHistory::start(&client);
+    let _agent = env.agent(&client, "node-cordoned").await;
+    let started = Instant::now();
+    create_repair(
+        &client,
+        "node-cordoned-app",
+        spec("node-cordoned", &image.name, RepairAction::Repair),
+    )
+    .await;
+    let (sr, _) = wait_terminal(&client, "node-cordoned-app", started).await;
+    let status = sr.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    assert_eq!(report_outcome(&sr), Some(Outcome::Repaired));
+    assert_eq!(status.cordoned_by_operator, Some(false));
+    assert_eq!(
+        condition(&sr, "Cordoned"),
+        ("True".into(), "AlreadyUnschedulable".into())
+    );
+    assert!(
+        message(&sr).contains("already unschedulable and stays so"),
+        "{}",
+        message(&sr)
+    );
+    phases
+        .wait_for(
+            "node-cordoned-app",
+            &[Phase::Verifying, Phase::Repairing, Phase::Succeeded],
+        )
+        .await;
+    wait_cordon_history(&history, "node-cordoned", &[true]).await;
+    let n = node(&client, "node-cordoned").await;
+    assert!(is_unschedulable(&n), "still unschedulable");
+    assert_eq!(cordoned_by(&n), None, "never claimed");
+    let diffs = tree(&fs).differences_from(&pristine, &BTreeSet::new());
+    assert!(
+        diffs.is_empty(),
+        "snapshot differs from the unpack: {diffs:#?}"
+    );
+}
+
+/// The layer blob is corrupt too: nothing can be restored. Failed, says why, and the node
+/// stays cordoned (default --failure-policy keep-cordoned) until the repair is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_blob_fails_and_keeps_the_node_cordoned() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    let image = scenario_image("blob");
+    let built = env.import(std::slice::from_ref(&image));
+    let layer_digest = built[0].layers[0].digest().to_string();
+    let fs = env.snapshot_fs(&image.name).pop().expect("one layer");
+    std::fs::remove_file(fs.join("app")).expect("damage the snapshot");
+    flip_blob_byte(&env.fixture.blob_path(&layer_digest)).expect("corrupt the blob");
+    let before = tree(fs.parent().expect("snapshot dir"));
+
+    add_node(&client, "node-blob", false).await;
+    let history = NodeHistory::start(&client);
+    let phases = PhaseHistory::start(&client);
+    let _agent = env.agent(&client, "node-blob").await;
+    let started = Instant::now();
+    create_repair(
+        &client,
+        "node-blob-app",
+        spec("node-blob", &image.name, RepairAction::Repair),
+    )
+    .await;
+    let (sr, _) = wait_terminal(&client, "node-blob-app", started).await;
+    assert_eq!(phase_of(&sr), Some(Phase::Failed), "{:#?}", sr.status);
+    assert_eq!(report_outcome(&sr), Some(Outcome::Unrepairable));
+    assert_eq!(
+        condition(&sr, "Ready"),
+        ("False".into(), "Unrepairable".into())
+    );
+    let msg = message(&sr);
+    assert!(
+        msg.contains(&layer_digest) && msg.contains("does not match its digest"),
+        "says why: {msg}"
+    );
+    assert!(
+        msg.contains("stays cordoned (--failure-policy keep-cordoned)"),
+        "says what happened to the node: {msg}"
+    );
+    phases
+        .wait_for(
+            "node-blob-app",
+            &[
+                Phase::Verifying,
+                Phase::Cordoning,
+                Phase::Repairing,
+                Phase::Failed,
+            ],
+        )
+        .await;
+    wait_cordon_history(&history, "node-blob", &[false, true]).await;
+    let n = node(&client, "node-blob").await;
+    assert!(is_unschedulable(&n));
+    assert_eq!(cordoned_by(&n).as_deref(), Some("node-blob-app"));
+    assert_eq!(
+        tree(fs.parent().expect("snapshot dir")),
+        before,
+        "nothing written from an unverified blob"
+    );
+    env.wait_operator_metric(
+        r#"snapmend_repairs_finished_total{phase="Failed",outcome="Unrepairable"}"#,
+        1.0,
+    )
+    .await;
+    env.wait_operator_metric("snapmend_nodes_cordoned", 1.0)
+        .await;
+
+    // Deleting the failed repair is how a person takes over: the node is given back.
+    Api::<SnapshotRepair>::all(client.clone())
+        .delete("node-blob-app", &Default::default())
+        .await
+        .expect("delete");
+    wait_for("the repair to be gone", FLOW, || async {
+        get_repair(&client, "node-blob-app")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    wait_cordon_history(&history, "node-blob", &[false, true, false]).await;
+}
+
+/// A node whose agent never ran: HelperUnavailable within --helper-timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_without_an_agent_fails_with_helper_unavailable() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    add_node(&client, "node-b", false).await;
+    let history = NodeHistory::start(&client);
+    let started = Instant::now();
+    env.kubectl_apply(
+        "node-b-pause",
+        "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: node-b-pause\n\
+         spec:\n  nodeName: node-b\n  sandboxImage: true\n",
+    );
+    let (sr, took) = wait_terminal(&client, "node-b-pause", started).await;
+    eprintln!("no agent: Failed after {took:?}");
+    assert_eq!(phase_of(&sr), Some(Phase::Failed), "{:#?}", sr.status);
+    assert_eq!(
+        condition(&sr, "Ready"),
+        ("False".into(), "HelperUnavailable".into())
+    );
+    // One extra second: request times have whole seconds (see docs/architecture/operator.md).
+    assert!(
+        took <= HELPER_TIMEOUT + Duration::from_secs(1),
+        "failed after {took:?}, --helper-timeout is {HELPER_TIMEOUT:?}"
+    );
+    assert!(
+        message(&sr).contains("snapmend-node-helper.node-b"),
+        "names the Lease: {}",
+        message(&sr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(history.of("node-b"), [false], "never cordoned");
+    env.wait_operator_metric(
+        r#"snapmend_repairs_finished_total{phase="Failed",outcome="HelperUnavailable"}"#,
+        1.0,
+    )
+    .await;
+}
+
+/// Both binaries answer their probes and count what they did on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_of_operator_and_agent() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    let image = scenario_image("metrics");
+    env.import(std::slice::from_ref(&image));
+    add_node(&client, "node-metrics", false).await;
+    let agent = env.agent(&client, "node-metrics").await;
+    let started = Instant::now();
+    create_repair(
+        &client,
+        "node-metrics-app",
+        spec("node-metrics", &image.name, RepairAction::Verify),
+    )
+    .await;
+    let (sr, _) = wait_terminal(&client, "node-metrics-app", started).await;
+    assert_eq!(phase_of(&sr), Some(Phase::Succeeded), "{:#?}", sr.status);
+
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            env.operator.http_get(path).await.map(|r| r.0),
+            Some(200),
+            "operator {path}"
+        );
+        assert_eq!(
+            agent.http_get(path).await.map(|r| r.0),
+            Some(200),
+            "agent {path}"
+        );
+    }
+    for (series, at_least) in [
+        (
+            r#"snapmend_repairs_finished_total{phase="Succeeded",outcome="Healthy"}"#,
+            1.0,
+        ),
+        (
+            r#"snapmend_repair_duration_seconds_count{phase="Succeeded"}"#,
+            1.0,
+        ),
+        (r#"snapmend_repairs{phase="Succeeded"}"#, 1.0),
+        ("snapmend_operator_leader", 1.0),
+    ] {
+        env.wait_operator_metric(series, at_least).await;
+    }
+    let (_, text) = env.operator.http_get("/metrics").await.expect("metrics");
+    for series in ["snapmend_findings_total", "snapmend_nodes_cordoned"] {
+        assert!(
+            metric_value(&text, series).is_some(),
+            "operator lacks {series}:\n{text}"
+        );
+    }
+
+    for (series, want) in [
+        (
+            r#"snapmend_agent_requests_total{action="Verify",outcome="Healthy"}"#,
+            1.0,
+        ),
+        (
+            r#"snapmend_agent_request_duration_seconds_count{action="Verify"}"#,
+            1.0,
+        ),
+        (r#"snapmend_agent_findings_total{action="Verify"}"#, 0.0),
+        ("snapmend_agent_running_requests", 0.0),
+    ] {
+        assert_eq!(agent.metric(series).await, want, "agent {series}");
+    }
+    assert!(agent.metric("snapmend_agent_lease_renewals_total").await >= 1.0);
+}
