@@ -74,6 +74,14 @@ impl Worker {
             if self.serve(&name).await {
                 handled.insert(name, cached_version);
             }
+            // Forget deleted SnapshotRepairs, so the map stays as small as the node's set.
+            let live: std::collections::HashSet<String> = self
+                .store
+                .state()
+                .iter()
+                .filter_map(|sr| sr.metadata.name.clone())
+                .collect();
+            handled.retain(|name, _| live.contains(name));
         }
         debug!(node = self.node, "request worker stopped");
     }
