@@ -366,6 +366,12 @@ impl Machine<'_, '_> {
         let Some(node) = self.o.node else {
             return self.node_not_found();
         };
+        if self.o.spec.action != RepairAction::Repair {
+            return self.stop_after_verification(node);
+        }
+        if node.unschedulable && node.cordoned_by_repair(self.o.name) {
+            return self.start_repair(true);
+        }
         if !self.o.spec.cordon {
             self.condition(
                 CORDONED,
@@ -374,9 +380,6 @@ impl Machine<'_, '_> {
                 "spec.cordon is false",
             );
             return self.start_repair(false);
-        }
-        if node.unschedulable && node.cordoned_by_repair(self.o.name) {
-            return self.start_repair(true);
         }
         if node.unschedulable {
             let msg = format!(
@@ -415,6 +418,29 @@ impl Machine<'_, '_> {
         self.step.node = NodeIntent::Cordon;
         self.step.requeue_after = Some(NODE_CONFIRM);
         self.enter(Phase::Cordoning, msg);
+    }
+
+    /// The spec was changed to `action: Verify` after damage was found: finish with the
+    /// verification and give back any cordon taken for the repair.
+    fn stop_after_verification(&mut self, node: &NodeFacts) {
+        let mut msg = format!(
+            "{} on node {} is damaged; not repaired because action is now Verify",
+            self.target(),
+            self.node_name()
+        );
+        if node.cordoned_by_repair(self.o.name) {
+            let tail = match self.o.successor {
+                Some(next) => self.hand_over(next),
+                None => {
+                    self.step.node = NodeIntent::Uncordon;
+                    let m = format!("node {} uncordoned", self.node_name());
+                    self.condition(CORDONED, Status::False, "Uncordoned", &m);
+                    m
+                }
+            };
+            msg = format!("{msg}; {tail}");
+        }
+        self.succeed("Verified", msg);
     }
 
     fn cordoning(&mut self) {

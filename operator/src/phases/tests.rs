@@ -1196,3 +1196,235 @@ fn a_repair_that_inherits_a_cordon_owns_releasing_it() {
     assert_eq!(phase(&done), Phase::Uncordoning);
     assert_eq!(done.node, NodeIntent::Uncordon);
 }
+
+// ---- the whole observation space: invariants that hold in every combination ----
+
+/// Every phase × node state × helper state × report × cap × spec × policy × successor.
+fn every_world() -> Vec<World> {
+    let phases = [
+        (Phase::Pending, None),
+        (Phase::Pending, Some(("1", RepairAction::Verify))),
+        (Phase::Verifying, Some(("1", RepairAction::Verify))),
+        (Phase::Cordoning, Some(("1", RepairAction::Verify))),
+        (Phase::Repairing, Some(("2", RepairAction::Repair))),
+        (Phase::Uncordoning, Some(("2", RepairAction::Repair))),
+        (Phase::Succeeded, Some(("2", RepairAction::Repair))),
+        (Phase::Failed, Some(("2", RepairAction::Repair))),
+    ];
+    let nodes: [Option<(bool, Option<&str>)>; 6] = [
+        None,
+        Some((false, None)),
+        Some((true, None)),
+        Some((true, Some(NAME))),
+        Some((false, Some(NAME))),
+        Some((true, Some("other-repair"))),
+    ];
+    let helpers = [
+        HelperPresence::Present,
+        HelperPresence::NoLease,
+        HelperPresence::Stale(Duration::from_secs(90)),
+    ];
+    let outcomes = [
+        None,
+        Some(Outcome::Healthy),
+        Some(Outcome::Corrupted),
+        Some(Outcome::Repaired),
+        Some(Outcome::Unrepairable),
+        Some(Outcome::Error),
+    ];
+    let mut all = Vec::new();
+    for (phase, request) in phases {
+        for node in nodes {
+            for helper in &helpers {
+                for outcome in outcomes {
+                    for (budget_now, at) in [(0, 0), (1, 0), (0, 400)] {
+                        for action in [RepairAction::Verify, RepairAction::Repair] {
+                            for cordon in [true, false] {
+                                for policy in [FailurePolicy::KeepCordoned, FailurePolicy::Uncordon]
+                                {
+                                    for successor in [None, Some("sibling")] {
+                                        let mut w = World::new()
+                                            .in_phase(phase, request)
+                                            .helper(helper.clone())
+                                            .budget(budget_now, 1)
+                                            .at(at)
+                                            .action(action)
+                                            .policy(policy);
+                                        w.spec.cordon = cordon;
+                                        w.successor = successor;
+                                        w.node = node.map(|(u, by)| NodeFacts {
+                                            unschedulable: u,
+                                            cordoned_by: by.map(str::to_string),
+                                        });
+                                        if let (Some(o), Some((id, _))) = (outcome, request) {
+                                            w = w.answered(id, o);
+                                        }
+                                        all.push(w);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    all
+}
+
+fn allowed(from: Phase, to: Phase) -> bool {
+    use Phase::*;
+    from == to
+        || matches!(
+            (from, to),
+            (Pending, Verifying | Cordoning | Repairing | Failed)
+                | (
+                    Verifying,
+                    Pending | Cordoning | Repairing | Succeeded | Failed
+                )
+                | (Cordoning, Pending | Repairing | Succeeded | Failed)
+                | (Repairing, Uncordoning | Succeeded | Failed)
+                | (Uncordoning, Succeeded)
+        )
+}
+
+#[test]
+fn invariants_hold_for_every_observation() {
+    let worlds = every_world();
+    assert!(worlds.len() > 40_000, "{}", worlds.len());
+    for w in &worlds {
+        let s = w.decide();
+        let from = w.status.phase.unwrap();
+        let to = phase(&s);
+        let ctx = || {
+            format!(
+                "{w:?}",
+                w = (
+                    &w.status.phase,
+                    &w.node,
+                    &w.helper,
+                    &w.spec.action,
+                    w.spec.cordon,
+                    w.budget,
+                    w.successor,
+                    current_report(&w.status).map(|r| r.outcome)
+                )
+            )
+        };
+        assert!(allowed(from, to), "{from:?} -> {to:?} in {}", ctx());
+        // Deciding is pure: same observation, same step.
+        assert_eq!(s, w.decide());
+        let node = w.node.as_ref();
+        let ours = node.is_some_and(|n| n.cordoned_by_repair(NAME));
+        match &s.node {
+            NodeIntent::Leave => {}
+            NodeIntent::Cordon => {
+                assert_eq!(
+                    w.spec.action,
+                    RepairAction::Repair,
+                    "Verify never cordons: {}",
+                    ctx()
+                );
+                assert!(w.spec.cordon, "cordon=false never cordons: {}", ctx());
+                assert!(
+                    !node.unwrap().unschedulable,
+                    "only a schedulable node: {}",
+                    ctx()
+                );
+                assert!(
+                    w.budget.cordoned_now < w.budget.max,
+                    "never over the cap: {}",
+                    ctx()
+                );
+                assert_eq!(to, Phase::Cordoning, "{}", ctx());
+            }
+            NodeIntent::Uncordon => {
+                assert!(ours, "only its own cordon is undone: {}", ctx());
+                assert!(
+                    w.successor.is_none(),
+                    "a sibling inherits instead: {}",
+                    ctx()
+                );
+            }
+            NodeIntent::HandOver(next) => {
+                assert!(ours, "only its own cordon is passed on: {}", ctx());
+                assert_eq!(Some(next.as_str()), w.successor, "{}", ctx());
+            }
+        }
+        if to == Phase::Failed && from != Phase::Failed {
+            let ready = cond(&s, READY);
+            assert_eq!(ready.status, "False");
+            assert!(
+                s.events.iter().any(|e| e.kind == EventKind::Warning),
+                "{}",
+                ctx()
+            );
+            if ours && w.settings.failure_policy == FailurePolicy::KeepCordoned {
+                assert_eq!(
+                    s.node,
+                    NodeIntent::Leave,
+                    "keep-cordoned keeps it: {}",
+                    ctx()
+                );
+                assert!(message(&s).contains("stays cordoned"), "{}", ctx());
+            }
+        }
+        if to.is_terminal() && !from.is_terminal() {
+            assert!(s.status.completion_time.is_some());
+            assert_eq!(s.requeue_after, None);
+        }
+        if !to.is_terminal() {
+            assert!(
+                s.requeue_after.is_some(),
+                "a live repair is looked at again: {}",
+                ctx()
+            );
+        }
+        if s.status.request != w.status.request {
+            let new = s.status.request.as_ref().unwrap();
+            assert_eq!(
+                new.id,
+                next_request_id(w.status.request.as_ref()),
+                "{}",
+                ctx()
+            );
+            assert_eq!(s.status.request_time, Some(Time(w.now)));
+            if new.action == RepairAction::Repair {
+                assert_eq!(
+                    w.spec.action,
+                    RepairAction::Repair,
+                    "Verify never writes: {}",
+                    ctx()
+                );
+            }
+        }
+        if s.status.cordoned_by_operator == Some(true)
+            && w.status.cordoned_by_operator != Some(true)
+        {
+            assert!(
+                ours,
+                "claims only a cordon the annotation gives it: {}",
+                ctx()
+            );
+        }
+    }
+}
+
+#[test]
+fn changing_the_action_to_verify_mid_repair_gives_back_the_cordon() {
+    let s = cordoning().ours().action(RepairAction::Verify).decide();
+    assert_eq!(phase(&s), Phase::Succeeded);
+    assert_eq!(s.node, NodeIntent::Uncordon);
+    assert!(
+        message(&s).contains("not repaired because action is now Verify"),
+        "{}",
+        message(&s)
+    );
+    assert_eq!(request(&s).1, RepairAction::Verify, "no repair request");
+    let s = cordoning().action(RepairAction::Verify).decide();
+    assert_eq!(
+        s.node,
+        NodeIntent::Leave,
+        "nothing taken, nothing to give back"
+    );
+}
