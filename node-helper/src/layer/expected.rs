@@ -122,7 +122,7 @@ pub enum Applied {
 }
 
 /// Decides, from a hardlink's raw link name, whether containerd's chmod reaches the inode.
-pub type HardlinkChmodProbe = Box<dyn Fn(&[u8]) -> bool + Send>;
+pub type HardlinkChmodProbe = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
 pub struct ModelOptions {
     /// A base layer (no parent): whiteouts and opaque markers delete, nothing is written.

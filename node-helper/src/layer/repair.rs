@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{AtFlags, OFlag, RenameFlags, renameat2};
 use nix::sys::stat::{
@@ -195,7 +196,9 @@ fn repair_locked(
 ) -> Result<LayerRepair> {
     let stage = staging.map(|dir| StageDir { dir });
     // Repair always compares every byte: it must never rewrite data it has not verified.
+    let started = std::time::Instant::now();
     let p = run_pass(layer, ContentCheck::Full, stage.as_ref());
+    let pass_ms = started.elapsed().as_millis() as u64;
     let (mut report, diff, reason) = report_from_pass(layer, &p);
     let fs_missing = report.state == LayerState::SnapshotMissing
         && p.blob == snapmend_crds::BlobState::Verified
@@ -249,7 +252,7 @@ fn repair_locked(
         // Nothing differs, but an interrupted repair may not have re-applied directory times.
         let mut plan = plan;
         if let Some(staging) = staging {
-            let mut applier = Applier::new(layer, snap, model, &p, staging, fault_after, false)?;
+            let applier = Applier::new(layer, snap, model, &p, staging, fault_after, false)?;
             let changed = applier.apply_dir_times()?;
             if changed > 0 {
                 plan.push(format!("re-apply the tar's times to {changed} directories"));
@@ -271,10 +274,13 @@ fn repair_locked(
         });
     };
     let mut applier = Applier::new(layer, snap, model, &p, staging, fault_after, fs_missing)?;
-    applier.apply(&diff, obs)?;
+    let applying = std::time::Instant::now();
+    applier.apply(&diff)?;
     tracing::info!(
         restored = plan.len(),
-        renames = applier.renames,
+        renames = applier.renames.load(Ordering::Relaxed),
+        pass_ms,
+        apply_ms = applying.elapsed().as_millis() as u64,
         "layer repaired"
     );
     report.state = LayerState::Repaired;
@@ -295,10 +301,19 @@ struct Applier<'a> {
     staging_fd: OwnedFd,
     beneath: Option<Beneath>,
     fs_missing: bool,
-    counter: u64,
-    renames: u64,
+    counter: AtomicU64,
+    renames: AtomicU64,
     fault_after: Option<u64>,
-    parent_cache: Option<(Vec<u8>, OwnedFd)>,
+}
+
+/// The last parent directory opened by one worker: siblings are restored one after another.
+#[derive(Default)]
+struct ParentCache(Option<(Vec<u8>, OwnedFd)>);
+
+/// Non-directory work that can run in parallel once every directory exists.
+enum Work<'m> {
+    Entry(&'m [u8], InodeId),
+    Group(InodeId, &'m [Vec<u8>]),
 }
 
 impl<'a> Applier<'a> {
@@ -331,10 +346,9 @@ impl<'a> Applier<'a> {
             staging_fd,
             beneath,
             fs_missing,
-            counter: 0,
-            renames: 0,
+            counter: AtomicU64::new(0),
+            renames: AtomicU64::new(0),
             fault_after,
-            parent_cache: None,
         })
     }
 
@@ -342,9 +356,9 @@ impl<'a> Applier<'a> {
         Error::io(self.snap.fs.join(OsStr::from_bytes(path)), e)
     }
 
-    fn temp_name(&mut self, what: &str) -> String {
-        self.counter += 1;
-        format!("{what}-{}", self.counter)
+    fn temp_name(&self, what: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{what}-{n}")
     }
 
     fn beneath(&self) -> Result<&Beneath> {
@@ -354,15 +368,15 @@ impl<'a> Applier<'a> {
         })
     }
 
-    fn renamed(&mut self) {
-        self.renames += 1;
-        if self.fault_after == Some(self.renames) {
-            tracing::error!(renames = self.renames, "{FAULT_ENV} reached: aborting");
+    fn renamed(&self) {
+        let n = self.renames.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fault_after == Some(n) {
+            tracing::error!(renames = n, "{FAULT_ENV} reached: aborting");
             std::process::abort();
         }
     }
 
-    fn apply(&mut self, diff: &super::compare::Diff, obs: &Observation) -> Result<()> {
+    fn apply(&mut self, diff: &super::compare::Diff) -> Result<()> {
         if self.fs_missing {
             self.create_fs()?;
         }
@@ -376,37 +390,78 @@ impl<'a> Applier<'a> {
         for p in &diff.extras {
             self.remove_extra(p)?;
         }
-        // A hardlink group is rebuilt when its last path comes up, so every parent exists.
+        // Directories first, in path order (parents before children), on this thread.
+        let mut cache = ParentCache::default();
         let groups = self.model.hardlink_groups();
-        let mut last_of_group = std::collections::HashMap::new();
-        for (id, paths) in &groups {
-            if let Some(last) = paths.iter().filter(|p| diff.needs.contains_key(*p)).max() {
-                last_of_group.insert(last.clone(), *id);
-            }
-        }
+        let mut work: Vec<Work<'_>> = Vec::new();
+        let mut grouped = std::collections::HashSet::new();
         for (path, need) in &diff.needs {
             let Some((id, inode)) = self.model.get(path) else {
                 continue;
             };
             match need {
-                Need::FixDir => self.fix_dir(path, inode, obs)?,
+                Need::FixDir => self.fix_dir(path, inode)?,
                 Need::CreateDir => {
                     let name = self.build(id, inode)?;
-                    self.place(&name, path, true)?;
+                    self.place(&mut cache, &name, path, true)?;
                 }
-                Need::Recreate => {
-                    if let Some(paths) = groups.get(&id) {
-                        if last_of_group.get(path) == Some(&id) {
-                            self.rebuild_group(id, inode, paths)?;
+                Need::Recreate => match groups.get(&id) {
+                    // A hardlink group is rebuilt as one unit by one worker.
+                    Some(paths) => {
+                        if grouped.insert(id) {
+                            work.push(Work::Group(id, paths));
                         }
-                    } else {
-                        let name = self.build(id, inode)?;
-                        self.place(&name, path, false)?;
                     }
+                    None => work.push(Work::Entry(path, id)),
+                },
+            }
+        }
+        drop(cache);
+        // Then every other entry: each worker takes a contiguous run (siblings together).
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 4)
+            .min(work.len().div_ceil(64).max(1));
+        let chunk = work.len().div_ceil(workers).max(1);
+        let this = &*self;
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = work
+                .chunks(chunk)
+                .map(|part| s.spawn(move || this.restore_entries(part)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Snapshot {
+                            path: this.snap.fs.clone(),
+                            reason: "a restore worker panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
+        self.apply_dir_times().map(|_| ())
+    }
+
+    fn restore_entries(&self, part: &[Work<'_>]) -> Result<()> {
+        let mut cache = ParentCache::default();
+        for w in part {
+            match w {
+                Work::Entry(path, id) => {
+                    let name = self.build(*id, self.model.inode(*id))?;
+                    self.place(&mut cache, &name, path, false)?;
+                }
+                Work::Group(id, paths) => {
+                    self.rebuild_group(&mut cache, *id, self.model.inode(*id), paths)?
                 }
             }
         }
-        self.apply_dir_times().map(|_| ())
+        Ok(())
     }
 
     fn create_fs(&mut self) -> Result<()> {
@@ -464,13 +519,12 @@ impl<'a> Applier<'a> {
     }
 
     /// Moves an unexplained entry (with its subtree) out of `fs` in one rename, then deletes it.
-    fn remove_extra(&mut self, path: &[u8]) -> Result<()> {
+    fn remove_extra(&self, path: &[u8]) -> Result<()> {
         let (parent, base) = self
             .beneath()?
             .open_parent(path)
             .map_err(|e| self.err(path, e))?;
         let name = self.temp_name("trash");
-        self.parent_cache = None;
         match nix::fcntl::renameat(&parent, base, &self.staging_fd, name.as_str()) {
             Ok(()) => {}
             Err(nix::errno::Errno::ENOENT) => return Ok(()),
@@ -496,39 +550,47 @@ impl<'a> Applier<'a> {
     /// Renames the staged entry `name` to `path` inside `fs`. Whatever was there is replaced
     /// atomically (a directory in the way, or a non-directory where a directory goes, is
     /// swapped out with RENAME_EXCHANGE and deleted from staging).
-    fn place(&mut self, name: &str, path: &[u8], staged_is_dir: bool) -> Result<()> {
+    fn place(
+        &self,
+        cache: &mut ParentCache,
+        name: &str,
+        path: &[u8],
+        staged_is_dir: bool,
+    ) -> Result<()> {
         let (parent_path, base) = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&[][..], path),
         };
         // Siblings come one after another: keep their parent open. Any rename that could
         // swap a directory out drops the cache.
-        let cached = matches!(&self.parent_cache, Some((p, _)) if p.as_slice() == parent_path);
+        let cached = matches!(&cache.0, Some((p, _)) if p.as_slice() == parent_path);
         if !cached {
             let (fd, _) = self
                 .beneath()?
                 .open_parent(path)
                 .map_err(|e| self.err(path, e))?;
-            self.parent_cache = Some((parent_path.to_vec(), fd));
+            cache.0 = Some((parent_path.to_vec(), fd));
         }
-        let Some((_, parent)) = self.parent_cache.take() else {
+        let Some((_, parent)) = cache.0.take() else {
             return Err(self.err(path, io::Error::other("parent directory not open")));
         };
-        let result = self.place_in(&parent, name, path, base, staged_is_dir);
-        if result.is_ok() && !staged_is_dir {
-            self.parent_cache = Some((parent_path.to_vec(), parent));
+        let (result, keep) = self.place_in(&parent, name, path, base, staged_is_dir);
+        if result.is_ok() && keep && !staged_is_dir {
+            cache.0 = Some((parent_path.to_vec(), parent));
         }
         result
     }
 
+    /// Returns the result and whether the parent fd may stay cached (an exchange may have
+    /// swapped a directory out).
     fn place_in(
-        &mut self,
+        &self,
         parent: &OwnedFd,
         name: &str,
         path: &[u8],
         base: &[u8],
         staged_is_dir: bool,
-    ) -> Result<()> {
+    ) -> (Result<()>, bool) {
         // Common case first: nothing is there.
         match renameat2(
             &self.staging_fd,
@@ -539,38 +601,40 @@ impl<'a> Applier<'a> {
         ) {
             Ok(()) => {
                 self.renamed();
-                return Ok(());
+                return (Ok(()), true);
             }
             Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(self.err(path, nix_io(e))),
+            Err(e) => return (Err(self.err(path, nix_io(e))), false),
         }
         let existing_is_dir = match fstatat(parent, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
-            Err(e) => return Err(self.err(path, nix_io(e))),
+            Err(e) => return (Err(self.err(path, nix_io(e))), false),
         };
         if existing_is_dir || staged_is_dir {
-            renameat2(
+            if let Err(e) = renameat2(
                 &self.staging_fd,
                 name,
                 parent,
                 base,
                 RenameFlags::RENAME_EXCHANGE,
-            )
-            .map_err(|e| self.err(path, nix_io(e)))?;
+            ) {
+                return (Err(self.err(path, nix_io(e))), false);
+            }
             self.renamed();
-            self.parent_cache = None;
             self.discard(name);
+            (Ok(()), false)
         } else {
-            nix::fcntl::renameat(&self.staging_fd, name, parent, base)
-                .map_err(|e| self.err(path, nix_io(e)))?;
+            if let Err(e) = nix::fcntl::renameat(&self.staging_fd, name, parent, base) {
+                return (Err(self.err(path, nix_io(e))), false);
+            }
             self.renamed();
+            (Ok(()), true)
         }
-        Ok(())
     }
 
     /// Staged bytes for a file inode: the copy made during the pass, or a copy of the disk
     /// file whose bytes the pass compared equal to the tar.
-    fn file_bytes(&mut self, id: InodeId) -> Result<String> {
+    fn file_bytes(&self, id: InodeId) -> Result<String> {
         if let Some(src) = self.pass.staged.get(&id)
             && let Some(staged) = src.file_name().and_then(|n| n.to_str())
         {
@@ -601,7 +665,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Builds a complete entry for `inode` in staging and returns its name.
-    fn build(&mut self, id: InodeId, inode: &Inode) -> Result<String> {
+    fn build(&self, id: InodeId, inode: &Inode) -> Result<String> {
         let name = match &inode.kind {
             EntryKind::File => self.file_bytes(id)?,
             EntryKind::Dir => {
@@ -710,7 +774,13 @@ impl<'a> Applier<'a> {
 
     /// One inode, every path linked to it: all links are made in staging first, then each
     /// is renamed into place.
-    fn rebuild_group(&mut self, id: InodeId, inode: &Inode, paths: &[Vec<u8>]) -> Result<()> {
+    fn rebuild_group(
+        &self,
+        cache: &mut ParentCache,
+        id: InodeId,
+        inode: &Inode,
+        paths: &[Vec<u8>],
+    ) -> Result<()> {
         let first = self.build(id, inode)?;
         let mut names = vec![first.clone()];
         for _ in 1..paths.len() {
@@ -726,14 +796,14 @@ impl<'a> Applier<'a> {
             names.push(n);
         }
         for (name, path) in names.iter().zip(paths) {
-            self.place(name, path, false)?;
+            self.place(cache, name, path, false)?;
         }
         Ok(())
     }
 
     /// Owner, xattrs, opaque marker and mode of an existing directory, in place (each change
     /// is one atomic syscall; a directory with children cannot be swapped by rename).
-    fn fix_dir(&mut self, path: &[u8], inode: &Inode, obs: &Observation) -> Result<()> {
+    fn fix_dir(&self, path: &[u8], inode: &Inode) -> Result<()> {
         let fd = self
             .beneath()?
             .open_at(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
@@ -774,12 +844,11 @@ impl<'a> Applier<'a> {
             nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(inode.mode))
                 .map_err(|e| err(nix_io(e)))?;
         }
-        let _ = obs;
         Ok(())
     }
 
     /// Directory mtimes from the tar, re-applied after every change (renames touch parents).
-    fn apply_dir_times(&mut self) -> Result<u64> {
+    fn apply_dir_times(&self) -> Result<u64> {
         let mut changed = 0;
         for path in self.model.dir_time_order() {
             let Some((_, inode)) = self.model.get(&path) else {

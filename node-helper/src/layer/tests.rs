@@ -870,6 +870,9 @@ fn bench_layer() {
         return;
     };
     let mode = std::env::var("SNAPMEND_BENCH_MODE").unwrap_or_else(|_| "verify".into());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .try_init();
     let bytes = std::fs::read(&blob).unwrap();
     let digest = sha(&bytes);
     let mut tar = Vec::new();
