@@ -26,8 +26,13 @@ async fn writes_the_report_for_the_request_and_touches_no_operator_field() {
     agent.wait_ready().await;
 
     create_repair(&client, &app, &node, MISSING_IMAGE).await;
+    let asked = std::time::Instant::now();
     request(&client, &app, "1", RepairAction::Verify).await;
     let report = wait_for_report(&client, &app, "1", ANSWER).await;
+    eprintln!(
+        "request answered within {:?} (100 ms polling)",
+        asked.elapsed()
+    );
 
     assert_eq!(report.report.outcome, Outcome::Error);
     assert_eq!(report.report.image, MISSING_IMAGE);

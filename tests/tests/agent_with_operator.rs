@@ -72,6 +72,7 @@ async fn operator_and_agent_repair_the_incident_with_a_cordon_in_between() {
 
     // The incident, then the SnapshotRepair a person applies.
     std::fs::remove_file(&pause).unwrap();
+    let applied = std::time::Instant::now();
     let spec = SnapshotRepairSpec {
         node_name: "node-a".into(),
         image: None,
@@ -88,6 +89,11 @@ async fn operator_and_agent_repair_the_incident_with_a_cordon_in_between() {
         phase.is_terminal().then_some(sr)
     })
     .await;
+    eprintln!(
+        "SnapshotRepair applied → Succeeded in {:?}; agent peak RSS {:?} KiB",
+        applied.elapsed(),
+        agent.peak_rss_kib()
+    );
     let status = done.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     let report = status.report.expect("report").report;

@@ -250,6 +250,15 @@ impl AgentProcess {
         self.child.as_ref().map(|c| c.id()).unwrap_or_default()
     }
 
+    /// Peak resident memory of the agent (VmHWM), for the record.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
