@@ -15,7 +15,10 @@ pub enum Error {
     #[error("{path}: not a valid bolt database: {reason}")]
     Bolt { path: PathBuf, reason: String },
     #[error("image {reference:?} is not known to containerd in namespace {namespace:?}")]
-    ImageNotFound { reference: String, namespace: String },
+    ImageNotFound {
+        reference: String,
+        namespace: String,
+    },
     #[error("image {reference:?}: {reason}")]
     Image { reference: String, reason: String },
     #[error("{path}: invalid containerd config: {reason}")]
@@ -42,10 +45,16 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn kube(what: impl Into<String>, source: kube::Error) -> Self {
-        Error::Kube { what: what.into(), source: Box::new(source) }
+        Error::Kube {
+            what: what.into(),
+            source: Box::new(source),
+        }
     }
 }
