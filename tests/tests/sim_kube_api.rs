@@ -527,13 +527,63 @@ async fn events_recorded_through_events_v1_are_listed_as_core_events() {
         .create(&PostParams::default(), &config_map("c", json!({})))
         .await
         .unwrap();
-    namespaces
+    let terminating = namespaces
         .delete("scratch", &DeleteParams::default())
         .await
+        .unwrap()
+        .left()
         .unwrap();
+    assert_eq!(
+        terminating.status.unwrap().phase.as_deref(),
+        Some("Terminating")
+    );
+    let refused = api_error(
+        scratch
+            .create(&PostParams::default(), &config_map("d", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        refused.code, 403,
+        "no new content in a terminating namespace"
+    );
+    for _ in 0..100 {
+        if namespaces.get_opt("scratch").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        namespaces.get_opt("scratch").await.unwrap().is_none(),
+        "the namespace controller finished"
+    );
     assert!(
         scratch.get_opt("c").await.unwrap().is_none(),
         "deleting a namespace deletes its contents"
     );
     sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sim_starts_and_stops_inside_a_runtime() {
+    let sim = snapmend_tests::sim::BackgroundSim::start().unwrap();
+    let client = Client::try_from(sim.server().kube_config().unwrap()).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client);
+    let names: Vec<String> = namespaces
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+    );
+    drop(sim);
+    assert!(
+        namespaces.list(&ListParams::default()).await.is_err(),
+        "stopped"
+    );
 }

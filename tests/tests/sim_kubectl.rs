@@ -683,3 +683,30 @@ fn get_watch_streams_changes() {
     );
     drop(k.sim);
 }
+
+#[test]
+fn deploy_manifests_apply_and_delete_with_kustomize() {
+    let k = Kubectl::start();
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let applied = k.ok(&["apply", "-k", deploy]);
+    assert!(
+        applied.contains(
+            "customresourcedefinition.apiextensions.k8s.io/snapshotrepairs.snapmend.io created"
+        ),
+        "{applied}"
+    );
+    assert!(
+        applied.contains("daemonset.apps/snapmend-node-helper created"),
+        "{applied}"
+    );
+    assert!(k.ok(&["apply", "-k", deploy]).contains("unchanged"));
+    let deleted = k.ok(&["delete", "-k", deploy, "--timeout=30s"]);
+    assert!(
+        deleted.contains("namespace \"snapmend-system\" deleted"),
+        "{deleted}"
+    );
+    assert!(
+        k.fails(&["get", "namespace", "snapmend-system"])
+            .contains("NotFound")
+    );
+}

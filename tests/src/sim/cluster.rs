@@ -753,7 +753,11 @@ impl Cluster {
         let new_served = self.admit(st, def, new_served, Some(&old_served), opts, &mut warnings)?;
         let new_stored = to_stored(def, &new_served);
         let key = (nsk, name.to_string());
-        if is_being_deleted(&new_stored) && finalizers(&new_stored).is_empty() {
+        let emptied_namespace = !(def.group.is_empty()
+            && def.plural == "namespaces"
+            && namespace_has_contents(st, name));
+        if is_being_deleted(&new_stored) && finalizers(&new_stored).is_empty() && emptied_namespace
+        {
             if opts.dry_run {
                 return Ok(Written {
                     object: to_served(def, &new_stored),
@@ -943,7 +947,10 @@ impl Cluster {
         if dry_run {
             return Ok(to_served(def, &old));
         }
-        if !finalizers(&old).is_empty() {
+        let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+        let held =
+            !finalizers(&old).is_empty() || (is_namespace && namespace_has_contents(st, name));
+        if held {
             if is_being_deleted(&old) {
                 return Ok(to_served(def, &old));
             }
@@ -951,7 +958,7 @@ impl Cluster {
             let meta = metadata_mut(&mut marked);
             meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
             meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            if def.group.is_empty() && def.plural == "namespaces" {
+            if is_namespace {
                 marked["status"] = json!({"phase": "Terminating"});
             }
             let stored = self.commit(
@@ -966,6 +973,76 @@ impl Cluster {
         }
         let gone = self.remove_locked(st, def, (nsk, name.to_string()), old.clone(), Some(old));
         Ok(to_served(def, &gone))
+    }
+
+    /// One pass of the namespace controller: namespaces Terminating for at least `min_age`
+    /// get their contents deleted, and go once nothing is left in them.
+    pub fn finalize_terminating_namespaces(&self, min_age: std::time::Duration) {
+        let mut st = self.lock();
+        let Some(ns_def) = st.registry.find("", "v1", "namespaces").cloned() else {
+            return;
+        };
+        let now = jiff::Timestamp::now();
+        let due: Vec<String> = st
+            .objects
+            .get(&ns_def.storage)
+            .map(|m| {
+                m.values()
+                    .filter(|n| finalizers(n).is_empty())
+                    .filter(|n| {
+                        meta_str(n, "deletionTimestamp")
+                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                            .is_some_and(|t| {
+                                now.as_second() - t.as_second() >= min_age.as_secs() as i64
+                            })
+                    })
+                    .filter_map(|n| meta_str(n, "name").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ns in due {
+            let mut seen = std::collections::HashSet::new();
+            let defs: Vec<ResourceDef> = st
+                .registry
+                .all()
+                .iter()
+                .filter(|d| d.namespaced)
+                .cloned()
+                .collect();
+            for d in defs {
+                if !seen.insert(d.storage.clone()) {
+                    continue;
+                }
+                let names: Vec<String> = st
+                    .objects
+                    .get(&d.storage)
+                    .map(|m| {
+                        m.keys()
+                            .filter(|k| k.0 == ns)
+                            .map(|k| k.1.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for name in names {
+                    if let Err(e) =
+                        self.delete_locked(&mut st, &d, Some(&ns), &name, &Value::Null, false)
+                    {
+                        tracing::debug!(namespace = %ns, %name, error = %e, "namespace cleanup skipped an object");
+                    }
+                }
+            }
+            if !namespace_has_contents(&st, &ns)
+                && let Some(obj) = Self::stored(&st, &ns_def, "", &ns).cloned()
+            {
+                self.remove_locked(
+                    &mut st,
+                    &ns_def,
+                    (String::new(), ns.clone()),
+                    obj.clone(),
+                    Some(obj),
+                );
+            }
+        }
     }
 
     /// deleteCollection: deletes every selected object, returning them as a list.
@@ -1014,6 +1091,15 @@ impl Cluster {
         self.delete(def, ns, name, &options, false)?;
         Ok(super::status::success_status(None))
     }
+}
+
+/// Whether any namespaced object lives in namespace `ns`.
+fn namespace_has_contents(st: &State, ns: &str) -> bool {
+    st.registry.all().iter().filter(|d| d.namespaced).any(|d| {
+        st.objects
+            .get(&d.storage)
+            .is_some_and(|m| m.keys().any(|k| k.0 == ns))
+    })
 }
 
 fn trim_history(st: &mut State) {

@@ -29,6 +29,8 @@ pub struct App {
     pub shutdown: Mutex<CancellationToken>,
     /// Cancelled (and replaced) to end every open watch, e.g. to test watch recovery.
     pub watch_epoch: Mutex<CancellationToken>,
+    /// Stops the background controllers (the namespace controller) for good.
+    pub controllers: CancellationToken,
     pub bookmark_interval: Duration,
     pub server_address: String,
 }

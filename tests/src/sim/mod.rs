@@ -86,6 +86,21 @@ pub struct SimServer {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Deletes the contents of Terminating namespaces, then the namespaces, as
+/// kube-controller-manager's namespace controller does (after a 1 s grace, so that clients
+/// deleting a namespace and its objects one by one find them still there).
+fn spawn_namespace_controller(cluster: Arc<Cluster>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => cluster.finalize_terminating_namespaces(Duration::from_secs(1)),
+            }
+        }
+    });
+}
+
 /// Serves `app` on `listener` until the app's current shutdown token is cancelled.
 fn serve(app: Arc<http::App>, listener: tokio::net::TcpListener) -> JoinHandle<()> {
     let shutdown = app.current_shutdown();
@@ -121,10 +136,12 @@ impl SimServer {
             cluster,
             shutdown: Mutex::new(CancellationToken::new()),
             watch_epoch: Mutex::new(CancellationToken::new()),
+            controllers: CancellationToken::new(),
             bookmark_interval: config.bookmark_interval,
             server_address: addr.to_string(),
         });
         let task = serve(app.clone(), listener);
+        spawn_namespace_controller(app.cluster.clone(), app.controllers.clone());
         tracing::info!(%addr, "snapmend-sim listening");
         Ok(Self {
             addr,
@@ -255,15 +272,21 @@ impl SimServer {
 
 impl Drop for SimServer {
     fn drop(&mut self) {
+        self.app.controllers.cancel();
         self.app.current_shutdown().cancel();
     }
 }
 
-/// A server on its own background runtime, for synchronous tests and tools.
+/// A server on its own runtime in its own thread, for synchronous tests and tools. It can be
+/// started and dropped anywhere, including inside another Tokio runtime.
 pub struct BackgroundSim {
-    server: Option<SimServer>,
-    runtime: Option<tokio::runtime::Runtime>,
+    server: Arc<SimServer>,
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+type Ready = Result<(Arc<SimServer>, tokio::runtime::Handle), SimError>;
 
 impl BackgroundSim {
     pub fn start() -> Result<Self, SimError> {
@@ -271,38 +294,69 @@ impl BackgroundSim {
     }
 
     pub fn start_with(config: SimConfig) -> Result<Self, SimError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("snapmend-sim")
-            .enable_all()
-            .build()
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("snapmend-sim".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("snapmend-sim")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(SimError::Runtime(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match SimServer::start_with(config).await {
+                        Ok(server) => {
+                            let server = Arc::new(server);
+                            let _ = ready_tx
+                                .send(Ok((server.clone(), tokio::runtime::Handle::current())));
+                            // A dropped sender also stops the server.
+                            let _ = stop_rx.await;
+                            server.pause().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(2));
+            })
             .map_err(SimError::Runtime)?;
-        let server = runtime.block_on(SimServer::start_with(config))?;
+        let (server, handle) = ready_rx.recv().map_err(|_| {
+            SimError::Runtime(std::io::Error::other(
+                "the snapmend-sim thread ended before serving",
+            ))
+        })??;
         Ok(Self {
-            server: Some(server),
-            runtime: Some(runtime),
+            server,
+            handle,
+            stop: Some(stop_tx),
+            thread: Some(thread),
         })
     }
 
     pub fn server(&self) -> &SimServer {
-        self.server.as_ref().expect("present until dropped")
+        &self.server
     }
 
     pub fn url(&self) -> String {
-        self.server().url()
+        self.server.url()
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
-        self.server().write_kubeconfig(path)
+        self.server.write_kubeconfig(path)
     }
 
     /// The runtime the server runs on (e.g. to build and use a kube client from sync code).
     pub fn handle(&self) -> tokio::runtime::Handle {
-        self.runtime
-            .as_ref()
-            .expect("present until dropped")
-            .handle()
-            .clone()
+        self.handle.clone()
     }
 
     pub fn stop(mut self) {
@@ -310,9 +364,13 @@ impl BackgroundSim {
     }
 
     fn shutdown(&mut self) {
-        if let (Some(server), Some(runtime)) = (self.server.take(), self.runtime.take()) {
-            runtime.block_on(server.stop());
-            runtime.shutdown_timeout(Duration::from_secs(2));
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the snapmend-sim thread panicked");
         }
     }
 }

@@ -144,6 +144,32 @@ const EVENTS_V1_FIELDS: &[&str] = &[
     "type",
 ];
 
+/// A v1 type that is stored and served but has no behaviour (so `kubectl apply -k deploy/` works).
+fn stored_only(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+) -> Builtin {
+    Builtin {
+        group,
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        categories: &[],
+        status: plural == "poddisruptionbudgets" || plural == "services",
+        printer: Printer::Columns(Vec::new()),
+        extra_fields: &[],
+        storage_group: group,
+        conversion: Conversion::Identity,
+    }
+}
+
 fn builtins() -> Vec<Builtin> {
     vec![
         Builtin {
@@ -290,6 +316,56 @@ fn builtins() -> Vec<Builtin> {
             storage_group: "apps",
             conversion: Conversion::Identity,
         },
+        stored_only(
+            "",
+            "serviceaccounts",
+            "serviceaccount",
+            "ServiceAccount",
+            true,
+            &["sa"],
+        ),
+        stored_only("", "secrets", "secret", "Secret", true, &[]),
+        stored_only("", "services", "service", "Service", true, &["svc"]),
+        stored_only(
+            "rbac.authorization.k8s.io",
+            "roles",
+            "role",
+            "Role",
+            true,
+            &[],
+        ),
+        stored_only(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "rolebinding",
+            "RoleBinding",
+            true,
+            &[],
+        ),
+        stored_only(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "clusterrole",
+            "ClusterRole",
+            false,
+            &[],
+        ),
+        stored_only(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "clusterrolebinding",
+            "ClusterRoleBinding",
+            false,
+            &[],
+        ),
+        stored_only(
+            "policy",
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+        ),
         Builtin {
             group: "apiextensions.k8s.io",
             version: "v1",
