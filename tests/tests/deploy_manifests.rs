@@ -365,6 +365,17 @@ fn the_agent_daemonset_runs_privileged_on_every_node_with_the_containerd_store()
         Some("snapmend-node-helper")
     );
     assert_eq!(pod.host_pid, Some(true));
+    let rolling = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .expect("rolling update");
+    assert_eq!(
+        rolling.max_surge,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)),
+        "never two agents on one node"
+    );
     assert_eq!(
         pod.priority_class_name.as_deref(),
         Some("system-node-critical")
