@@ -188,6 +188,10 @@ impl Ledger {
         self.records.insert(record.name.clone(), record);
     }
 
+    pub fn contains(&self, name: &str) -> bool {
+        self.records.contains_key(name)
+    }
+
     pub fn remove(&mut self, name: &str) {
         self.records.remove(name);
     }

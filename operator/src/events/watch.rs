@@ -6,18 +6,21 @@
 //! a storm of repeats is settled by [`precheck`] without a single API call.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
 use k8s_openapi::api::events::v1::Event as EventsV1Event;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
+use kube::{Client, ResourceExt};
 use snapmend_crds::SnapshotRepair;
 use snapmend_crds::labels::TRIGGER_EVENT_ANNOTATION;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, instrument, warn};
 
 use super::classify::classify;
@@ -67,6 +70,7 @@ impl EventRemediationConfig {
 enum Input {
     Event(Box<EventFacts>),
     Repair(Box<watcher::Event<SnapshotRepair>>),
+    Node(Box<watcher::Event<PartialObjectMeta<Node>>>),
 }
 
 /// Watches events and creates automatic SnapshotRepairs until the watches end. Run it only on the
@@ -86,7 +90,8 @@ pub async fn run_event_remediation(
         "watching events for damaged snapshots"
     );
     let mut inputs = stream::select_all(input_streams(&client, &config.reasons));
-    let mut remediation = Remediation::new(client, config.policy);
+    let (created_tx, mut created_rx) = mpsc::unbounded_channel();
+    let mut remediation = Remediation::new(client, config.policy, created_tx);
     let mut retry = tokio::time::interval(config.retry_every);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,8 +99,10 @@ pub async fn run_event_remediation(
             input = inputs.next() => match input {
                 Some(Input::Event(facts)) => remediation.on_event(&facts).await,
                 Some(Input::Repair(event)) => remediation.on_repair_event(*event).await,
+                Some(Input::Node(event)) => remediation.on_node_event(*event),
                 None => return Ok(()),
             },
+            Some(done) = created_rx.recv() => remediation.on_created(done),
             _ = retry.tick() => remediation.retry_pending().await,
         }
     }
@@ -140,6 +147,22 @@ fn input_streams(client: &Client, reasons: &[String]) -> Vec<BoxStream<'static, 
         }
     });
     streams.push(repairs.boxed());
+    // Labels only (metadata requests): the opt-out check needs no API call per candidate.
+    let nodes = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(|r| async move {
+        match r {
+            Ok(e) => Some(Input::Node(Box::new(e))),
+            Err(error) => {
+                warn!(%error, "Node watch failed; retrying");
+                None
+            }
+        }
+    });
+    streams.push(nodes.boxed());
     streams
 }
 
@@ -163,17 +186,40 @@ struct Remediation {
     relist: Vec<RepairRecord>,
     bucket: TokenBucket,
     pending: BTreeMap<(String, String), Candidate>,
+    /// Every node's eligibility, from the metadata watch; `None` until it first listed.
+    nodes: Option<BTreeMap<String, NodeView>>,
+    nodes_relist: BTreeMap<String, NodeView>,
+    created: mpsc::UnboundedSender<Created>,
+    create_permits: Arc<Semaphore>,
+}
+
+/// Ledger names of repairs being created (not valid object names, so they never collide).
+const PLACEHOLDER_PREFIX: &str = "creating:";
+/// At most this many creations in flight at once.
+const MAX_CONCURRENT_CREATES: usize = 16;
+
+/// The outcome of one creation, back in the remediation task.
+struct Created {
+    placeholder: String,
+    plan: PlannedRepair,
+    last_seen: Option<Timestamp>,
+    started: Instant,
+    result: Result<SnapshotRepair, kube::Error>,
 }
 
 impl Remediation {
-    fn new(client: Client, policy: Policy) -> Self {
+    fn new(client: Client, policy: Policy, created: mpsc::UnboundedSender<Created>) -> Self {
         Remediation {
+            created,
+            create_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_CREATES)),
             client,
             bucket: TokenBucket::new(policy.rate),
             policy,
             ledger: Ledger::default(),
             relist: Vec::new(),
             pending: BTreeMap::new(),
+            nodes: None,
+            nodes_relist: BTreeMap::new(),
         }
     }
 
@@ -247,7 +293,7 @@ impl Remediation {
             Ok(plan) => {
                 self.pending
                     .remove(&pair_key(&candidate.node, &candidate.target));
-                self.create(&plan, candidate.last_seen).await;
+                self.create(plan, candidate.last_seen);
             }
             Err(skip) => {
                 self.log_skip(&candidate, &skip);
@@ -340,38 +386,77 @@ impl Remediation {
             now,
         ) {
             info!(verification = %record.name, node = %record.node, target = %record.target, "verification found damage; repairing");
-            self.create(&plan, None).await;
+            self.create(plan, None);
         }
     }
 
-    #[instrument(skip_all, fields(node = %plan.node, target = %plan.target.key(), action = ?plan.action, signature = %plan.signature))]
-    async fn create(&mut self, plan: &PlannedRepair, last_seen: Option<Timestamp>) {
-        let started = Instant::now();
+    /// Starts creating the SnapshotRepair without waiting for the API server, so a storm over
+    /// many nodes is not serialised behind round trips. A placeholder keeps the (node, target)
+    /// busy in the ledger until the result comes back through `created`.
+    fn create(&mut self, plan: PlannedRepair, last_seen: Option<Timestamp>) {
+        let placeholder = RepairRecord {
+            name: format!("{PLACEHOLDER_PREFIX}{}/{}", plan.node, plan.target.key()),
+            node: plan.node.clone(),
+            target: plan.target.key(),
+            action: plan.action,
+            automatic: true,
+            phase: None,
+            finished_at: None,
+            found_damage: false,
+            escalated_from: plan.escalated_from.clone(),
+        };
+        let placeholder_name = placeholder.name.clone();
+        self.ledger.upsert(placeholder);
         let api = Api::<SnapshotRepair>::all(self.client.clone());
-        let object = build_repair(plan);
-        match api.create(&PostParams::default(), &object).await {
+        let (sender, permits) = (self.created.clone(), self.create_permits.clone());
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let started = Instant::now();
+            let result = api
+                .create(&PostParams::default(), &build_repair(&plan))
+                .await;
+            let _ = sender.send(Created {
+                placeholder: placeholder_name,
+                plan,
+                last_seen,
+                started,
+                result,
+            });
+        });
+    }
+
+    #[instrument(skip_all, fields(node = %done.plan.node, target = %done.plan.target.key(), action = ?done.plan.action, signature = %done.plan.signature))]
+    fn on_created(&mut self, done: Created) {
+        self.ledger.remove(&done.placeholder);
+        match done.result {
             Ok(created) => {
                 let Some(record) = RepairRecord::from_repair(&created) else {
                     warn!("created SnapshotRepair came back without a name");
                     return;
                 };
-                let since_event_ms = last_seen
+                let since_event_ms = done
+                    .last_seen
                     .map(|t| Timestamp::now().duration_since(t).as_millis())
                     .unwrap_or_default();
                 info!(
                     name = %record.name,
-                    trigger_event = %plan.event,
-                    escalated_from = plan.escalated_from.as_deref().unwrap_or(""),
+                    trigger_event = %done.plan.event,
+                    escalated_from = done.plan.escalated_from.as_deref().unwrap_or(""),
                     since_event_ms,
-                    api_ms = started.elapsed().as_millis() as u64,
+                    api_ms = done.started.elapsed().as_millis() as u64,
                     "created automatic SnapshotRepair"
                 );
-                self.ledger.upsert(record);
+                // The watch may already have delivered a newer state of it; that one wins.
+                if !self.ledger.contains(&record.name) {
+                    self.ledger.upsert(record);
+                }
             }
             Err(source) => {
-                let error =
-                    kube_context("create", format!("SnapshotRepair auto-{}-", plan.node))(source);
-                warn!(%error, "could not create the automatic SnapshotRepair");
+                let error = kube_context(
+                    "create",
+                    format!("SnapshotRepair auto-{}-", done.plan.node),
+                )(source);
+                warn!(%error, "could not create the automatic SnapshotRepair; the next event retries");
             }
         }
     }
@@ -388,8 +473,35 @@ impl Remediation {
         }
     }
 
-    /// The node's eligibility, or `None` when it could not be looked up (try again later).
+    fn on_node_event(&mut self, event: watcher::Event<PartialObjectMeta<Node>>) {
+        let view = |n: &PartialObjectMeta<Node>| NodeView::from_labels(n.metadata.labels.as_ref());
+        match event {
+            watcher::Event::Init => self.nodes_relist.clear(),
+            watcher::Event::InitApply(n) => {
+                self.nodes_relist.insert(n.name_any(), view(&n));
+            }
+            watcher::Event::InitDone => {
+                self.nodes = Some(std::mem::take(&mut self.nodes_relist));
+            }
+            watcher::Event::Apply(n) => {
+                if let Some(nodes) = self.nodes.as_mut() {
+                    nodes.insert(n.name_any(), view(&n));
+                }
+            }
+            watcher::Event::Delete(n) => {
+                if let Some(nodes) = self.nodes.as_mut() {
+                    nodes.remove(&n.name_any());
+                }
+            }
+        }
+    }
+
+    /// The node's eligibility from the watch, else from the API server (a node the watch has
+    /// not delivered yet); `None` when it could not be looked up (try again later).
     async fn node_view(&self, name: &str) -> Option<NodeView> {
+        if let Some(view) = self.nodes.as_ref().and_then(|n| n.get(name)) {
+            return Some(*view);
+        }
         let api = Api::<Node>::all(self.client.clone());
         match api.get_opt(name).await {
             Ok(Some(node)) => Some(NodeView::from_labels(node.metadata.labels.as_ref())),

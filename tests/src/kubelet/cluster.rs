@@ -80,25 +80,47 @@ impl TestCluster {
 
     /// Starts `snapmend-operator` with `args` and waits until it watches events.
     pub async fn start_operator(&mut self, args: &[&str]) -> Result<(), KubeletError> {
-        let operator = spawn_operator(&self.kubeconfig, self.dir.path(), args)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !operator
-            .log_text()
-            .contains("watching events for damaged snapshots")
-        {
+        self.spawn_operator(args)?;
+        self.wait_for_operator_log(
+            "watching events for damaged snapshots",
+            Duration::from_secs(20),
+        )
+        .await
+    }
+
+    /// Starts `snapmend-operator` with `args` without waiting for anything.
+    pub fn spawn_operator(&mut self, args: &[&str]) -> Result<(), KubeletError> {
+        self.operator = Some(spawn_operator(&self.kubeconfig, self.dir.path(), args)?);
+        Ok(())
+    }
+
+    /// Waits until the operator's log contains `line`.
+    pub async fn wait_for_operator_log(
+        &self,
+        line: &str,
+        within: Duration,
+    ) -> Result<(), KubeletError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self
+                .operator
+                .as_ref()
+                .map(ChildProcess::log_text)
+                .unwrap_or_default();
+            if log.contains(line) {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 return Err(KubeletError::Timeout {
                     what: format!(
-                        "the operator to watch events\n--- operator log tail\n{}",
-                        tail(&operator.log_text(), 30)
+                        "operator log line {line:?}\n--- operator log tail\n{}",
+                        tail(&log, 30)
                     ),
-                    after: Duration::from_secs(20),
+                    after: within,
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.operator = Some(operator);
-        Ok(())
     }
 
     /// Adds a node: containerd with the sandbox image and `spec.images`, damage, agent, kubelet.
