@@ -473,12 +473,41 @@ pub fn operator_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors()
+    let binary = exe
+        .ancestors()
         .skip(1)
         .take(2)
         .map(|dir| dir.join("snapmend-operator"))
         .find(|p| p.is_file())
-        .expect("snapmend-operator not built: run `cargo build -p snapmend-operator` or set SNAPMEND_OPERATOR")
+        .expect("snapmend-operator not built: run `cargo build -p snapmend-operator` or set SNAPMEND_OPERATOR");
+    // A stale binary would test old code and pass for the wrong reason.
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/src");
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .expect("binary mtime");
+    if let Some(newest) = newest_mtime(&sources) {
+        assert!(
+            newest <= built,
+            "{} is older than the sources in {}; run `cargo build -p snapmend-operator`",
+            binary.display(),
+            sources.display()
+        );
+    }
+    binary
+}
+
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// `snapmend-operator` against the sim; SIGTERM on drop.
