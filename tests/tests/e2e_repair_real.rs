@@ -134,28 +134,33 @@ impl Env {
         agent
     }
 
-    /// `kubectl apply -f` of a manifest, as a person would.
-    fn kubectl_apply(&self, name: &str, manifest: &str) {
-        let file = self.dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, manifest).expect("write manifest");
+    /// Runs the real kubectl against the sim, asserting success; returns stdout.
+    fn kubectl(&self, args: &[&str]) -> String {
         let out = block_in_place(|| {
             Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
                 .arg("--kubeconfig")
                 .arg(&self.kubeconfig)
                 .arg("--cache-dir")
                 .arg(self.dir.path().join("kubectl-cache"))
-                .args(["apply", "-f"])
-                .arg(&file)
+                .args(args)
                 .env_remove("KUBECONFIG")
                 .output()
         })
         .expect("kubectl is required (scripts/install-test-deps.sh)");
         assert!(
             out.status.success(),
-            "kubectl apply -f {name}.yaml:\n{}{}",
+            "kubectl {args:?}:\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f` of a manifest, as a person would.
+    fn kubectl_apply(&self, name: &str, manifest: &str) {
+        let file = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).expect("write manifest");
+        self.kubectl(&["apply", "-f", &file.to_string_lossy()]);
     }
 
     /// Waits until the operator's `series` reads at least `at_least` (other scenarios add to it).
@@ -379,6 +384,18 @@ async fn incident_is_verified_cordoned_repaired_and_uncordoned() {
     let node_a = node(&client, "node-a").await;
     assert!(!is_unschedulable(&node_a));
     assert_eq!(cordoned_by(&node_a), None, "annotation removed");
+    // What a person watching with kubectl sees (printer columns).
+    let row = env.kubectl(&["get", "sr", "node-a-pause", "--no-headers"]);
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        columns[..4],
+        ["node-a-pause", "node-a", "sandbox", "Repair"],
+        "{row}"
+    );
+    assert!(
+        row.contains("Succeeded") && row.contains("1 missing"),
+        "{row}"
+    );
 
     // The snapshot is what containerd unpacked (directory mtimes aside), and the sandbox runs.
     let diffs = tree(&fs).differences_from(&pristine, &BTreeSet::new());
@@ -716,6 +733,47 @@ async fn node_without_an_agent_fails_with_helper_unavailable() {
         1.0,
     )
     .await;
+}
+
+/// An agent that died without a word (SIGKILL): its Lease still looks fresh, so the request
+/// is sent, and nobody answers it. HelperUnavailable once --helper-timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_fails_with_helper_unavailable_after_the_timeout() {
+    let env = shared_env().await;
+    let client = env.client().await;
+    let image = scenario_image("killed");
+    env.import(std::slice::from_ref(&image));
+    add_node(&client, "node-killed", false).await;
+    let history = NodeHistory::start(&client);
+    let phases = PhaseHistory::start(&client);
+    let agent = env.agent(&client, "node-killed").await;
+    // SAFETY: kill(2) on our own child's pid; the Drop guard reaps it.
+    unsafe {
+        libc::kill(agent.pid() as libc::pid_t, libc::SIGKILL);
+    }
+    let started = Instant::now();
+    create_repair(
+        &client,
+        "node-killed-app",
+        spec("node-killed", &image.name, RepairAction::Repair),
+    )
+    .await;
+    let (sr, took) = wait_terminal(&client, "node-killed-app", started).await;
+    eprintln!("silent agent: Failed after {took:?}");
+    assert_eq!(phase_of(&sr), Some(Phase::Failed), "{:#?}", sr.status);
+    assert_eq!(
+        condition(&sr, "Ready"),
+        ("False".into(), "HelperUnavailable".into())
+    );
+    assert!(
+        took >= HELPER_TIMEOUT && took <= HELPER_TIMEOUT + Duration::from_secs(3),
+        "failed after {took:?}, --helper-timeout is {HELPER_TIMEOUT:?}"
+    );
+    assert!(sr.status.as_ref().and_then(|s| s.report.as_ref()).is_none());
+    phases
+        .wait_for("node-killed-app", &[Phase::Verifying, Phase::Failed])
+        .await;
+    assert_eq!(history.of("node-killed"), [false], "never cordoned");
 }
 
 /// Both binaries answer their probes and count what they did on `/metrics`.
