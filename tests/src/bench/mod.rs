@@ -91,6 +91,9 @@ fn measure(
     let mut samples = Vec::new();
     for i in 0..=runs {
         setup()?;
+        // Writes of the previous run and of the setup must not be flushed during this one.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
         let took = run_checked(&mut make(), label)?;
         if i > 0 {
             samples.push(took);
@@ -301,7 +304,7 @@ fn gib(bytes: u64) -> String {
 pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> String {
     let mut out = String::new();
     out.push_str("## Verify and repair (issues 2 and 3)\n\n");
-    out.push_str(&format!("Measured {date} with `{command}`. Times are medians of the timed runs (after one warm-up run, warm page cache); the ratio is snapmend ÷ reference.\n\n"));
+    out.push_str(&format!("Measured {date} with `{command}`. Times are medians of the timed runs (after one warm-up run; warm page cache; `sync` before every run); the ratio is snapmend ÷ reference.\n\n"));
     out.push_str("| machine | |\n| --- | --- |\n");
     for (k, v) in &report.machine {
         out.push_str(&format!("| {k} | {v} |\n"));
