@@ -20,7 +20,7 @@ trap 'rm -f "$section"' EXIT
 "$target_dir/debug/snapmend-bench" \
   --node-helper "$target_dir/release/snapmend-node-helper" \
   --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
-  --command "bench/run.sh $*" \
+  --command "bench/run.sh${*:+ $*}" \
   "$@" >"$section"
 cat "$section"
 
