@@ -47,14 +47,6 @@ pub struct Pass {
     pub staged: HashMap<InodeId, PathBuf>,
 }
 
-/// containerd's lstat of a hardlink's raw link name relative to its working directory
-/// (`/` for a service): only then does it chmod the shared inode.
-fn hardlink_chmod_applies(linkname: &[u8]) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let p = Path::new("/").join(std::ffi::OsStr::from_bytes(linkname));
-    std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink())
-}
-
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -288,10 +280,7 @@ pub fn run_pass(
         .unwrap_or(2)
         .clamp(2, 4);
 
-    let mut model = LayerModel::new(ModelOptions {
-        base,
-        hardlink_chmod_applies: Box::new(hardlink_chmod_applies),
-    });
+    let mut model = LayerModel::new(ModelOptions::new(base));
     let mut model_error = None;
     let mut content_verdicts = HashMap::new();
     let mut compared_at = HashMap::new();
