@@ -369,6 +369,10 @@ impl Machine<'_, '_> {
         if self.o.spec.action != RepairAction::Repair {
             return self.stop_after_verification(node);
         }
+        // No point cordoning (or asking) a node whose helper is gone.
+        if let Some(why) = self.helper_absence() {
+            return self.fail(reason::HELPER_UNAVAILABLE, why);
+        }
         if node.unschedulable && node.cordoned_by_repair(self.o.name) {
             return self.start_repair(true);
         }

@@ -1336,6 +1336,12 @@ fn invariants_hold_for_every_observation() {
                     "never over the cap: {}",
                     ctx()
                 );
+                assert_eq!(
+                    w.helper,
+                    HelperPresence::Present,
+                    "never without a helper: {}",
+                    ctx()
+                );
                 assert_eq!(to, Phase::Cordoning, "{}", ctx());
             }
             NodeIntent::Uncordon => {
@@ -1426,5 +1432,20 @@ fn changing_the_action_to_verify_mid_repair_gives_back_the_cordon() {
         s.node,
         NodeIntent::Leave,
         "nothing taken, nothing to give back"
+    );
+}
+
+#[test]
+fn damage_found_but_helper_gone_fails_before_cordoning() {
+    let s = verifying()
+        .helper(HelperPresence::NoLease)
+        .answered("1", Outcome::Corrupted)
+        .decide();
+    assert_failed(&s, reason::HELPER_UNAVAILABLE);
+    assert_eq!(s.node, NodeIntent::Leave);
+    assert_eq!(
+        s.status.findings.as_deref(),
+        Some("1 missing"),
+        "the findings stay visible"
     );
 }
