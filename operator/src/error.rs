@@ -54,11 +54,69 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Someone else changed the object between our read and our write (409); retry soon.
+    pub fn is_conflict(&self) -> bool {
+        let kube_error = match self {
+            Error::Kube { source, .. } => Some(source),
+            Error::Finalizer { source, .. } => match source.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => return e.is_conflict(),
+                kube::runtime::finalizer::Error::AddFinalizer(e)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        };
+        matches!(kube_error, Some(kube::Error::Api(s)) if s.is_conflict())
+    }
+}
+
 /// `map_err` adapter that names the API call and the object.
 pub fn kube_context(action: &'static str, object: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube {
         action,
         object,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": code, "reason": reason, "message": reason
+        }))
+        .unwrap();
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn conflicts_are_recognised_through_the_finalizer_wrapper() {
+        let direct = Error::Kube {
+            action: "cordon",
+            object: "node n".into(),
+            source: api_error(409, "Conflict"),
+        };
+        assert!(direct.is_conflict());
+        let other = Error::Kube {
+            action: "cordon",
+            object: "node n".into(),
+            source: api_error(500, "InternalError"),
+        };
+        assert!(!other.is_conflict());
+        let wrapped = Error::Finalizer {
+            finalizer: "f",
+            name: "sr".into(),
+            source: Box::new(kube::runtime::finalizer::Error::ApplyFailed(direct)),
+        };
+        assert!(wrapped.is_conflict());
+        assert_eq!(wrapped.metric_label(), "finalizer");
+        assert!(
+            wrapped.to_string().contains("SnapshotRepair sr"),
+            "{wrapped}"
+        );
     }
 }

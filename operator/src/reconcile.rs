@@ -34,6 +34,8 @@ pub const CONTROLLER_NAME: &str = "snapmend-operator";
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Back-off after a failed reconciliation.
 const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// Retry after a write lost a race (409): the next read sees the winner's change.
+const CONFLICT_RETRY: Duration = Duration::from_millis(500);
 
 /// Shared by every reconciliation: the client, configuration, event recorder and metrics.
 pub struct Context {
@@ -106,6 +108,9 @@ pub async fn reconcile(sr: Arc<SnapshotRepair>, ctx: Arc<Context>) -> Result<Act
 pub fn error_policy(sr: Arc<SnapshotRepair>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(repair = %sr.name_any(), %error, "reconcile failed; retrying");
     ctx.metrics.reconcile_error(error.metric_label());
+    if error.is_conflict() {
+        return Action::requeue(CONFLICT_RETRY);
+    }
     Action::requeue(ERROR_RETRY)
 }
 
