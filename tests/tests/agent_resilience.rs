@@ -98,3 +98,22 @@ async fn survives_the_api_server_going_away_and_coming_back() {
     assert_eq!(report.report.image, "snapmend.test/absent:1");
     agent.wait_ready().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_promptly_on_sigterm_while_the_api_server_is_away() {
+    let sim = start_cluster(0).await;
+    let mut agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", None);
+    agent.wait_ready().await;
+    sim.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let status = agent
+        .terminate(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -143,8 +143,10 @@ pub async fn run_with(
     if tokio::time::timeout(SHUTDOWN_GRACE, work).await.is_err() {
         warn!(grace = ?SHUTDOWN_GRACE, "a request was still running at shutdown; leaving it (repairs are crash-safe)");
     }
-    let _ = watch.await;
-    let _ = presence.await;
+    // Both are safe to cut anywhere; an API call stuck on an unreachable server must not
+    // hold up the exit.
+    watch.abort();
+    presence.abort();
     match server.await {
         Ok(result) => result,
         Err(e) => Err(Error::Serve {
@@ -250,7 +252,10 @@ pub fn main(args: &AgentArgs) -> i32 {
             return 2;
         }
     };
-    match runtime.block_on(run(opts)) {
+    let result = runtime.block_on(run(opts));
+    // A job still running past the grace period is left behind, not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => 0,
         Err(error) => {
             tracing::error!(%error, "agent stopped");
