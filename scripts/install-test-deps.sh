@@ -26,3 +26,7 @@ done
 for tool in unshare nsenter findmnt mount mknod tar; do
   command -v "$tool" >/dev/null || { echo "missing required test tool: $tool" >&2; exit 1; }
 done
+# scripts/validate-manifests.sh (deploy_manifests test) installs kubernetes-validate from PyPI into a venv.
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+fi
