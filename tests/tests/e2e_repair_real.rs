@@ -46,7 +46,8 @@ const FLOW: Duration = Duration::from_secs(60);
 /// One snapmend-sim, one private containerd and one operator, shared by the scenarios running
 /// at the same time and torn down when the last of them drops its handle.
 struct Env {
-    operator: OperatorProcess,
+    /// The first one leads; the others (if any) stand by.
+    operators: Vec<OperatorProcess>,
     fixture: ContainerdFixture,
     sim: Option<BackgroundSim>,
     kubeconfig_yaml: String,
@@ -63,13 +64,18 @@ async fn shared_env() -> Arc<Env> {
     if let Some(env) = slot.upgrade() {
         return env;
     }
-    let env = Arc::new(Env::start().await);
+    let timeout = format!("{}s", HELPER_TIMEOUT.as_secs());
+    // The corrupt-blob scenario keeps its node cordoned while others still need a slot.
+    let args = ["--helper-timeout", &timeout, "--max-cordoned-nodes", "10"];
+    let env = Arc::new(Env::start(&["op-e2e"], &args).await);
     *slot = Arc::downgrade(&env);
     env
 }
 
 impl Env {
-    async fn start() -> Env {
+    /// Starts containerd, the sim and one operator per identity (the first is made leader
+    /// before the others start).
+    async fn start(identities: &[&str], operator_args: &[&str]) -> Env {
         let fixture = block_in_place(ContainerdFixture::start).expect("private containerd");
         // BackgroundSim runs its own runtime; it must be created outside of ours.
         let sim = block_in_place(|| std::thread::spawn(BackgroundSim::start).join())
@@ -81,16 +87,17 @@ impl Env {
         let kubeconfig_yaml = sim.server().kubeconfig_yaml();
         let client = client_for(&sim).await;
         install(&client).await;
-        let timeout = format!("{}s", HELPER_TIMEOUT.as_secs());
-        // The corrupt-blob scenario keeps its node cordoned while others still need a slot.
-        let operator = OperatorProcess::spawn(
-            sim.server(),
-            "op-e2e",
-            &["--helper-timeout", &timeout, "--max-cordoned-nodes", "10"],
-        );
-        operator.wait_leader().await;
+        let mut operators = Vec::new();
+        for identity in identities {
+            operators.push(OperatorProcess::spawn(
+                sim.server(),
+                identity,
+                operator_args,
+            ));
+            operators[0].wait_leader().await;
+        }
         Env {
-            operator,
+            operators,
             fixture,
             sim: Some(sim),
             kubeconfig_yaml,
@@ -98,6 +105,10 @@ impl Env {
             imports: Mutex::new(()),
             dir,
         }
+    }
+
+    fn operator(&self) -> &OperatorProcess {
+        &self.operators[0]
     }
 
     /// A client on the calling test's runtime.
@@ -168,7 +179,7 @@ impl Env {
         let mut last = 0.0;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            last = self.operator.metric(series).await;
+            last = self.operator().metric(series).await;
             if last >= at_least {
                 return;
             }
@@ -184,7 +195,9 @@ async fn client_for(sim: &BackgroundSim) -> Client {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        self.operator.terminate(Duration::from_secs(5));
+        for operator in &mut self.operators {
+            operator.terminate(Duration::from_secs(5));
+        }
         // The sim's runtime blocks on its own shutdown; that may not happen on a runtime thread.
         if let Some(sim) = self.sim.take() {
             let _ = std::thread::spawn(move || drop(sim)).join();
@@ -797,7 +810,7 @@ async fn metrics_and_probes_of_operator_and_agent() {
 
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
-            env.operator.http_get(path).await.map(|r| r.0),
+            env.operator().http_get(path).await.map(|r| r.0),
             Some(200),
             "operator {path}"
         );
@@ -821,7 +834,7 @@ async fn metrics_and_probes_of_operator_and_agent() {
     ] {
         env.wait_operator_metric(series, at_least).await;
     }
-    let (_, text) = env.operator.http_get("/metrics").await.expect("metrics");
+    let (_, text) = env.operator().http_get("/metrics").await.expect("metrics");
     for series in ["snapmend_findings_total", "snapmend_nodes_cordoned"] {
         assert!(
             metric_value(&text, series).is_some(),
@@ -844,4 +857,92 @@ async fn metrics_and_probes_of_operator_and_agent() {
         assert_eq!(agent.metric(series).await, want, "agent {series}");
     }
     assert!(agent.metric("snapmend_agent_lease_renewals_total").await >= 1.0);
+}
+
+/// Three broken nodes, a cap of one cordoned node, two operator replicas, and the leader
+/// SIGKILLed once the first node is cordoned: the standby takes over, at most one node is ever
+/// cordoned, and all three snapshots are repaired without a request being asked twice.
+/// Its own containerd, sim and operators (the shared operator would compete for leadership).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordon_cap_holds_across_a_leader_killed_mid_flight() {
+    let mut env = Env::start(
+        &["op-cap-a", "op-cap-b"],
+        &["--helper-timeout", "20s", "--max-cordoned-nodes", "1"],
+    )
+    .await;
+    let client = env.client().await;
+    let nodes = ["node-cap-1", "node-cap-2", "node-cap-3"];
+    let images: Vec<ImageSpec> = nodes.iter().map(|n| scenario_image(n)).collect();
+    env.import(&images);
+    let mut damaged = Vec::new();
+    for image in &images {
+        let fs = env.snapshot_fs(&image.name).pop().expect("one layer");
+        let pristine = tree(&fs);
+        std::fs::remove_file(fs.join("app")).expect("damage the snapshot");
+        damaged.push((fs, pristine));
+    }
+    for node in nodes {
+        add_node(&client, node, false).await;
+    }
+    let history = NodeHistory::start(&client);
+    let mut agents = Vec::new();
+    for node in nodes {
+        agents.push(env.agent(&client, node).await);
+    }
+    let started = Instant::now();
+    for (node, image) in nodes.iter().zip(&images) {
+        create_repair(
+            &client,
+            &format!("{node}-app"),
+            spec(node, &image.name, RepairAction::Repair),
+        )
+        .await;
+    }
+
+    wait_for("a first cordon", FLOW, || async {
+        (history.max_unschedulable_at_once() >= 1).then_some(())
+    })
+    .await;
+    env.operators[0].kill();
+    for node in nodes {
+        let (sr, _) = wait_terminal(&client, &format!("{node}-app"), started).await;
+        assert_eq!(
+            phase_of(&sr),
+            Some(Phase::Succeeded),
+            "{node}: {:#?}",
+            sr.status
+        );
+        assert_eq!(report_outcome(&sr), Some(Outcome::Repaired), "{node}");
+        assert_eq!(
+            sr.status.as_ref().and_then(|s| s.cordoned_by_operator),
+            Some(true)
+        );
+        wait_cordon_history(&history, node, &[false, true, false]).await;
+    }
+    eprintln!(
+        "3 repairs with a cap of 1 and a leader change took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        history.max_unschedulable_at_once(),
+        1,
+        "never more than --max-cordoned-nodes"
+    );
+    for (fs, pristine) in &damaged {
+        let diffs = tree(fs).differences_from(pristine, &BTreeSet::new());
+        assert!(diffs.is_empty(), "{}: {diffs:#?}", fs.display());
+    }
+    // The standby leads now, and no request was issued twice (each agent ran one of each).
+    assert_eq!(
+        env.operators[1].metric("snapmend_operator_leader").await,
+        1.0
+    );
+    for (node, agent) in nodes.iter().zip(&agents) {
+        for series in [
+            r#"snapmend_agent_requests_total{action="Verify",outcome="Corrupted"}"#,
+            r#"snapmend_agent_requests_total{action="Repair",outcome="Repaired"}"#,
+        ] {
+            assert_eq!(agent.metric(series).await, 1.0, "{node} {series}");
+        }
+    }
 }
