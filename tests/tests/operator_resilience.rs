@@ -317,7 +317,11 @@ async fn two_replicas_only_one_acts() {
 
     // The leader dies without releasing its Lease: the standby takes over within the Lease time.
     first.kill();
+    let killed = Instant::now();
     second.wait_leader().await;
+    let takeover = killed.elapsed();
+    eprintln!("standby took over {takeover:?} after the leader was killed (3 s Lease)");
+    assert!(takeover < Duration::from_secs(10), "{takeover:?}");
     apply_repair(
         &client,
         "node-b-pause",
