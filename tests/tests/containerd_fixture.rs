@@ -2,6 +2,9 @@
 //! every test image imports and unpacks, containers start, parallel fixtures do not collide,
 //! and dropping a fixture leaves nothing behind.
 
+// Helpers of this test crate unwrap like the tests do (clippy.toml allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use snapmend_tests::containerd::{ContainerdFixture, RunOutcome, mounts_beneath};

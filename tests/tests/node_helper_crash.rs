@@ -4,6 +4,9 @@
 //! containerd's unpack, and nothing in the containerd root outside the damaged snapshots
 //! changed.
 
+// Helpers of this test crate unwrap like the tests do (clippy.toml allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

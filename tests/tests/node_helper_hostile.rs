@@ -4,6 +4,9 @@
 //! repaired tree must equal containerd's own unpack and nothing may be written outside the
 //! snapshot. Truncated gzip and a blob that does not match its digest must be refused.
 
+// Helpers of this test crate unwrap like the tests do (clippy.toml allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 

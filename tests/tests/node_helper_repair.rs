@@ -2,6 +2,9 @@
 //! repaired back to exactly what containerd unpacked, the incident is fixed end to end while a
 //! container keeps running, and a bad blob makes the layer Unrepairable with nothing written.
 
+// Helpers of this test crate unwrap like the tests do (clippy.toml allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
 use snapmend_crds::{LayerState, Outcome};
 use snapmend_tests::containerd::RunOutcome;
 use snapmend_tests::fs_tree::capture_tree;

@@ -2,6 +2,9 @@
 //! any freshly imported image, every corruption found at the right path with the right kind,
 //! the incident reproduced for real, and bad input handled without panics.
 
+// Helpers of this test crate unwrap like the tests do (clippy.toml allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
 use snapmend_crds::{BlobState, FindingKind, LayerState, Outcome};
 use snapmend_tests::containerd::RunOutcome;
 use snapmend_tests::image_builder::{
