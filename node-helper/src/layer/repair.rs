@@ -37,27 +37,27 @@ use crate::{Error, Result};
 /// Environment knob for crash tests: abort after this many renames into `fs`.
 pub const FAULT_ENV: &str = "SNAPMEND_FAULT_AFTER_RENAMES";
 pub const STAGING_DIR: &str = "snapmend-staging";
-pub const LOCK_FILE: &str = ".snapmend.lock";
+/// Inside staging: the snapshot directory's times from before the first (maybe interrupted)
+/// repair, restored when staging goes away so nothing outside `fs` looks touched.
+const PARENT_TIMES: &str = "snapshot-dir-times";
 
 fn nix_io(e: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// An exclusive, non-blocking flock on `snapshots/<id>/.snapmend.lock`, held for the repair.
+/// An exclusive, non-blocking `flock` on the snapshot directory itself, held for the repair.
+/// No file is created; the CLI and the agent (another mount namespace, same inode) exclude
+/// each other.
 pub struct SnapshotLock {
-    _file: File,
+    _dir: File,
 }
 
 pub fn lock_snapshot(dir: &Path) -> Result<SnapshotLock> {
-    let p = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&p)
-        .map_err(|e| Error::io(&p, e))?;
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| Error::io(dir, e))?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
@@ -67,25 +67,86 @@ pub fn lock_snapshot(dir: &Path) -> Result<SnapshotLock> {
                 reason: "another repair of this snapshot is running".into(),
             });
         }
-        return Err(Error::io(&p, e));
+        return Err(Error::io(dir, e));
     }
-    Ok(SnapshotLock { _file: file })
+    Ok(SnapshotLock { _dir: file })
 }
 
-/// Removes what an earlier, interrupted repair left in the staging directory, and creates it.
-pub fn fresh_staging(dir: &Path) -> Result<PathBuf> {
+/// `snapshots/<id>/snapmend-staging`, and the snapshot directory's original times.
+pub struct Staging {
+    pub path: PathBuf,
+    snapshot_dir: PathBuf,
+    times: (Timestamp, Timestamp),
+}
+
+fn dir_times(dir: &Path) -> Result<(Timestamp, Timestamp)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
+    Ok((
+        Timestamp {
+            sec: m.atime(),
+            nsec: m.atime_nsec() as u32,
+        },
+        Timestamp {
+            sec: m.mtime(),
+            nsec: m.mtime_nsec() as u32,
+        },
+    ))
+}
+
+fn parse_times(text: &str) -> Option<(Timestamp, Timestamp)> {
+    let v: Vec<i64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match v.as_slice() {
+        [a, an, m, mn] => Some((
+            Timestamp {
+                sec: *a,
+                nsec: u32::try_from(*an).ok()?,
+            },
+            Timestamp {
+                sec: *m,
+                nsec: u32::try_from(*mn).ok()?,
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// Removes what an earlier, interrupted repair left in the staging directory (keeping the
+/// snapshot directory times it recorded), and creates it afresh.
+pub fn fresh_staging(dir: &Path) -> Result<Staging> {
     let p = dir.join(STAGING_DIR);
+    let recorded = std::fs::read_to_string(p.join(PARENT_TIMES))
+        .ok()
+        .and_then(|t| parse_times(&t));
     match std::fs::symlink_metadata(&p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?,
         Ok(_) => std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&p, e)),
     }
+    let times = match recorded {
+        Some(t) => t,
+        None => dir_times(dir)?,
+    };
     std::fs::DirBuilder::new()
         .mode_0700()
         .create(&p)
         .map_err(|e| Error::io(&p, e))?;
-    Ok(p)
+    let record = p.join(PARENT_TIMES);
+    let (a, m) = times;
+    std::fs::write(
+        &record,
+        format!("{} {} {} {}\n", a.sec, a.nsec, m.sec, m.nsec),
+    )
+    .map_err(|e| Error::io(&record, e))?;
+    Ok(Staging {
+        path: p,
+        snapshot_dir: dir.to_path_buf(),
+        times,
+    })
 }
 
 trait DirBuilderExt2 {
@@ -97,11 +158,23 @@ impl DirBuilderExt2 for std::fs::DirBuilder {
     }
 }
 
-fn remove_staging(p: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(p)
+/// Deletes staging and puts the snapshot directory's times back.
+fn remove_staging(s: &Staging) {
+    if let Err(e) = std::fs::remove_dir_all(&s.path)
         && e.kind() != io::ErrorKind::NotFound
     {
-        tracing::warn!(path = %p.display(), error = %e, "cannot remove staging directory; the next repair removes it");
+        tracing::warn!(path = %s.path.display(), error = %e, "cannot remove staging directory; the next repair removes it");
+        return;
+    }
+    let (a, m) = s.times;
+    if let Err(e) = utimensat(
+        nix::fcntl::AT_FDCWD,
+        &s.snapshot_dir,
+        &timespec(a),
+        &timespec(m),
+        UtimensatFlags::NoFollowSymlink,
+    ) {
+        tracing::warn!(path = %s.snapshot_dir.display(), error = %e, "cannot restore the snapshot directory's times");
     }
 }
 
@@ -182,7 +255,7 @@ pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair
     } else {
         Some(fresh_staging(&snap.dir)?)
     };
-    let result = repair_locked(layer, snap, staging.as_deref());
+    let result = repair_locked(layer, snap, staging.as_ref().map(|s| s.path.as_path()));
     if let Some(s) = &staging {
         remove_staging(s);
     }

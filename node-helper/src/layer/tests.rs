@@ -925,3 +925,24 @@ fn bench_layer() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn repair_leaves_nothing_behind_outside_fs_even_after_a_crash() {
+    let f = fixture(&rich_layer(), false).unpacked();
+    let dir = f.layer.snapshot.as_ref().unwrap().dir.clone();
+    let before = std::fs::symlink_metadata(&dir).unwrap().mtime_nsec();
+    let before_s = std::fs::symlink_metadata(&dir).unwrap().mtime();
+    std::fs::remove_file(f.p("pause")).unwrap();
+    // A crashed run left staging behind (with the times it recorded).
+    let staging = dir.join(super::repair::STAGING_DIR);
+    let _ = super::repair::fresh_staging(&dir).unwrap();
+    std::fs::write(staging.join("file-1"), b"half").unwrap();
+    assert_eq!(f.repair().report.state, LayerState::Repaired);
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("fs")]);
+    let after = std::fs::symlink_metadata(&dir).unwrap();
+    assert_eq!((after.mtime(), after.mtime_nsec()), (before_s, before));
+}
