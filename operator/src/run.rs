@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::OperatorConfig;
 use crate::error::Error;
+use crate::events::{EventRemediationConfig, run_event_remediation};
 use crate::http::{self, Health};
 use crate::leader;
 use crate::metrics::Metrics;
@@ -80,7 +81,24 @@ pub async fn run_operator_with(
 /// Everything only the leader runs, until `stop` is cancelled. Further leader-only tasks
 /// (automatic repairs from events) are joined here.
 pub async fn run_as_leader(ctx: Arc<Context>, stop: CancellationToken) {
-    run_repair_controller(ctx, stop).await;
+    tokio::join!(
+        run_repair_controller(ctx.clone(), stop.clone()),
+        run_event_remediation_until(ctx, stop),
+    );
+}
+
+/// Automatic SnapshotRepairs from kubelet events (`--auto-remediate`, `--cooldown`), until `stop`.
+pub async fn run_event_remediation_until(ctx: Arc<Context>, stop: CancellationToken) {
+    let args = &ctx.config.args;
+    let config = EventRemediationConfig::new(args.auto_remediate, args.cooldown);
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        result = run_event_remediation(ctx.client.clone(), config) => {
+            if let Err(error) = result {
+                warn!(%error, "automatic remediation stopped");
+            }
+        }
+    }
 }
 
 /// The SnapshotRepair controller.
