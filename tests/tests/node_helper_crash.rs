@@ -177,3 +177,44 @@ fn sigkill_at_spread_instants_then_rerun_heals() {
         "the repair must take measurable time"
     );
 }
+
+#[test]
+fn two_repairs_at_once_leave_one_correct_result() {
+    let s = Scenario::start(&[many_files_image(MANY, 1500).unwrap()]).unwrap();
+    let pristine = s.capture_pristine(MANY).unwrap();
+    empty_dir(&pristine.layers[0].fs).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            s.helper
+                .command("repair", &["--image", MANY, "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for out in &outputs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0..=2)),
+            "{:?}: {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(
+        outputs.iter().any(|o| o.status.success()),
+        "neither concurrent repair succeeded"
+    );
+    s.assert_healthy(MANY);
+    let diffs = pristine.differences_now().unwrap();
+    assert!(
+        diffs.is_empty(),
+        "after two concurrent repairs:\n{}",
+        diffs.join("\n")
+    );
+}
