@@ -189,6 +189,20 @@ impl Env {
     }
 }
 
+/// Prints the operators' logs when the scenario holding it fails (the shared environment
+/// itself may outlive the failing scenario and drop without a panic).
+struct OperatorLogOnPanic(Arc<Env>);
+
+impl Drop for OperatorLogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for operator in &self.0.operators {
+                eprintln!("--- operator log ---\n{}", operator.log_text());
+            }
+        }
+    }
+}
+
 async fn client_for(sim: &BackgroundSim) -> Client {
     Client::try_from(sim.server().kube_config().expect("kube config")).expect("client")
 }
@@ -339,6 +353,7 @@ async fn wait_cordon_history(history: &NodeHistory, node: &str, want: &[bool]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_is_verified_cordoned_repaired_and_uncordoned() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     let sandbox = env.fixture.sandbox_image().to_string();
     env.import(&[pause_image(&sandbox).expect("pause image")]);
@@ -451,6 +466,7 @@ async fn incident_is_verified_cordoned_repaired_and_uncordoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_snapshot_succeeds_without_a_cordon() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     let image = scenario_image("healthy");
     env.import(std::slice::from_ref(&image));
@@ -510,6 +526,7 @@ async fn healthy_snapshot_succeeds_without_a_cordon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_action_reports_damage_without_cordon_or_write() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     let image = scenario_image("verify");
     env.import(std::slice::from_ref(&image));
@@ -577,6 +594,7 @@ async fn verify_action_reports_damage_without_cordon_or_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_cordoned_node_is_repaired_and_stays_cordoned() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     let image = scenario_image("cordoned");
     env.import(std::slice::from_ref(&image));
@@ -631,6 +649,7 @@ async fn pre_cordoned_node_is_repaired_and_stays_cordoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_blob_fails_and_keeps_the_node_cordoned() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     let image = scenario_image("blob");
     let built = env.import(std::slice::from_ref(&image));
@@ -713,6 +732,7 @@ async fn corrupt_blob_fails_and_keeps_the_node_cordoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_without_an_agent_fails_with_helper_unavailable() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     add_node(&client, "node-b", false).await;
     let history = NodeHistory::start(&client);
@@ -753,6 +773,7 @@ async fn node_without_an_agent_fails_with_helper_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agent_fails_with_helper_unavailable_after_the_timeout() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     let image = scenario_image("killed");
     env.import(std::slice::from_ref(&image));
@@ -793,6 +814,7 @@ async fn killed_agent_fails_with_helper_unavailable_after_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_probes_of_operator_and_agent() {
     let env = shared_env().await;
+    let _logs = OperatorLogOnPanic(env.clone());
     let client = env.client().await;
     let image = scenario_image("metrics");
     env.import(std::slice::from_ref(&image));
