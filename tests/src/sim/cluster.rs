@@ -1418,6 +1418,81 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_with_content_terminate_until_emptied() {
+        let c = Cluster::new(ClusterConfig::default());
+        let ns = def(&c, "", "namespaces");
+        let d = def(&c, "", "configmaps");
+        let body = json!({"metadata": {"name": "work"}});
+        c.create(&ns, None, body, &WriteOptions::default()).unwrap();
+        let mut held = cm("held", json!({}));
+        held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        c.create(&d, Some("work"), held, &WriteOptions::default())
+            .unwrap();
+        c.create(
+            &d,
+            Some("work"),
+            cm("free", json!({})),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+
+        let marked = c.delete(&ns, None, "work", &Value::Null, false).unwrap();
+        assert_eq!(marked["status"]["phase"], "Terminating");
+        let refused = c.create(
+            &d,
+            Some("work"),
+            cm("new", json!({})),
+            &WriteOptions::default(),
+        );
+        assert_eq!(refused.unwrap_err().code, 403);
+
+        c.finalize_terminating_namespaces(std::time::Duration::ZERO);
+        assert_eq!(c.get(&d, Some("work"), "free").unwrap_err().code, 404);
+        let still = c.get(&d, Some("work"), "held").unwrap();
+        assert!(still["metadata"]["deletionTimestamp"].is_string());
+        assert!(
+            c.get(&ns, None, "work").is_ok(),
+            "held by the finalizer of its content"
+        );
+
+        let mut release = still;
+        release["metadata"]["finalizers"] = json!([]);
+        c.update(
+            &d,
+            Some("work"),
+            "held",
+            release,
+            false,
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        c.finalize_terminating_namespaces(std::time::Duration::ZERO);
+        assert_eq!(c.get(&ns, None, "work").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn deleting_an_owner_deletes_its_dependents() {
+        let c = Cluster::new(ClusterConfig::default());
+        let d = def(&c, "", "configmaps");
+        let owner = c
+            .create(
+                &d,
+                Some("default"),
+                cm("owner", json!({})),
+                &WriteOptions::default(),
+            )
+            .unwrap()
+            .object;
+        let mut dep = cm("dep", json!({}));
+        dep["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]);
+        c.create(&d, Some("default"), dep, &WriteOptions::default())
+            .unwrap();
+        c.delete(&d, Some("default"), "owner", &Value::Null, false)
+            .unwrap();
+        assert_eq!(c.get(&d, Some("default"), "dep").unwrap_err().code, 404);
+    }
+
+    #[test]
     fn watch_from_compacted_version_is_gone() {
         let c = Cluster::new(ClusterConfig { history_window: 2 });
         let d = def(&c, "", "configmaps");

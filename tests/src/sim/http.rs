@@ -465,7 +465,14 @@ async fn resource_request(
             let kind = PatchKind::from_content_type(ct)
                 .ok_or_else(|| StatusError::unsupported_media_type(ct))?;
             if kind == PatchKind::Strategic && t.def.crd_name.is_some() {
-                return Err(StatusError::unsupported_media_type(ct));
+                return Err(StatusError {
+                    code: 415,
+                    reason: "UnsupportedMediaType",
+                    message: format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (strategic merge patch is not supported for custom resources; got {ct:?})"
+                    ),
+                    details: None,
+                });
             }
             let patch = if kind == PatchKind::Apply {
                 serde_yaml::from_slice::<Value>(body)
