@@ -9,11 +9,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_support::*;
+use kube::CustomResourceExt;
 use snapmend_crds::{
     BlobState, ContentCheck, FindingKind, LayerState, Outcome, RepairAction, SnapshotRepairSpec,
 };
 use snapmend_tests::containerd::{ContainerdFixture, RunOutcome};
 use snapmend_tests::image_builder::pause_image;
+use snapmend_tests::sim::SimServer;
 
 const ANSWER: Duration = Duration::from_secs(60);
 
@@ -108,4 +110,44 @@ async fn the_agent_verifies_and_repairs_the_incident_on_request() {
     );
     drop(agent);
     cluster.finish(&[&node]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_api_server_rejects_is_replaced_by_a_minimal_error_report() {
+    let fixture = ContainerdFixture::start().unwrap();
+    let sandbox = fixture.sandbox_image().to_string();
+    fixture
+        .import_images(&[pause_image(&sandbox).unwrap()])
+        .unwrap();
+
+    // A CRD that allows no layers in status.report: the full report is Invalid (422).
+    let mut crd = serde_json::to_value(snapmend_crds::SnapshotRepair::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        ["report"]["properties"]["layers"]["maxItems"] = serde_json::json!(0);
+    let sim = SimServer::start().await.unwrap();
+    let client = sim.client().unwrap();
+    install_with_crd(&client, &serde_json::from_value(crd).unwrap()).await;
+
+    let store = StoreArgs {
+        root: fixture.root(),
+        config: fixture.config_path(),
+    };
+    let agent = AgentProcess::spawn(&sim.kubeconfig_yaml(), "node-a", Some(&store));
+    agent.wait_ready().await;
+    create_repair(&client, "node-a-pause", "node-a", &sandbox).await;
+    request(&client, "node-a-pause", "1", RepairAction::Verify).await;
+    let report = wait_for_report(&client, "node-a-pause", "1", ANSWER)
+        .await
+        .report;
+    assert_eq!(report.outcome, Outcome::Error, "{report:?}");
+    assert!(report.layers.is_empty());
+    assert_eq!(report.image, sandbox);
+    let message = report.message.unwrap_or_default();
+    assert!(message.contains("Healthy report was rejected"), "{message}");
+    assert!(
+        agent
+            .metric("snapmend_agent_report_write_failures_total")
+            .await
+            >= 1.0
+    );
 }

@@ -216,9 +216,10 @@ impl Worker {
         &mut self,
         name: &str,
         mut previous: Option<RequestReport>,
-        report: RequestReport,
+        mut report: RequestReport,
     ) -> bool {
         let mut retry = RETRY_FIRST;
+        let mut minimal = false;
         loop {
             match self.patch_report(name, previous.as_ref(), &report).await {
                 Ok(()) => {
@@ -228,6 +229,16 @@ impl Worker {
                 Err(error) if is_not_found(&error) => {
                     info!("SnapshotRepair deleted before its report was written");
                     return true;
+                }
+                Err(error) if is_rejected(&error) && !minimal => {
+                    // The API server will never take this report (too large, or a CRD older
+                    // than the agent): answer with a minimal Error report rather than block
+                    // the queue.
+                    self.metrics.report_write_failed();
+                    warn!(%error, "the report was rejected; writing a minimal Error report instead");
+                    report = minimal_report(&report, &error.to_string());
+                    minimal = true;
+                    continue;
                 }
                 Err(error) => {
                     self.metrics.report_write_failed();
@@ -314,6 +325,86 @@ fn error_report(target: &Target, message: String) -> Report {
     }
 }
 
+/// The Error report written when the full one is rejected: no layers or findings, only what
+/// was asked, for which image, and why the full report is missing.
+fn minimal_report(full: &RequestReport, why: &str) -> RequestReport {
+    RequestReport {
+        request_id: full.request_id.clone(),
+        report: Report {
+            image: full.report.image.clone(),
+            outcome: Outcome::Error,
+            message: Some(format!(
+                "the agent's {:?} report was rejected by the API server: {why}",
+                full.report.outcome
+            )),
+            ..Default::default()
+        },
+    }
+}
+
+/// 400 Bad Request, 413 Request Entity Too Large or 422 Invalid: resending the same body
+/// cannot succeed.
+fn is_rejected(error: &Error) -> bool {
+    matches!(error, Error::Kube { source, .. }
+        if matches!(source.as_ref(), kube::Error::Api(s) if rejection_code(s.code)))
+}
+
+fn rejection_code(code: u16) -> bool {
+    matches!(code, 400 | 413 | 422)
+}
+
 fn is_not_found(error: &Error) -> bool {
     matches!(error, Error::Kube { source, .. } if matches!(source.as_ref(), kube::Error::Api(s) if s.is_not_found()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapmend_crds::{BlobState, LayerReport, LayerState};
+
+    #[test]
+    fn only_bad_request_and_invalid_are_final_rejections() {
+        for code in [400, 413, 422] {
+            assert!(rejection_code(code), "{code}");
+        }
+        for code in [401, 403, 404, 409, 429, 500, 503, 504] {
+            assert!(!rejection_code(code), "{code} is retried");
+        }
+    }
+
+    #[test]
+    fn the_minimal_report_keeps_the_request_and_says_what_was_rejected() {
+        let full = RequestReport {
+            request_id: "4".into(),
+            report: Report {
+                image: "registry.k8s.io/pause:3.10".into(),
+                outcome: Outcome::Repaired,
+                layers: vec![LayerReport {
+                    index: 0,
+                    digest: "sha256:a".into(),
+                    diff_id: "sha256:b".into(),
+                    chain_id: "sha256:b".into(),
+                    snapshot_id: None,
+                    snapshot_path: None,
+                    blob: BlobState::Verified,
+                    state: LayerState::Repaired,
+                    findings_total: 1,
+                    findings: vec![],
+                    entries_restored: Some(1),
+                }],
+                ..Default::default()
+            },
+        };
+        let minimal = minimal_report(&full, "status.report.layers: unknown field");
+        assert_eq!(minimal.report.outcome, Outcome::Error);
+        assert!(minimal.report.layers.is_empty());
+        assert_eq!(minimal.request_id, "4");
+        assert_eq!(minimal.report.image, full.report.image);
+        let message = minimal.report.message.unwrap_or_default();
+        assert!(
+            message.contains("Repaired report was rejected"),
+            "{message}"
+        );
+        assert!(message.contains("unknown field"), "{message}");
+    }
 }

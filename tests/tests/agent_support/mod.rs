@@ -155,12 +155,13 @@ pub async fn start_cluster(port: u16) -> SimServer {
 /// What `kubectl apply -k deploy/` would create that the agent depends on (kept when a real
 /// cluster already has it).
 pub async fn install(client: &Client) {
+    install_with_crd(client, &SnapshotRepair::crd()).await;
+}
+
+/// [`install`] with another version of the CRD (e.g. one older than the agent).
+pub async fn install_with_crd(client: &Client, crd: &CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    ok_or_exists(
-        crds.create(&PostParams::default(), &SnapshotRepair::crd())
-            .await,
-        "create CRD",
-    );
+    ok_or_exists(crds.create(&PostParams::default(), crd).await, "create CRD");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}})).expect("namespace");
