@@ -59,7 +59,7 @@ async fn demo() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("timeline (wall clock, time since start):");
     for line in incident.timeline.lines() {
-        println!("  {line}");
+        println!("  {}", line.replace('\n', "\n  "));
     }
     println!();
     println!("{}", incident.sr_table().await);
@@ -72,12 +72,12 @@ fn summary(report: &IncidentReport) -> Result<(), String> {
         "first FailedCreatePodSandBox -> SnapshotRepair created: {}",
         report
             .first_event_to_repair_created
-            .map(|d| format!("{:.2}s", d.as_secs_f64()))
+            .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
             .unwrap_or_else(|| "-".into())
     );
     println!(
-        "first FailedCreatePodSandBox -> sandbox running:        {:.2}s ({} failed starts; the incident took 13 minutes and 44 events)",
-        report.first_event_to_sandbox_running.as_secs_f64(),
+        "first FailedCreatePodSandBox -> sandbox running:        {:.0} ms ({} failed starts; the incident took 13 minutes and 44 events)",
+        report.first_event_to_sandbox_running.as_secs_f64() * 1e3,
         report.failed_starts
     );
     let repaired = report.repairs.iter().any(|sr| {
