@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use operator_support::{
     NodeHistory, OperatorProcess, add_node, condition, cordoned_by, get_repair, is_unschedulable,
-    message, metric_value, node, wait_for,
+    message, metric_value, node, wait_events, wait_for,
 };
 use snapmend_crds::{
     ContentCheck, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
@@ -409,6 +409,20 @@ async fn incident_is_verified_cordoned_repaired_and_uncordoned() {
         )
         .await;
     wait_cordon_history(&history, "node-a", &[false, true, false]).await;
+    wait_events(
+        &client,
+        "node-a-pause",
+        &[
+            "VerifyRequested",
+            "CorruptionFound",
+            "Cordoning",
+            "RepairRequested",
+            "Repaired",
+            "Uncordoned",
+            "Succeeded",
+        ],
+    )
+    .await;
     let node_a = node(&client, "node-a").await;
     assert!(!is_unschedulable(&node_a));
     assert_eq!(cordoned_by(&node_a), None, "annotation removed");
