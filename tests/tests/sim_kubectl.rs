@@ -625,6 +625,32 @@ fn finalizers_replace_conflicts_and_generate_name() {
         ),
     ]);
     assert!(exists.contains("AlreadyExists"), "{exists}");
+    let bad_name = k.fails(&["create", "configmap", "Bad_Name", "--from-literal=a=b"]);
+    assert!(
+        bad_name.contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{bad_name}"
+    );
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        "team-a",
+        "--from-literal=mode=fast",
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "fast"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ use super::registry::{Registry, ResourceDef, StorageKey};
 use super::selectors::{FieldSelector, LabelSelector, field_string, object_labels};
 use super::ssa;
 use super::status::{Cause, StatusError, Target};
-use super::validation::{FieldValidation, validate_custom_resource};
+use super::validation::{FieldValidation, validate_custom_resource, validate_object_meta};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -536,6 +536,17 @@ impl Cluster {
         warnings: &mut Vec<String>,
     ) -> Result<Value, StatusError> {
         let name = meta_str(&served, "name").unwrap_or("").to_string();
+        let meta_causes =
+            validate_object_meta(&served, def.group.is_empty() && def.plural == "namespaces");
+        if !meta_causes.is_empty() {
+            return Err(StatusError::invalid(
+                &def.kind_group(),
+                &name,
+                &def.group,
+                &def.kind,
+                &meta_causes,
+            ));
+        }
         if let Some(schema) = &def.schema {
             let outcome = validate_custom_resource(schema, &served, old, opts.field_validation);
             if !outcome.unknown_fields.is_empty() {

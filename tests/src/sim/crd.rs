@@ -83,12 +83,23 @@ pub fn admit_crd(mut crd: Value, served: &[ResourceDef]) -> Result<Value, Status
         ));
     }
     for (i, v) in versions.iter().enumerate() {
-        if v.pointer("/schema/openAPIV3Schema").is_none() {
-            causes.push(Cause::new(
+        match v.pointer("/schema/openAPIV3Schema") {
+            None => causes.push(Cause::new(
                 "FieldValueRequired",
                 format!("spec.versions[{i}].schema.openAPIV3Schema"),
                 "Required value: schemas are required",
-            ));
+            )),
+            Some(schema) => {
+                // CEL rules must compile, as the API server checks at registration.
+                let compiled = kube_cel::compile_schema(schema);
+                for e in compiled.compilation_errors() {
+                    causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        format!("spec.validation.openAPIV3Schema[{i}].x-kubernetes-validations"),
+                        format!("Invalid value: \"object\": compilation failed: {e}"),
+                    ));
+                }
+            }
         }
     }
     let builtin_clash = served
@@ -153,6 +164,25 @@ mod tests {
         assert_eq!(out["spec"]["names"]["singular"], "widget");
         assert_eq!(out["status"]["conditions"][1]["type"], "Established");
         assert_eq!(out["status"]["storedVersions"], json!(["v1"]));
+    }
+
+    #[test]
+    fn crd_with_a_cel_rule_that_does_not_compile_is_invalid() {
+        let crd = json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                     "names": {"plural": "widgets", "kind": "Widget"},
+                     "versions": [{"name": "v1", "served": true, "storage": true,
+                                   "schema": {"openAPIV3Schema": {"type": "object",
+                                       "x-kubernetes-validations": [{"rule": "self.a ==", "message": "x"}]}}}]}
+        });
+        let err = admit_crd(crd, &[]).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message.contains("compilation failed"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

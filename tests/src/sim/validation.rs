@@ -396,6 +396,100 @@ fn check_scalar_constraints(schema: &Value, v: &Value, path: &str, causes: &mut 
     }
 }
 
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, without a length limit.
+fn is_dns1123_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns1123_segment(s)
+}
+
+fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_segment)
+}
+
+/// A label value or the name part of a qualified key: 63 characters of `[A-Za-z0-9_.-]`,
+/// starting and ending alphanumeric.
+fn is_label_name(s: &str, allow_empty: bool) -> bool {
+    if s.is_empty() {
+        return allow_empty;
+    }
+    let b = s.as_bytes();
+    s.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+fn is_qualified_key(k: &str) -> bool {
+    match k.split_once('/') {
+        Some((prefix, name)) => is_dns1123_subdomain(prefix) && is_label_name(name, false),
+        None => is_label_name(k, false),
+    }
+}
+
+/// ObjectMeta validation every type gets: the name (a DNS-1123 label for namespaces, a
+/// subdomain otherwise), label keys and values, and annotation keys.
+pub fn validate_object_meta(obj: &Value, name_is_label: bool) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let name_ok = if name_is_label {
+        is_dns1123_label(name)
+    } else {
+        is_dns1123_subdomain(name)
+    };
+    if !name_ok {
+        let what = if name_is_label {
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+        } else {
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        };
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "metadata.name",
+            format!("Invalid value: \"{name}\": {what}"),
+        ));
+    }
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if !is_qualified_key(k) {
+                causes.push(Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
+            }
+            match v.as_str() {
+                Some(val) if is_label_name(val, true) => {}
+                _ => causes.push(Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))),
+            }
+        }
+    }
+    if let Some(annotations) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in annotations {
+            if !is_qualified_key(k) {
+                causes.push(Cause::new("FieldValueInvalid", "metadata.annotations", format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
+            }
+            if !v.is_string() {
+                causes.push(Cause::new(
+                    "FieldValueTypeInvalid",
+                    format!("metadata.annotations.{k}"),
+                    "Invalid value: annotation values must be strings",
+                ));
+            }
+        }
+    }
+    causes
+}
+
 /// CEL `x-kubernetes-validations` through kube-cel; transition rules run only on update.
 fn cel_causes(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     thread_local! {
@@ -513,6 +607,30 @@ mod tests {
             "{:?}",
             big.causes
         );
+    }
+
+    #[test]
+    fn object_meta_names_and_labels_follow_the_api_server_rules() {
+        let ok = json!({"metadata": {"name": "web-1.example", "labels": {"app.kubernetes.io/name": "web", "empty": ""}, "annotations": {"a/b": "x"}}});
+        assert!(validate_object_meta(&ok, false).is_empty());
+        assert_eq!(
+            validate_object_meta(&ok, true).len(),
+            1,
+            "dots are not allowed in labels-as-names"
+        );
+        let bad =
+            json!({"metadata": {"name": "Bad_Name", "labels": {"-x": "y", "k": "has space"}}});
+        let fields: Vec<String> = validate_object_meta(&bad, false)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["metadata.name", "metadata.labels", "metadata.labels"]
+        );
+        let long = json!({"metadata": {"name": "a".repeat(64)}});
+        assert!(validate_object_meta(&long, false).is_empty());
+        assert_eq!(validate_object_meta(&long, true).len(), 1);
     }
 
     #[test]
