@@ -18,12 +18,15 @@ use std::time::{Duration, Instant};
 
 use agent_support::{AgentProcess, StoreArgs, install, lease_of};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use operator_support::{
     NodeHistory, OperatorProcess, add_node, condition, cordoned_by, get_repair, is_unschedulable,
     message, metric_value, node, wait_events, wait_for,
 };
+use snapmend_crds::labels::CORDONED_BY_ANNOTATION;
 use snapmend_crds::{
     ContentCheck, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
 };
@@ -981,4 +984,143 @@ async fn cordon_cap_holds_across_a_leader_killed_mid_flight() {
             assert_eq!(agent.metric(series).await, 1.0, "{node} {series}");
         }
     }
+}
+
+/// Sends `signal` to one of our own child processes.
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid; no memory is shared.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// Holds a phase still with the real pieces: the cordon cap parks the repair in Pending after
+/// its verification (another node holds the only slot), and a SIGSTOPped agent leaves the
+/// repair request unanswered. The operator is SIGKILLed and restarted in both places and picks
+/// up where it was; then the SnapshotRepair is deleted mid-repair and the node is uncordoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_restarts_and_a_delete_mid_repair_leave_the_node_uncordoned() {
+    let mut env = Env::start(
+        &["op-del"],
+        &["--helper-timeout", "60s", "--max-cordoned-nodes", "1"],
+    )
+    .await;
+    let client = env.client().await;
+    let image = scenario_image("delete");
+    env.import(std::slice::from_ref(&image));
+    let fs = env.snapshot_fs(&image.name).pop().expect("one layer");
+    std::fs::remove_file(fs.join("app")).expect("damage the snapshot");
+    let damaged = tree(&fs);
+
+    // Another node holds the only cordon slot.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let blocker: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "node-blocker",
+                     "annotations": {CORDONED_BY_ANNOTATION: "someone-elses-repair"}},
+        "spec": {"unschedulable": true},
+    }))
+    .expect("node");
+    nodes
+        .create(&Default::default(), &blocker)
+        .await
+        .expect("create node");
+    add_node(&client, "node-del", false).await;
+    let history = NodeHistory::start(&client);
+    let agent = env.agent(&client, "node-del").await;
+    create_repair(
+        &client,
+        "node-del-app",
+        spec("node-del", &image.name, RepairAction::Repair),
+    )
+    .await;
+    let parked = wait_for("the repair parked for a cordon slot", FLOW, || async {
+        get_repair(&client, "node-del-app").await.filter(|sr| {
+            phase_of(sr) == Some(Phase::Pending)
+                && message(sr).contains("waiting for a cordon slot")
+        })
+    })
+    .await;
+    assert_eq!(
+        findings(&parked).as_deref(),
+        Some("1 missing"),
+        "verified first"
+    );
+
+    signal(agent.pid(), libc::SIGSTOP);
+    env.operators[0].kill();
+    env.operators[0].restart();
+    env.operators[0].wait_leader().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = get_repair(&client, "node-del-app").await.expect("repair");
+    assert_eq!(
+        phase_of(&still),
+        Some(Phase::Pending),
+        "{:#?}",
+        still.status
+    );
+
+    // The slot frees up: cordon, then a repair request nobody answers (the agent is stopped).
+    let free = serde_json::json!({
+        "metadata": {"annotations": {CORDONED_BY_ANNOTATION: null}},
+        "spec": {"unschedulable": false},
+    });
+    nodes
+        .patch(
+            "node-blocker",
+            &PatchParams::default(),
+            &Patch::Merge(&free),
+        )
+        .await
+        .expect("free the slot");
+    let repairing = wait_for("Repairing", FLOW, || async {
+        get_repair(&client, "node-del-app")
+            .await
+            .filter(|sr| phase_of(sr) == Some(Phase::Repairing))
+    })
+    .await;
+    let request = repairing.status.as_ref().and_then(|s| s.request.clone());
+    assert_eq!(
+        request.as_ref().map(|r| r.action),
+        Some(RepairAction::Repair)
+    );
+    assert!(is_unschedulable(&node(&client, "node-del").await));
+
+    env.operators[0].kill();
+    env.operators[0].restart();
+    env.operators[0].wait_leader().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = get_repair(&client, "node-del-app").await.expect("repair");
+    assert_eq!(
+        phase_of(&still),
+        Some(Phase::Repairing),
+        "{:#?}",
+        still.status
+    );
+    assert_eq!(
+        still.status.as_ref().and_then(|s| s.request.clone()),
+        request,
+        "the restarted operator did not ask again"
+    );
+
+    Api::<SnapshotRepair>::all(client.clone())
+        .delete("node-del-app", &Default::default())
+        .await
+        .expect("delete");
+    wait_for("the repair to be gone", FLOW, || async {
+        get_repair(&client, "node-del-app")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    wait_cordon_history(&history, "node-del", &[false, true, false]).await;
+    let n = node(&client, "node-del").await;
+    assert!(!is_unschedulable(&n));
+    assert_eq!(cordoned_by(&n), None);
+    assert_eq!(
+        tree(&fs),
+        damaged,
+        "nothing was written while the agent was stopped"
+    );
+    signal(agent.pid(), libc::SIGCONT);
 }
