@@ -699,6 +699,12 @@ impl Cluster {
                     ..opts.clone()
                 },
                 |old| {
+                    // A resourceVersion in an apply configuration is a precondition.
+                    if let Some(rv) = meta_str(patch, "resourceVersion")
+                        && Some(rv) != meta_str(old, "resourceVersion")
+                    {
+                        return Err(StatusError::stale_resource_version(target(def, name)));
+                    }
                     ssa::apply(old, patch, &manager, &api_version, force, subresource)
                         .map_err(|causes| StatusError::apply_conflict(target(def, name), &causes))
                 },
@@ -1426,6 +1432,57 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.get(&d, Some("default"), "x").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn apply_with_a_stale_resource_version_conflicts() {
+        let c = Cluster::new(ClusterConfig::default());
+        let d = def(&c, "", "configmaps");
+        let opts = WriteOptions {
+            field_manager: Some("m".into()),
+            ..Default::default()
+        };
+        let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
+        let w = c
+            .patch(
+                &d,
+                Some("default"),
+                "x",
+                PatchKind::Apply,
+                &cfg,
+                false,
+                &opts,
+            )
+            .unwrap();
+        assert!(w.created);
+        let mut stale = cfg.clone();
+        stale["metadata"]["resourceVersion"] = json!("1");
+        stale["data"]["a"] = json!("2");
+        let err = c
+            .patch(
+                &d,
+                Some("default"),
+                "x",
+                PatchKind::Apply,
+                &stale,
+                false,
+                &opts,
+            )
+            .unwrap_err();
+        assert_eq!(err.reason, "Conflict");
+        stale["metadata"]["resourceVersion"] = w.object["metadata"]["resourceVersion"].clone();
+        let ok = c
+            .patch(
+                &d,
+                Some("default"),
+                "x",
+                PatchKind::Apply,
+                &stale,
+                false,
+                &opts,
+            )
+            .unwrap();
+        assert_eq!(ok.object["data"]["a"], "2");
     }
 
     #[test]
