@@ -131,6 +131,7 @@ spec:
     - {name: Ready, type: boolean, jsonPath: .status.ready}
     - {name: First-Part, type: string, jsonPath: ".spec.parts[0].name"}
     - {name: Owner, type: string, jsonPath: .spec.owner, priority: 1}
+    - {name: Synced, type: string, jsonPath: '.status.conditions[?(@.type=="Synced")].status', priority: 1}
     - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
     schema:
       openAPIV3Schema:
@@ -162,6 +163,14 @@ spec:
             properties:
               ready: {type: boolean}
               message: {type: string}
+              conditions:
+                type: array
+                items:
+                  type: object
+                  required: [type, status]
+                  properties:
+                    type: {type: string}
+                    status: {type: string}
 "#;
 
 fn widget(name: &str, color: &str, extra: &str) -> String {
@@ -221,6 +230,10 @@ fn crd_columns_status_generation_selectors_and_validation() {
         r#"{"status":{"ready":true},"spec":{"owner":"ignored"}}"#,
     ]);
     assert_eq!(row(&k.ok(&["get", "wd", "w1"]), "w1")[3], "true");
+    k.ok(&["patch", "widget", "w1", "--subresource=status", "--type=merge", "-p", r#"{"status":{"conditions":[{"type":"Ready","status":"True"},{"type":"Synced","status":"False"}]}}"#]);
+    let wide = k.ok(&["get", "wd", "w1", "-o", "wide"]);
+    assert_eq!(header(&wide)[5..7], ["OWNER", "SYNCED"], "{wide}");
+    assert_eq!(row(&wide, "w1")[5..7], ["team-a", "False"], "{wide}");
     assert_eq!(
         k.ok(&[
             "get",
@@ -353,7 +366,7 @@ fn crd_columns_status_generation_selectors_and_validation() {
     assert!(
         described.contains("Name:         w1")
             && described.contains("Color:")
-            && described.contains("Ready:  true"),
+            && described.contains("Ready:     true"),
         "{described}"
     );
 }

@@ -135,6 +135,18 @@ pub fn json_path(obj: &Value, path: &str) -> Vec<Value> {
                             _ => Vec::new(),
                         })
                         .collect();
+                } else if let Some(expr) =
+                    inner.strip_prefix("?(").and_then(|e| e.strip_suffix(')'))
+                {
+                    cur = cur
+                        .iter()
+                        .flat_map(|v| match v {
+                            Value::Array(a) => a.clone(),
+                            Value::Object(m) => m.values().cloned().collect(),
+                            _ => Vec::new(),
+                        })
+                        .filter(|el| filter_matches(expr, el))
+                        .collect();
                 } else if let Ok(n) = inner.parse::<i64>() {
                     cur = cur
                         .iter()
@@ -155,6 +167,33 @@ pub fn json_path(obj: &Value, path: &str) -> Vec<Value> {
         }
     }
     cur
+}
+
+/// A JSONPath filter such as `@.type=="Ready"`, `@.count!=0` or `@.name` (exists).
+fn filter_matches(expr: &str, element: &Value) -> bool {
+    let (lhs, op, rhs) = if let Some((l, r)) = expr.split_once("==") {
+        (l, Some(true), r)
+    } else if let Some((l, r)) = expr.split_once("!=") {
+        (l, Some(false), r)
+    } else {
+        (expr, None, "")
+    };
+    let path = lhs.trim().trim_start_matches('@');
+    let found = json_path(element, path).into_iter().next();
+    match op {
+        None => found.is_some_and(|v| !v.is_null() && v != Value::Bool(false)),
+        Some(equal) => {
+            let rhs = rhs.trim();
+            let literal = if (rhs.starts_with('"') && rhs.ends_with('"') && rhs.len() >= 2)
+                || (rhs.starts_with('\'') && rhs.ends_with('\'') && rhs.len() >= 2)
+            {
+                Value::String(rhs[1..rhs.len() - 1].to_string())
+            } else {
+                serde_json::from_str(rhs).unwrap_or_else(|_| Value::String(rhs.to_string()))
+            };
+            (found.as_ref() == Some(&literal)) == equal
+        }
+    }
 }
 
 fn col(name: &str, type_: &str, format: &str, description: &str, priority: i64) -> Value {
@@ -833,6 +872,26 @@ mod tests {
         assert_eq!(json_path(&o, "{.a.b[-1].c}"), vec![json!(2)]);
         assert_eq!(json_path(&o, ".m['x.y']"), vec![json!("z")]);
         assert!(json_path(&o, ".nope.x").is_empty());
+        let c = json!({"status": {"conditions": [
+            {"type": "Synced", "status": "False"},
+            {"type": "Ready", "status": "True", "n": 2}
+        ]}});
+        assert_eq!(
+            json_path(&c, r#".status.conditions[?(@.type=="Ready")].status"#),
+            vec![json!("True")]
+        );
+        assert_eq!(
+            json_path(&c, ".status.conditions[?(@.type!='Ready')].type"),
+            vec![json!("Synced")]
+        );
+        assert_eq!(
+            json_path(&c, ".status.conditions[?(@.n==2)].type"),
+            vec![json!("Ready")]
+        );
+        assert_eq!(
+            json_path(&c, ".status.conditions[?(@.n)].type"),
+            vec![json!("Ready")]
+        );
     }
 
     #[test]
