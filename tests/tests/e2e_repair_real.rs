@@ -1122,5 +1122,19 @@ async fn operator_restarts_and_a_delete_mid_repair_leave_the_node_uncordoned() {
         damaged,
         "nothing was written while the agent was stopped"
     );
+
+    // The agent wakes up to a backlog naming a repair that no longer exists: it re-reads
+    // before acting, so it never runs it.
     signal(agent.pid(), libc::SIGCONT);
+    agent.wait_ready().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agent
+            .metric(r#"snapmend_agent_request_duration_seconds_count{action="Repair"}"#)
+            .await,
+        0.0,
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(tree(&fs), damaged, "a deleted repair is never run");
 }
