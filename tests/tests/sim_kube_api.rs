@@ -587,3 +587,52 @@ async fn background_sim_starts_and_stops_inside_a_runtime() {
         "stopped"
     );
 }
+
+#[tokio::test]
+async fn discovery_and_dynamic_objects_see_new_crds() {
+    use kube::core::{DynamicObject, GroupVersionKind};
+    use kube::discovery::{self, Discovery, Scope};
+    let sim = SimServer::start().await.unwrap();
+    let client = sim.client().unwrap();
+    install_snapshotrepair_crd(&client).await;
+    let discovered = Discovery::new(client.clone()).run().await.unwrap();
+    let group = discovered
+        .get("snapmend.io")
+        .expect("the CRD's group is discovered");
+    let (ar, caps) = group.recommended_kind("SnapshotRepair").unwrap();
+    assert_eq!(ar.plural, "snapshotrepairs");
+    assert_eq!(caps.scope, Scope::Cluster);
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(sub, _)| sub.plural == "snapshotrepairs/status" || sub.plural == "status")
+    );
+    let (ar, _) = discovery::pinned_kind(
+        &client,
+        &GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ar.plural, "leases");
+
+    let gvk = GroupVersionKind::gvk("snapmend.io", "v1alpha1", "SnapshotRepair");
+    let (ar, _) = discovery::pinned_kind(&client, &gvk).await.unwrap();
+    let dynamic: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapmend.io/v1alpha1", "kind": "SnapshotRepair", "metadata": {"name": "dyn"},
+        "spec": {"nodeName": "node-a", "sandboxImage": true}
+    }))
+    .unwrap();
+    let created = dynamic.create(&PostParams::default(), &obj).await.unwrap();
+    assert_eq!(created.data["spec"]["action"], "Repair");
+    assert_eq!(
+        dynamic
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    sim.stop().await;
+}
