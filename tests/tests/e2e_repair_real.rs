@@ -5,6 +5,9 @@
 //!
 //! Each scenario checks the phases a watch saw, the report, the cordon history a Node watch
 //! recorded, the containerd snapshot itself (trees hashed before and after), and `/metrics`.
+//! Two scenarios need operators with other flags (a cordon cap of 1, replicas to kill) and
+//! start an environment of their own. Processes and containerd are stopped by Drop guards,
+//! also when a scenario fails.
 
 #[path = "agent_support/mod.rs"]
 mod agent_support;
@@ -41,7 +44,7 @@ use tokio::task::{JoinHandle, block_in_place};
 
 /// What the shared operator is started with; the no-agent scenario must fail within it.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A whole flow on a loaded 2-core machine (they take 2-5 s when idle).
+/// Upper bound for one flow on a loaded 2-core machine (the incident takes ~0.3 s when idle).
 const FLOW: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- the shared environment
