@@ -451,6 +451,10 @@ async fn incident_is_verified_cordoned_repaired_and_uncordoned() {
         diffs.is_empty(),
         "snapshot differs from the unpack: {diffs:#?}"
     );
+    assert!(
+        !fs.with_file_name("snapmend-staging").exists(),
+        "staging left behind"
+    );
     let after = block_in_place(|| {
         env.fixture
             .run_container(&sandbox, "e2e-sandbox-after", &[])
