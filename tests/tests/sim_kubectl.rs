@@ -749,3 +749,53 @@ fn deploy_manifests_apply_and_delete_with_kustomize() {
             .contains("NotFound")
     );
 }
+
+#[test]
+fn the_binary_writes_a_kubeconfig_serves_kubectl_and_stops_on_sigterm() {
+    let k = Kubectl::start();
+    let kubeconfig = k.dir.path().join("binary-kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snapmend-sim"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--verbose")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if kubeconfig.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(&k.binary)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(k.dir.path().join("binary-cache"))
+        .args(["get", "namespaces", "-o", "name"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("namespace/kube-system"),
+        "{out:?}"
+    );
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit 0 on SIGTERM: {exit:?}");
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("path=/api/v1/namespaces"),
+        "requests are logged at debug level:\n{log}"
+    );
+}

@@ -1,6 +1,8 @@
 //! `snapmend-sim --kubeconfig PATH [--port N]`: serve a simulated Kubernetes API server until
-//! SIGINT or SIGTERM. Requests are logged at debug level (`RUST_LOG=snapmend_tests=debug`).
+//! SIGINT or SIGTERM. Each request is logged at debug level: see it with `--verbose` or
+//! `RUST_LOG=info,snapmend_tests=debug`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -21,18 +23,27 @@ struct Args {
     /// Changes kept for watches to resume from.
     #[arg(long, default_value_t = SimConfig::default().history_window)]
     history_window: usize,
+    /// Log every request (debug level) unless RUST_LOG says otherwise.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let default_filter = if args.verbose {
+        "info,snapmend_tests=debug"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
     let sim = SimServer::start_with(SimConfig {
         port: args.port,
         history_window: args.history_window,

@@ -107,11 +107,17 @@ pub fn json_path(obj: &Value, path: &str) -> Vec<Value> {
         match chars[i] {
             '.' => {
                 i += 1;
-                let start = i;
+                // `\.` is a literal dot inside a key (`.metadata.labels.app\.kubernetes\.io/name`).
+                let mut key = String::new();
                 while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
+                    if chars[i] == '\\' && chars.get(i + 1) == Some(&'.') {
+                        key.push('.');
+                        i += 2;
+                        continue;
+                    }
+                    key.push(chars[i]);
                     i += 1;
                 }
-                let key: String = chars[start..i].iter().collect();
                 if key.is_empty() {
                     continue;
                 }
@@ -871,6 +877,7 @@ mod tests {
         assert_eq!(json_path(&o, ".a.b[*].c"), vec![json!(1), json!(2)]);
         assert_eq!(json_path(&o, "{.a.b[-1].c}"), vec![json!(2)]);
         assert_eq!(json_path(&o, ".m['x.y']"), vec![json!("z")]);
+        assert_eq!(json_path(&o, r".m.x\.y"), vec![json!("z")]);
         assert!(json_path(&o, ".nope.x").is_empty());
         let c = json!({"status": {"conditions": [
             {"type": "Synced", "status": "False"},
