@@ -89,7 +89,9 @@ pub struct Finding {
     pub detail: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum FindingKind {
     Missing,
     Extra,
@@ -148,9 +150,20 @@ impl Report {
     pub fn findings_summary(&self) -> String {
         let mut counts = std::collections::BTreeMap::<FindingKind, u64>::new();
         let mut missing_snapshots = 0u64;
+        let mut unusable_blobs = 0u64;
         for layer in &self.layers {
             if layer.state == LayerState::SnapshotMissing {
                 missing_snapshots += 1;
+            }
+            // A bad blob means the snapshot could not be checked at all: never summarise that as "none".
+            if matches!(
+                layer.blob,
+                BlobState::Missing
+                    | BlobState::DigestMismatch
+                    | BlobState::DiffIdMismatch
+                    | BlobState::Unreadable
+            ) {
+                unusable_blobs += 1;
             }
             for f in &layer.findings {
                 *counts.entry(f.kind).or_default() += 1;
@@ -160,6 +173,9 @@ impl Report {
         let mut parts: Vec<String> = Vec::new();
         if missing_snapshots > 0 {
             parts.push(format!("{missing_snapshots} snapshot missing"));
+        }
+        if unusable_blobs > 0 {
+            parts.push(format!("{unusable_blobs} blob unusable, not checked"));
         }
         parts.extend(
             counts
@@ -209,12 +225,20 @@ mod tests {
     }
 
     fn finding(path: &str, kind: FindingKind) -> Finding {
-        Finding { path: path.into(), kind, detail: String::new() }
+        Finding {
+            path: path.into(),
+            kind,
+            detail: String::new(),
+        }
     }
 
     #[test]
     fn summary_of_a_healthy_report_is_none() {
-        let r = Report { outcome: Outcome::Healthy, layers: vec![layer(vec![], 0, LayerState::Healthy)], ..Default::default() };
+        let r = Report {
+            outcome: Outcome::Healthy,
+            layers: vec![layer(vec![], 0, LayerState::Healthy)],
+            ..Default::default()
+        };
         assert_eq!(r.findings_summary(), "none");
         assert_eq!(r.exit_code(), 0);
     }
@@ -224,7 +248,11 @@ mod tests {
         let r = Report {
             outcome: Outcome::Corrupted,
             layers: vec![layer(
-                vec![finding("/pause", FindingKind::Missing), finding("/a", FindingKind::ModeMismatch), finding("/b", FindingKind::Missing)],
+                vec![
+                    finding("/pause", FindingKind::Missing),
+                    finding("/a", FindingKind::ModeMismatch),
+                    finding("/b", FindingKind::Missing),
+                ],
                 250,
                 LayerState::Corrupted,
             )],
@@ -235,8 +263,35 @@ mod tests {
     }
 
     #[test]
+    fn summary_of_an_unusable_blob_is_never_none() {
+        for blob in [
+            BlobState::Missing,
+            BlobState::DigestMismatch,
+            BlobState::DiffIdMismatch,
+            BlobState::Unreadable,
+        ] {
+            let mut l = layer(vec![], 0, LayerState::Unrepairable);
+            l.blob = blob;
+            let r = Report {
+                outcome: Outcome::Unrepairable,
+                layers: vec![l],
+                ..Default::default()
+            };
+            assert_eq!(
+                r.findings_summary(),
+                "1 blob unusable, not checked",
+                "{blob:?}"
+            );
+        }
+    }
+
+    #[test]
     fn summary_names_missing_snapshots() {
-        let r = Report { outcome: Outcome::Corrupted, layers: vec![layer(vec![], 0, LayerState::SnapshotMissing)], ..Default::default() };
+        let r = Report {
+            outcome: Outcome::Corrupted,
+            layers: vec![layer(vec![], 0, LayerState::SnapshotMissing)],
+            ..Default::default()
+        };
         assert_eq!(r.findings_summary(), "1 snapshot missing");
     }
 
@@ -246,7 +301,11 @@ mod tests {
             image: "registry.k8s.io/pause:3.10".into(),
             manifest_digest: "sha256:m".into(),
             outcome: Outcome::Corrupted,
-            layers: vec![layer(vec![finding("/pause", FindingKind::Missing)], 1, LayerState::Corrupted)],
+            layers: vec![layer(
+                vec![finding("/pause", FindingKind::Missing)],
+                1,
+                LayerState::Corrupted,
+            )],
             mounts: 3,
             duration_ms: 41,
             message: None,
@@ -271,7 +330,10 @@ mod tests {
             (Outcome::Unrepairable, 1),
             (Outcome::Error, 2),
         ] {
-            let r = Report { outcome: o, ..Default::default() };
+            let r = Report {
+                outcome: o,
+                ..Default::default()
+            };
             assert_eq!(r.exit_code(), code, "{o:?}");
         }
     }

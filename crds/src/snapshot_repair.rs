@@ -22,11 +22,20 @@ use crate::report::Report;
     derive = "PartialEq",
     doc = "Verify, and if needed repair, the containerd overlayfs snapshots of one image on one node",
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
-    printcolumn(name = "Target", type_ = "string", json_path = ".status.target", description = "the image, or \"sandbox\" for the node's sandbox image"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".status.target",
+        description = "the image, or \"sandbox\" for the node's sandbox image"
+    ),
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Findings", type_ = "string", json_path = ".status.findings"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     selectable = ".spec.nodeName"
 )]
 #[x_kube(validation = Rule::new("(has(self.image) && self.image != '') != (has(self.sandboxImage) && self.sandboxImage)").message("exactly one of image and sandboxImage must be set"))]

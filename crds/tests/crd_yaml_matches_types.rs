@@ -49,8 +49,17 @@ fn crd_has_the_contract_names() {
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(cols, ["Node", "Target", "Action", "Phase", "Findings", "Age"]);
+    assert_eq!(
+        cols,
+        ["Node", "Target", "Action", "Phase", "Findings", "Age"]
+    );
     let text = serde_yaml::to_string(v).expect("yaml");
-    assert!(text.contains("self == oldSelf"), "nodeName immutability rule");
-    assert!(text.contains("exactly one of image and sandboxImage"), "one-of rule");
+    assert!(
+        text.contains("self == oldSelf"),
+        "nodeName immutability rule"
+    );
+    assert!(
+        text.contains("exactly one of image and sandboxImage"),
+        "one-of rule"
+    );
 }
