@@ -84,6 +84,10 @@ pub struct ListOptions {
     pub fields: FieldSelector,
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
+    /// A list's `resourceVersion` (not "0"): served state must be at least this new.
+    pub resource_version: Option<u64>,
+    /// `resourceVersionMatch=Exact`: only the current version can be served (no history).
+    pub exact: bool,
 }
 
 /// Options of create, update and patch.
@@ -258,6 +262,24 @@ impl Cluster {
         opts.fields
             .check_supported(&def.field_selectors, &def.plural)?;
         let st = self.lock();
+        if let Some(rv) = opts.resource_version {
+            if rv > st.rv {
+                return Err(StatusError {
+                    code: 504,
+                    reason: "Timeout",
+                    message: format!("Too large resource version: {rv}, current: {}", st.rv),
+                    details: Some(
+                        json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+                    ),
+                });
+            }
+            if opts.exact && rv != st.rv {
+                return Err(StatusError::gone(format!(
+                    "too old resource version: {rv} ({}); only the current state is kept",
+                    st.rv
+                )));
+            }
+        }
         let start_after = match &opts.continue_token {
             Some(t) if !t.is_empty() => Some(decode_continue(t)?),
             _ => None,
@@ -1391,6 +1413,25 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn list_resource_version_semantics() {
+        let c = Cluster::new(ClusterConfig::default());
+        let d = def(&c, "", "configmaps");
+        let now = c.current_rv();
+        let at = |rv: u64, exact: bool| ListOptions {
+            resource_version: Some(rv),
+            exact,
+            ..Default::default()
+        };
+        assert!(c.list(&d, None, &at(now, true)).is_ok());
+        assert!(
+            c.list(&d, None, &at(now - 1, false)).is_ok(),
+            "not older than: current state is newer"
+        );
+        assert_eq!(c.list(&d, None, &at(now - 1, true)).unwrap_err().code, 410);
+        assert_eq!(c.list(&d, None, &at(now + 5, false)).unwrap_err().code, 504);
     }
 
     #[test]

@@ -280,6 +280,12 @@ fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, StatusError>
         fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
         limit: q.get("limit").and_then(|l| l.parse().ok()),
         continue_token: q.get("continue").cloned(),
+        // Watches interpret resourceVersion themselves; "0" means any version.
+        resource_version: q
+            .get("resourceVersion")
+            .and_then(|r| r.parse::<u64>().ok())
+            .filter(|r| *r > 0 && !q.get("watch").is_some_and(|w| w == "true" || w == "1")),
+        exact: q.get("resourceVersionMatch").is_some_and(|m| m == "Exact"),
     })
 }
 
