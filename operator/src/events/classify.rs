@@ -495,7 +495,7 @@ fn find_strong(text: &str, exec: Option<&ExecTarget>, sandbox: bool) -> Option<S
     {
         return Some(Signature::LowerdirMissing);
     }
-    if enoent && has_snapshot_dir(text) {
+    if enoent && (has_snapshot_dir(text) || text.contains("io.containerd.snapshotter.v1.")) {
         return Some(Signature::SnapshotDirMissing);
     }
     // Mounting (not unmounting) a snapshot's temporary mount failed because a directory is gone.

@@ -543,3 +543,24 @@ fn host_runtime_tools_named_as_the_program_are_vetoed() {
         );
     }
 }
+
+#[test]
+fn overlay_mount_errors_other_than_enoent_are_not_snapshot_damage() {
+    for errno in ["no such device", "invalid argument"] {
+        let m = format!(
+            "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed to mount rootfs component &{{overlay overlay [workdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/175/work upperdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/175/fs lowerdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs]}}: {errno}: unknown"
+        );
+        assert_eq!(verdict(SANDBOX, &m), Verdict::Ignore, "{m}");
+        let enoent = m.replace(errno, "no such file or directory");
+        assert_eq!(verdict(SANDBOX, &enoent), Verdict::Repair, "{enoent}");
+    }
+}
+
+#[test]
+fn a_missing_snapshots_directory_is_store_damage() {
+    let m = "Error: failed to create containerd container: failed to create prepare snapshot dir: failed to create temp dir: stat /data/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots: no such file or directory";
+    assert_eq!(
+        classify("Failed", m).signature,
+        Signature::SnapshotDirMissing
+    );
+}
