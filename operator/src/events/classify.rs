@@ -279,7 +279,9 @@ impl ExecTarget {
             "nvidia-container-runtime",
             "kata-runtime",
         ];
-        HOST_TOOLS.contains(&name) || name.starts_with("containerd-shim")
+        HOST_TOOLS.contains(&name)
+            || name.starts_with("containerd-shim")
+            || name.starts_with("mount.")
     }
 
     fn is_absolute(&self) -> bool {
@@ -428,6 +430,7 @@ fn find_veto(reason: &str, text: &str) -> Option<Signature> {
                 "docker-runc",
                 "runtime binary",
                 "failed to start shim",
+                "mount helper",
                 "containerd-shim",
                 "nvidia-container",
                 "conmon",

@@ -564,3 +564,9 @@ fn a_missing_snapshots_directory_is_store_damage() {
         Signature::SnapshotDirMissing
     );
 }
+
+#[test]
+fn a_missing_mount_helper_on_the_host_is_vetoed() {
+    let m = "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed to mount rootfs component &{fuse3.fuse-overlayfs overlay [lowerdir=/var/lib/containerd/io.containerd.snapshotter.v1.fuse-overlayfs/snapshots/3/fs]}: mount helper [mount.fuse3 [overlay /run/containerd/rootfs]] failed: \"\": exec: \"mount.fuse3\": executable file not found in $PATH: no such file or directory: unknown";
+    assert_eq!(classify(SANDBOX, m).signature, Signature::VetoRuntimeBinary);
+}
