@@ -62,7 +62,10 @@ async fn crud_conflicts_and_error_statuses() {
         .unwrap();
     assert!(created.uid().is_some());
     assert!(created.creation_timestamp().is_some());
-    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(
+        created.metadata.generation, None,
+        "configmaps have no generation"
+    );
     let rv1: u64 = created.resource_version().unwrap().parse().unwrap();
 
     let dup = api_error(
@@ -447,6 +450,11 @@ async fn status_subresource_generation_validation_and_finalizers_on_a_crd() {
         .left()
         .expect("the object is returned while finalizers hold it");
     assert!(obj.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        obj.metadata.generation,
+        Some(3),
+        "starting a deletion bumps the generation"
+    );
     assert!(srs.get("r1").await.is_ok());
     srs.patch(
         "r1",

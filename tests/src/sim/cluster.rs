@@ -514,7 +514,11 @@ impl Cluster {
             }
             meta.insert("uid".into(), Value::String(new_uid()));
             meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
-            meta.insert("generation".into(), json!(1));
+            if def.tracks_generation() {
+                meta.insert("generation".into(), json!(1));
+            } else {
+                meta.remove("generation");
+            }
             for f in [
                 "deletionTimestamp",
                 "deletionGracePeriodSeconds",
@@ -997,6 +1001,10 @@ impl Cluster {
             let meta = metadata_mut(&mut marked);
             meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
             meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+            // The API server bumps the generation when it starts a deletion.
+            if let Some(g) = meta.get("generation").and_then(Value::as_i64) {
+                meta.insert("generation".into(), json!(g + 1));
+            }
             if is_namespace {
                 marked["status"] = json!({"phase": "Terminating"});
             }
@@ -1243,10 +1251,14 @@ fn prepare_update(def: &ResourceDef, old: &Value, new: &mut Value, status_only: 
             None => meta.remove(f),
         };
     }
-    meta.insert(
-        "generation".into(),
-        json!(if bumped { generation + 1 } else { generation }),
-    );
+    if def.tracks_generation() {
+        meta.insert(
+            "generation".into(),
+            json!(if bumped { generation + 1 } else { generation }),
+        );
+    } else {
+        meta.remove("generation");
+    }
     if !meta.contains_key("managedFields")
         && let Some(mf) = old_meta.get("managedFields")
     {
@@ -1308,7 +1320,10 @@ mod tests {
             )
             .unwrap();
         let m = &w.object["metadata"];
-        assert_eq!(m["generation"], 1);
+        assert!(
+            m.get("generation").is_none(),
+            "configmaps have no generation"
+        );
         assert!(m["uid"].as_str().is_some() && m["creationTimestamp"].as_str().is_some());
         let err = c
             .create(

@@ -609,7 +609,9 @@ fn watch(
                 return;
             }
         };
-        let mut last_rv = start.current_rv;
+        // A watch from a future version starts there, not at the present.
+        let threshold = start.current_rv.max(start.from_rv);
+        let mut last_rv = threshold;
         for change in &start.initial {
             if let Some(kind) = Cluster::watch_event_kind(&def, ns.as_deref(), &opts, change)
                 && tx
@@ -650,7 +652,7 @@ fn watch(
                         // Lagging or closing ends the watch; the client re-watches from its last version.
                         Err(_) => return,
                     };
-                    if change.rv <= start.current_rv {
+                    if change.rv <= threshold {
                         continue;
                     }
                     last_rv = change.rv;

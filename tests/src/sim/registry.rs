@@ -87,6 +87,19 @@ impl ResourceDef {
         }
     }
 
+    /// Whether the API server keeps `metadata.generation` for this type (custom resources,
+    /// CRDs, deployments, daemonsets); core types such as configmaps, nodes, pods, events and
+    /// leases have none.
+    pub fn tracks_generation(&self) -> bool {
+        self.crd_name.is_some()
+            || matches!(
+                (self.group.as_str(), self.plural.as_str()),
+                ("apps", "deployments")
+                    | ("apps", "daemonsets")
+                    | ("apiextensions.k8s.io", "customresourcedefinitions")
+            )
+    }
+
     pub fn verbs(&self) -> Vec<&'static str> {
         vec![
             "create",
