@@ -21,12 +21,18 @@ use crate::containerd::{ContainerdFixture, FixtureError};
 use crate::image_builder::{ImageSpec, LayerSpec, ManifestStyle, TarEntry, pause_binary};
 
 /// A workspace binary next to the running executable (`target/<profile>/` or its `deps/`), or
-/// from the environment variable `env` when set.
+/// from the environment variable `env` when set. From a test executable it is first brought up
+/// to date with `cargo build --workspace --bins` (same features as `cargo test --workspace`, so
+/// nothing is recompiled): `cargo test` does not build the binaries of packages without
+/// integration tests, and a stale binary would test old code.
 pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, FixtureError> {
     if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().map_err(|e| FixtureError::io("/proc/self/exe", e))?;
+    if exe.parent().is_some_and(|d| d.ends_with("deps")) {
+        build_workspace_bins_once(exe.components().any(|c| c.as_os_str() == "release"))?;
+    }
     let candidates: Vec<PathBuf> = exe
         .ancestors()
         .skip(1)
@@ -38,6 +44,37 @@ pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, FixtureError> 
             "{name} not found (looked at {candidates:?}); build it with `cargo build --workspace --bins` or set {env}"
         ))
     })
+}
+
+/// `cargo build --workspace --bins` once per test process (the build lock is free while tests run).
+fn build_workspace_bins_once(release: bool) -> Result<(), FixtureError> {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *built {
+        return Ok(());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "--workspace", "--bins"])
+        .current_dir(&workspace);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| FixtureError::io(PathBuf::from(&cargo), e))?;
+    if !out.status.success() {
+        return Err(FixtureError::Command {
+            command: "cargo build --workspace --bins".into(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    *built = true;
+    Ok(())
 }
 
 /// Installs what `kubectl apply -k deploy/` would: the CRD and the snapmend-system namespace,
