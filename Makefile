@@ -16,7 +16,10 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The test command: lint, then every unit, integration and end-to-end test.
+# The binaries are built first: end-to-end tests run the real snapmend-operator and
+# snapmend-node-helper, and `cargo test` only builds binaries of packages with integration tests.
 test: deps lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 # Regenerate the CRD YAML from the Rust types.
