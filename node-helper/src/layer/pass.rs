@@ -336,6 +336,14 @@ pub fn run_pass(
         resolve_implicit_dirs(&mut model, &s.lower_fs);
     }
     let (observation, walk_error) = match observed {
+        // An `fs` that is not a directory (e.g. a planted symlink) is as good as missing.
+        Some(Ok(Some(o)))
+            if o.root
+                .as_ref()
+                .is_some_and(|r| r.file_type() != libc::S_IFDIR) =>
+        {
+            (None, None)
+        }
         Some(Ok(o)) => (o, None),
         Some(Err(e)) => {
             let shown = fs.as_deref().unwrap_or(Path::new("")).display().to_string();

@@ -577,15 +577,30 @@ impl<'a> Applier<'a> {
             Mode::empty(),
         )
         .map_err(|e| Error::io(&self.snap.dir, nix_io(e)))?;
-        renameat2(
-            &self.staging_fd,
-            name.as_str(),
-            &snap_fd,
-            "fs",
-            RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(|e| Error::io(&self.snap.fs, nix_io(e)))?;
+        // Something that is not a directory (say a planted symlink) sits where fs belongs:
+        // swap the new fs in atomically, never following it, and delete the old thing.
+        let in_the_way = match fstatat(&snap_fd, "fs", AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                return Err(Error::Snapshot {
+                    path: self.snap.fs.clone(),
+                    reason: "fs appeared while the repair ran; run the repair again".into(),
+                });
+            }
+            Ok(_) => true,
+            Err(nix::errno::Errno::ENOENT) => false,
+            Err(e) => return Err(Error::io(&self.snap.fs, nix_io(e))),
+        };
+        let flags = if in_the_way {
+            RenameFlags::RENAME_EXCHANGE
+        } else {
+            RenameFlags::RENAME_NOREPLACE
+        };
+        renameat2(&self.staging_fd, name.as_str(), &snap_fd, "fs", flags)
+            .map_err(|e| Error::io(&self.snap.fs, nix_io(e)))?;
         self.renamed();
+        if in_the_way {
+            self.discard(&name);
+        }
         self.beneath = Some(Beneath::open(&self.snap.fs).map_err(|e| Error::io(&self.snap.fs, e))?);
         self.fs_missing = false;
         Ok(())

@@ -946,3 +946,30 @@ fn repair_leaves_nothing_behind_outside_fs_even_after_a_crash() {
     let after = std::fs::symlink_metadata(&dir).unwrap();
     assert_eq!((after.mtime(), after.mtime_nsec()), (before_s, before));
 }
+
+#[test]
+fn an_fs_replaced_by_a_symlink_is_missing_and_rebuilt_without_following_it() {
+    let f = fixture(&rich_layer(), false).unpacked();
+    let outside = f.root.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep"), b"k").unwrap();
+    std::fs::remove_dir_all(f.fs()).unwrap();
+    std::os::unix::fs::symlink(&outside, f.fs()).unwrap();
+    let v = f.verify();
+    assert_eq!(
+        (v.state, v.blob),
+        (LayerState::SnapshotMissing, BlobState::Verified)
+    );
+    assert_eq!(f.repair().report.state, LayerState::Repaired);
+    assert!(std::fs::symlink_metadata(f.fs()).unwrap().is_dir());
+    assert_eq!(f.verify().state, LayerState::Healthy);
+    let left: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("keep")],
+        "the symlink's target is untouched"
+    );
+}
