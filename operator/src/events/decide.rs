@@ -196,9 +196,22 @@ impl Ledger {
         self.records.remove(name);
     }
 
-    /// Replaces everything (after a watch relist).
-    pub fn replace_all(&mut self, records: impl IntoIterator<Item = RepairRecord>) {
-        self.records = records.into_iter().map(|r| (r.name.clone(), r)).collect();
+    /// Replaces everything with a fresh list (after a watch relist), but keeps the records
+    /// `keep` selects: repairs this process is creating or has just created, which a list that
+    /// started earlier cannot show yet. Dropping them would let a repeat create a second repair.
+    pub fn replace_all(
+        &mut self,
+        records: impl IntoIterator<Item = RepairRecord>,
+        keep: impl Fn(&RepairRecord) -> bool,
+    ) {
+        let mut fresh: BTreeMap<String, RepairRecord> =
+            records.into_iter().map(|r| (r.name.clone(), r)).collect();
+        for (name, record) in std::mem::take(&mut self.records) {
+            if keep(&record) && !fresh.contains_key(&name) {
+                fresh.insert(name, record);
+            }
+        }
+        self.records = fresh;
     }
 
     pub fn len(&self) -> usize {

@@ -191,7 +191,12 @@ struct Remediation {
     nodes_relist: BTreeMap<String, NodeView>,
     created: mpsc::UnboundedSender<Created>,
     create_permits: Arc<Semaphore>,
+    /// Names of repairs this process created lately, with when.
+    recently_created: BTreeMap<String, Instant>,
 }
+
+/// How long a repair we created is kept in the ledger even if a relist does not show it.
+const RECENT_CREATION: Duration = Duration::from_secs(60);
 
 /// Ledger names of repairs being created (not valid object names, so they never collide).
 const PLACEHOLDER_PREFIX: &str = "creating:";
@@ -212,6 +217,7 @@ impl Remediation {
         Remediation {
             created,
             create_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_CREATES)),
+            recently_created: BTreeMap::new(),
             client,
             bucket: TokenBucket::new(policy.rate),
             policy,
@@ -342,7 +348,14 @@ impl Remediation {
             watcher::Event::Init => self.relist.clear(),
             watcher::Event::InitApply(sr) => self.relist.extend(RepairRecord::from_repair(&sr)),
             watcher::Event::InitDone => {
-                self.ledger.replace_all(std::mem::take(&mut self.relist));
+                // Our own recent creations may postdate the list; keep them a while.
+                self.recently_created
+                    .retain(|_, at| at.elapsed() < RECENT_CREATION);
+                let recent = &self.recently_created;
+                self.ledger
+                    .replace_all(std::mem::take(&mut self.relist), |r| {
+                        r.name.starts_with(PLACEHOLDER_PREFIX) || recent.contains_key(&r.name)
+                    });
                 debug!(repairs = self.ledger.len(), "SnapshotRepairs listed");
             }
             watcher::Event::Apply(sr) => {
@@ -446,6 +459,8 @@ impl Remediation {
                     api_ms = done.started.elapsed().as_millis() as u64,
                     "created automatic SnapshotRepair"
                 );
+                self.recently_created
+                    .insert(record.name.clone(), Instant::now());
                 // The watch may already have delivered a newer state of it; that one wins.
                 if !self.ledger.contains(&record.name) {
                     self.ledger.upsert(record);

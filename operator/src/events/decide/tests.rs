@@ -626,3 +626,28 @@ fn records_are_read_from_snapshot_repairs() {
     sr.metadata.name = None;
     assert_eq!(RepairRecord::from_repair(&sr), None);
 }
+
+#[test]
+fn a_relist_keeps_what_we_are_creating_and_drops_the_rest() {
+    let mut ledger = Ledger::default();
+    ledger.upsert(record("creating:node-a/sandbox", "node-a", None, None));
+    ledger.upsert(record("auto-node-b-1", "node-b", None, None));
+    ledger.upsert(record("deleted-meanwhile", "node-c", None, None));
+    let listed = vec![record(
+        "auto-node-b-1",
+        "node-b",
+        Some(Phase::Succeeded),
+        Some(NOW),
+    )];
+    ledger.replace_all(listed, |r| r.name.starts_with("creating:"));
+    assert_eq!(ledger.len(), 2);
+    assert!(
+        ledger.active_for("node-a", "sandbox").is_some(),
+        "placeholder kept"
+    );
+    assert!(
+        ledger.active_for("node-b", "sandbox").is_none(),
+        "the list's newer state wins"
+    );
+    assert!(!ledger.contains("deleted-meanwhile"));
+}
