@@ -1,8 +1,7 @@
-
+pub mod bench;
 pub mod containerd;
-pub mod image_builder;
 pub mod fs_tree;
+pub mod image_builder;
+pub mod kubelet;
 pub mod node_helper_cli;
 pub mod sim;
-pub mod kubelet;
-pub mod bench;
