@@ -276,7 +276,7 @@ async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() 
     );
     let max = *max_cordoned.lock().unwrap();
     assert!(
-        max >= 1 && max <= MAX_CORDONED,
+        (1..=MAX_CORDONED).contains(&max),
         "at most {MAX_CORDONED} nodes cordoned at once, saw {max}"
     );
 
