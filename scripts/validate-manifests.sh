@@ -16,12 +16,17 @@ deploy="${SNAPMEND_DEPLOY_DIR:-$repo/deploy}"
 command -v python3 >/dev/null || { echo "validate-manifests: python3 is required" >&2; exit 1; }
 command -v kubectl >/dev/null || { echo "validate-manifests: kubectl is required (kustomize)" >&2; exit 1; }
 
+# Tests run this script in parallel: one installer at a time, the others wait and reuse it.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
   echo "validate-manifests: installing kubernetes-validate==$validator_version into $venv" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$validator_version"
 fi
+flock -u 9
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
