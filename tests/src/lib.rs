@@ -4,4 +4,5 @@ pub mod fs_tree;
 pub mod image_builder;
 pub mod kubelet;
 pub mod node_helper_cli;
+pub mod probe;
 pub mod sim;
