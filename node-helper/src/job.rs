@@ -313,8 +313,8 @@ impl LayerAttempt {
     }
 }
 
-/// The repair outcome from each layer's attempt and `post_verify`, the verification of the
-/// layers that were restored. Pure.
+/// The repair outcome from each layer's attempt and `post_verify`, the confirmations of the
+/// layers that were restored (what they wrote, read back from disk). Pure.
 pub fn repair_outcome(
     attempts: &[LayerAttempt],
     post_verify: &[LayerReport],
@@ -342,7 +342,7 @@ pub fn repair_outcome(
     if dry_run {
         return Outcome::Corrupted;
     }
-    // Repaired only when every restored layer re-verified healthy and every other layer was.
+    // Repaired only when every restored layer's confirmation is clean and every other layer was healthy.
     let confirmed = |a: &LayerAttempt| {
         let r = a.report();
         match r.state {
@@ -401,19 +401,17 @@ fn repair_image(
         })
         .collect();
 
-    // Confirm what was written with an independent verification of the repaired layers.
-    let repaired: Vec<ResolvedLayer> = image
-        .layers
+    // Each repaired layer read back what it wrote; the rest was verified by its own pass.
+    let post: Vec<LayerReport> = attempts
         .iter()
-        .zip(&attempts)
-        .filter(|(_, a)| a.report().state == LayerState::Repaired)
-        .map(|(l, _)| l.clone())
+        .filter_map(|a| match a {
+            LayerAttempt::Done(LayerRepair {
+                confirmation: Some(c),
+                ..
+            }) => Some(c.clone()),
+            _ => None,
+        })
         .collect();
-    let post = if opts.dry_run || repaired.is_empty() {
-        Vec::new()
-    } else {
-        verify_layers(&repaired, opts.content)
-    };
     let outcome = repair_outcome(&attempts, &post, opts.dry_run);
     let message = repair_message(&attempts, &post, outcome, opts.dry_run);
 
@@ -421,7 +419,7 @@ fn repair_image(
         .iter()
         .map(|a| {
             let mut r = a.report().clone();
-            // A repaired layer whose re-verification still finds damage is reported with it.
+            // A repaired layer whose confirmation still finds damage is reported with it.
             if let Some(p) = post.iter().find(|p| p.index == r.index)
                 && !layer_ok(p)
             {
@@ -540,6 +538,7 @@ mod tests {
             report,
             plan: vec!["restore /pause".into()],
             reason: None,
+            confirmation: None,
         })
     }
 

@@ -209,3 +209,46 @@ fn the_same_file_deleted_and_repaired_again_and_again() {
     }
     assert!(pristine.differences_now().unwrap().is_empty());
 }
+
+#[test]
+fn an_uncommitted_snapshot_is_refused_and_nothing_is_written() {
+    let s = Scenario::start(&[rich_image(RICH).unwrap()]).unwrap();
+    let healthy = s
+        .helper
+        .verify(RICH, snapmend_tests::node_helper_cli::Content::Full)
+        .unwrap()
+        .report()
+        .unwrap();
+    let n = healthy.layers.len();
+    assert!(n >= 2, "the rich image has a parent layer");
+    let top = healthy.layers[n - 1].chain_id.clone();
+    let parent = healthy.layers[n - 2].chain_id.clone();
+    // The top layer's snapshot becomes an active one under the same name, as while containerd
+    // is still unpacking it, with half its content extracted.
+    s.fixture.ctr(&["snapshots", "rm", &top]).unwrap();
+    s.fixture
+        .ctr(&["snapshots", "prepare", &top, &parent])
+        .unwrap();
+    s.fixture.settle().unwrap();
+    let active_fs = s.layer_fs(RICH).unwrap().pop().unwrap();
+    std::fs::write(active_fs.join("half-extracted"), b"in progress").unwrap();
+    let before = s.capture_root_except(&[]).unwrap();
+
+    let run = s.helper.repair(RICH).unwrap();
+    assert_eq!(run.code, Some(1), "{run}");
+    let report = run.report().unwrap();
+    assert_eq!(report.outcome, Outcome::Unrepairable, "{run}");
+    assert_eq!(report.layers[n - 1].state, LayerState::Unrepairable, "{run}");
+    let message = report.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("not committed") && message.contains("wrote nothing"),
+        "the refusal says why: {message}"
+    );
+    let after = s.capture_root_except(&[]).unwrap();
+    let changed = after.differences_from(&before, &before.all_paths());
+    assert!(
+        changed.is_empty(),
+        "a refused repair changed the containerd root:\n{}",
+        changed.join("\n")
+    );
+}

@@ -294,6 +294,20 @@ pub fn diff(
     content: &HashMap<InodeId, ContentVerdict>,
     anchors: &HashMap<InodeId, Vec<u8>>,
 ) -> Diff {
+    diff_scoped(model, obs, content, anchors, None)
+}
+
+/// `diff` limited to the model entries in `scope` (when given): `obs` then holds only what
+/// was observed at those paths, and an observed path the model lacks is still an extra.
+/// A repair confirms what it touched this way without walking the whole snapshot again.
+pub fn diff_scoped(
+    model: &LayerModel,
+    obs: &Observation,
+    content: &HashMap<InodeId, ContentVerdict>,
+    anchors: &HashMap<InodeId, Vec<u8>>,
+    scope: Option<&HashSet<Vec<u8>>>,
+) -> Diff {
+    let in_scope = |p: &[u8]| scope.is_none_or(|s| s.contains(p));
     let mut c = Collector {
         findings: Vec::new(),
     };
@@ -313,7 +327,7 @@ pub fn diff(
     let mut disk_owner: HashMap<(u64, u64), InodeId> = HashMap::new();
     let mut hardlink_broken: HashSet<Vec<u8>> = HashSet::new();
     for (path, id) in model.entries() {
-        if model.inode(id).kind.is_dir() {
+        if model.inode(id).kind.is_dir() || !in_scope(path) {
             continue;
         }
         let Some(o) = obs.entries.get(path) else {
@@ -330,6 +344,9 @@ pub fn diff(
         }
     }
     for (id, paths) in &groups {
+        if !paths.iter().any(|p| in_scope(p)) {
+            continue;
+        }
         let inos: Vec<Option<(u64, u64)>> = paths
             .iter()
             .map(|p| obs.entries.get(p).map(|o| (o.dev, o.ino)))
@@ -353,6 +370,9 @@ pub fn diff(
     }
 
     for (path, id) in model.entries() {
+        if !in_scope(path) {
+            continue;
+        }
         let inode = model.inode(id);
         let Some(o) = obs.entries.get(path) else {
             c.push(path, FindingKind::Missing, describe_expected(inode));

@@ -4,7 +4,8 @@
 //!
 //! `header` (tar header as containerd reads it) → `expected` (the model) ← `blob` (one
 //! streaming pass) → `pass` (model + byte compare + snapshot walk) → `compare` (findings and
-//! needs) → `repair` (staged, atomic restore beneath `fs`, via `safe_fs`).
+//! needs) → `repair` (staged, atomic restore beneath `fs`, via `safe_fs`) → `confirm` (read
+//! back what the repair touched).
 //!
 //! Interface used by `job` (the image-level orchestration):
 //! - `verify_layer(&ResolvedLayer, ContentCheck) -> LayerReport` (never panics; blob and
@@ -13,6 +14,7 @@
 
 pub mod blob;
 pub mod compare;
+pub mod confirm;
 pub mod expected;
 pub mod header;
 pub mod observe;
@@ -47,6 +49,10 @@ pub struct LayerRepair {
     pub plan: Vec<String>,
     /// Why the layer could not be repaired and what a person can do, when it could not.
     pub reason: Option<String>,
+    /// After a repair that wrote something: what is still wrong among the entries it
+    /// touched, read back from disk (`Healthy` when nothing is). `None` when nothing was
+    /// written.
+    pub confirmation: Option<LayerReport>,
 }
 
 fn empty_report(layer: &ResolvedLayer) -> LayerReport {

@@ -9,6 +9,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
+use sha2::{Digest, Sha256};
 use snapmend_crds::{BlobState, ContentCheck};
 
 use super::blob::{StreamError, stream_layer};
@@ -23,6 +24,47 @@ const COMPARE_BUF: usize = 256 * 1024;
 /// Where a repair stages the bytes of files it will restore.
 pub struct StageDir<'a> {
     pub dir: &'a Path,
+}
+
+/// sha256 of a file's bytes, as written to staging and as read back after the rename.
+pub type ContentDigest = [u8; 32];
+
+/// The correct bytes of one file, staged during the pass.
+#[derive(Clone, Debug)]
+pub struct StagedFile {
+    pub path: PathBuf,
+    pub sha256: ContentDigest,
+}
+
+/// Hashes what it writes, so that the repair can later confirm the bytes it put in place.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    pub fn finish(self) -> ContentDigest {
+        self.hasher.finalize().into()
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl StageDir<'_> {
@@ -44,7 +86,7 @@ pub struct Pass {
     pub content: HashMap<InodeId, ContentVerdict>,
     /// Inode -> (path its content was compared at, staged data file if any).
     pub compared_at: HashMap<InodeId, Vec<u8>>,
-    pub staged: HashMap<InodeId, PathBuf>,
+    pub staged: HashMap<InodeId, StagedFile>,
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -92,7 +134,7 @@ impl FileCompare<'_> {
         size: u64,
         ordinal: u64,
         data: &mut dyn Read,
-    ) -> crate::Result<(ContentVerdict, Option<PathBuf>)> {
+    ) -> crate::Result<(ContentVerdict, Option<StagedFile>)> {
         let disk = self
             .beneath
             .and_then(|b| {
@@ -107,9 +149,14 @@ impl FileCompare<'_> {
         let Some(mut disk) = disk else {
             // Absent, wrong type or wrong size: the walk reports it; a repair needs all bytes.
             if self.stage.is_some() {
-                let (mut out, p) = self.create_stage(ordinal)?;
+                let (out, p) = self.create_stage(ordinal)?;
+                let mut out = HashingWriter::new(out);
                 io::copy(data, &mut out).map_err(|e| crate::Error::io(&p, e))?;
-                return Ok((ContentVerdict::NotCompared, Some(p)));
+                let staged = StagedFile {
+                    path: p,
+                    sha256: out.finish(),
+                };
+                return Ok((ContentVerdict::NotCompared, Some(staged)));
             }
             return Ok((ContentVerdict::NotCompared, None));
         };
@@ -132,13 +179,18 @@ impl FileCompare<'_> {
                     return Ok((ContentVerdict::Differs, None));
                 };
                 // Bytes before `offset` were compared equal: copy them from disk, then the rest from the tar.
-                let (mut out, p) = self.create_stage(ordinal)?;
+                let (out, p) = self.create_stage(ordinal)?;
+                let mut out = HashingWriter::new(out);
                 let io_err = |e| crate::Error::io(&p, e);
                 disk.seek(io::SeekFrom::Start(0)).map_err(io_err)?;
                 io::copy(&mut (&mut disk).take(offset), &mut out).map_err(io_err)?;
                 out.write_all(&self.tar_buf[..n]).map_err(io_err)?;
                 io::copy(data, &mut out).map_err(io_err)?;
-                return Ok((ContentVerdict::Differs, Some(p)));
+                let staged = StagedFile {
+                    path: p,
+                    sha256: out.finish(),
+                };
+                return Ok((ContentVerdict::Differs, Some(staged)));
             }
             offset += n as u64;
         }

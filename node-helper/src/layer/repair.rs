@@ -7,6 +7,7 @@
 //! Crash tests: `SNAPMEND_FAULT_AFTER_RENAMES=N` aborts the process right after the N-th
 //! rename into `fs`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
@@ -24,11 +25,14 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, linkat, symlinkat};
 use snapmend_crds::{ContentCheck, LayerState};
 
-use super::compare::{Need, OPAQUE_XATTR, describe_expected, describe_observed, xattr_difference};
+use super::compare::{
+    Diff, Need, OPAQUE_XATTR, describe_expected, describe_observed, xattr_difference,
+};
+use super::confirm::{Touched, confirm_repair};
 use super::expected::{EntryKind, Inode, InodeId, LayerModel, display_path};
 use super::header::Timestamp;
 use super::observe::{Observation, observe_path};
-use super::pass::{Pass, StageDir, run_pass};
+use super::pass::{ContentDigest, HashingWriter, Pass, StageDir, run_pass};
 use super::safe_fs::{Beneath, fd_child_path, lremovexattr, lsetxattr};
 use super::{LayerRepair, RepairOptions, report_from_pass};
 use crate::image::{ResolvedLayer, SnapshotKind, SnapshotRef};
@@ -234,15 +238,25 @@ pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair
             report,
             plan: Vec::new(),
             reason,
+            confirmation: None,
         });
     };
     if snap.kind != SnapshotKind::Committed {
-        return Err(Error::Snapshot {
-            path: snap.dir.clone(),
-            reason: format!(
-                "snapshot {} is {:?}, not committed; refusing to repair it",
-                snap.id, snap.kind
-            ),
+        let mut report = super::empty_report(layer);
+        report.state = LayerState::Unrepairable;
+        return Ok(LayerRepair {
+            report,
+            plan: Vec::new(),
+            reason: Some(format!(
+                "snapshot {} ({}) is {:?}, not committed: containerd is still unpacking it, or \
+                 it is a container's writable layer. snapmend repairs only committed snapshots \
+                 and wrote nothing; let the unpack finish (or remove the image and pull it \
+                 again), then rerun",
+                snap.id,
+                snap.dir.display(),
+                snap.kind
+            )),
+            confirmation: None,
         });
     }
     let _lock = if opts.dry_run {
@@ -298,6 +312,7 @@ fn repair_locked(
                 report,
                 plan: Vec::new(),
                 reason,
+                confirmation: None,
             });
         }
     };
@@ -333,10 +348,17 @@ fn repair_locked(
                 report.entries_restored = Some(changed);
             }
         }
+        // Only directory times changed: the entries themselves were just verified.
+        let confirmation = (report.state == LayerState::Repaired).then(|| {
+            let mut c = report.clone();
+            c.state = LayerState::Healthy;
+            c
+        });
         return Ok(LayerRepair {
             report,
             plan,
             reason: None,
+            confirmation,
         });
     }
     let Some(staging) = staging else {
@@ -344,16 +366,26 @@ fn repair_locked(
             report,
             plan,
             reason: None,
+            confirmation: None,
         });
     };
     let mut applier = Applier::new(layer, snap, model, &p, staging, fault_after, fs_missing)?;
     let applying = std::time::Instant::now();
     applier.apply(&diff)?;
+    let apply_ms = applying.elapsed().as_millis() as u64;
+    let confirming = std::time::Instant::now();
+    let touched = Touched::from_diff(&diff, fs_missing);
+    let written = applier.written.into_inner().unwrap_or_default();
+    let left = confirm_repair(&snap.fs, model, &touched, &written, &p.compared_at)
+        .map_err(|e| Error::io(&snap.fs, e))?;
+    let confirmation = confirmation_report(&report, &left);
     tracing::info!(
         restored = plan.len(),
         renames = applier.renames.load(Ordering::Relaxed),
         pass_ms,
-        apply_ms = applying.elapsed().as_millis() as u64,
+        apply_ms,
+        confirm_ms = confirming.elapsed().as_millis() as u64,
+        still_wrong = left.findings.len(),
         "layer repaired"
     );
     report.state = LayerState::Repaired;
@@ -362,7 +394,30 @@ fn repair_locked(
         report,
         plan,
         reason: None,
+        confirmation: Some(confirmation),
     })
+}
+
+/// The layer's state after the repair, as read back by `confirm`: `Healthy` when nothing
+/// it touched is still wrong, else `Corrupted` with what is.
+fn confirmation_report(
+    before: &snapmend_crds::LayerReport,
+    left: &Diff,
+) -> snapmend_crds::LayerReport {
+    let mut r = before.clone();
+    r.findings_total = left.findings.len() as u64;
+    r.findings = left
+        .findings
+        .iter()
+        .take(snapmend_crds::report::FINDINGS_CAP)
+        .cloned()
+        .collect();
+    r.state = if left.is_clean() {
+        LayerState::Healthy
+    } else {
+        LayerState::Corrupted
+    };
+    r
 }
 
 struct Applier<'a> {
@@ -377,6 +432,8 @@ struct Applier<'a> {
     counter: AtomicU64,
     renames: AtomicU64,
     fault_after: Option<u64>,
+    /// sha256 of every file built, by inode, for `confirm`.
+    written: std::sync::Mutex<HashMap<InodeId, ContentDigest>>,
 }
 
 /// The last parent directory opened by one worker: siblings are restored one after another.
@@ -422,6 +479,7 @@ impl<'a> Applier<'a> {
             counter: AtomicU64::new(0),
             renames: AtomicU64::new(0),
             fault_after,
+            written: Default::default(),
         })
     }
 
@@ -720,13 +778,13 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Staged bytes for a file inode: the copy made during the pass, or a copy of the disk
-    /// file whose bytes the pass compared equal to the tar.
-    fn file_bytes(&self, id: InodeId) -> Result<String> {
+    /// Staged bytes for a file inode and their sha256: the copy made during the pass, or a
+    /// copy of the disk file whose bytes the pass compared equal to the tar.
+    fn file_bytes(&self, id: InodeId) -> Result<(String, ContentDigest)> {
         if let Some(src) = self.pass.staged.get(&id)
-            && let Some(staged) = src.file_name().and_then(|n| n.to_str())
+            && let Some(staged) = src.path.file_name().and_then(|n| n.to_str())
         {
-            return Ok(staged.to_string());
+            return Ok((staged.to_string(), src.sha256));
         }
         let name = self.temp_name("file");
         let dst = self.staging.join(&name);
@@ -742,20 +800,27 @@ impl<'a> Applier<'a> {
             .open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
             .map_err(|e| self.err(path, e))?;
         let mut src = File::from(src);
-        let mut out = std::fs::OpenOptions::new()
+        let out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&dst)
             .map_err(|e| Error::io(&dst, e))?;
+        let mut out = HashingWriter::new(out);
         io::copy(&mut src, &mut out).map_err(|e| Error::io(&dst, e))?;
-        Ok(name)
+        Ok((name, out.finish()))
     }
 
     /// Builds a complete entry for `inode` in staging and returns its name.
     fn build(&self, id: InodeId, inode: &Inode) -> Result<String> {
         let name = match &inode.kind {
-            EntryKind::File => self.file_bytes(id)?,
+            EntryKind::File => {
+                let (name, sha256) = self.file_bytes(id)?;
+                if let Ok(mut w) = self.written.lock() {
+                    w.insert(id, sha256);
+                }
+                name
+            }
             EntryKind::Dir => {
                 let n = self.temp_name("dir");
                 mkdirat(

@@ -718,18 +718,39 @@ fn a_hardlink_out_of_the_layer_is_refused_with_a_reason() {
 
 #[test]
 fn repair_refuses_uncommitted_snapshots_and_concurrent_repairs() {
-    let mut f = fixture(&rich_layer(), true);
-    f.layer.snapshot.as_mut().unwrap().kind = SnapshotKind::Active;
-    assert!(
-        repair_layer(
+    let mut f = fixture(&rich_layer(), true).unpacked();
+    std::fs::remove_file(f.p("etc/passwd")).unwrap();
+    for kind in [
+        SnapshotKind::Active,
+        SnapshotKind::View,
+        SnapshotKind::Unknown,
+    ] {
+        f.layer.snapshot.as_mut().unwrap().kind = kind;
+        let r = repair_layer(
             &f.layer,
             &RepairOptions {
                 dry_run: false,
-                content: ContentCheck::Full
-            }
+                content: ContentCheck::Full,
+            },
         )
-        .is_err()
-    );
+        .unwrap();
+        assert_eq!(r.report.state, LayerState::Unrepairable);
+        let why = r.reason.unwrap();
+        assert!(
+            why.contains("not committed") && why.contains("wrote nothing"),
+            "{why}"
+        );
+        assert!(!f.p("etc/passwd").exists(), "nothing written for {kind:?}");
+        assert!(
+            !f.layer
+                .snapshot
+                .as_ref()
+                .unwrap()
+                .dir
+                .join("snapmend-staging")
+                .exists()
+        );
+    }
     f.layer.snapshot.as_mut().unwrap().kind = SnapshotKind::Committed;
     let _held = super::repair::lock_snapshot(&f.layer.snapshot.as_ref().unwrap().dir).unwrap();
     let e = repair_layer(
@@ -971,5 +992,85 @@ fn an_fs_replaced_by_a_symlink_is_missing_and_rebuilt_without_following_it() {
         left,
         vec![std::ffi::OsString::from("keep")],
         "the symlink's target is untouched"
+    );
+}
+
+#[test]
+fn confirm_reads_back_only_what_the_repair_touched_unless_it_touched_most() {
+    use super::confirm::{Touched, confirm_repair};
+    use std::collections::{HashMap, HashSet};
+    let f = fixture(&rich_layer(), true).unpacked();
+    let p = super::pass::run_pass(&f.layer, ContentCheck::Full, None);
+    let model = p.model.as_ref().unwrap();
+    let id = |path: &str| model.get(path.as_bytes()).unwrap().0;
+    let digest = |bytes: &[u8]| -> [u8; 32] { Sha256::digest(bytes).into() };
+
+    // After the "repair": /pause holds what was staged, /etc/passwd does not, an extra that
+    // was to be removed is back, and an untouched file changed mode.
+    std::fs::write(f.p("etc/passwd"), b"root:x:0:0::/root:/bin/bash").unwrap();
+    std::fs::write(f.p("etc/leftover"), b"x").unwrap();
+    std::fs::set_permissions(f.p("tagged"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let touched = Touched {
+        paths: ["pause", "etc/passwd", "etc/leftover"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect::<HashSet<_>>(),
+        root: false,
+    };
+    let written: HashMap<_, _> = [
+        (id("pause"), digest(&vec![7u8; 300_000])),
+        (id("etc/passwd"), digest(b"root:x:0:0::/root:/bin/sh\n")),
+    ]
+    .into_iter()
+    .collect();
+    let left = confirm_repair(&f.fs(), model, &touched, &written, &p.compared_at).unwrap();
+    let found: Vec<(String, FindingKind)> = left
+        .findings
+        .iter()
+        .map(|x| (x.path.clone(), x.kind))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("/etc/leftover".to_string(), FindingKind::Extra),
+            ("/etc/passwd".to_string(), FindingKind::SizeMismatch),
+        ],
+        "untouched /tagged is not looked at"
+    );
+
+    // Same size, different bytes: only the read-back digest can tell.
+    std::fs::write(f.p("etc/passwd"), b"root:x:0:0::/root:/bin/zz\n").unwrap();
+    std::fs::remove_file(f.p("etc/leftover")).unwrap();
+    let left = confirm_repair(&f.fs(), model, &touched, &written, &p.compared_at).unwrap();
+    assert_eq!(left.findings.len(), 1, "{:?}", left.findings);
+    assert_eq!(left.findings[0].kind, FindingKind::ContentMismatch);
+
+    // A rebuild touched everything: the whole tree is walked and /tagged is seen.
+    let everything = Touched {
+        paths: model.entries().map(|(p, _)| p.to_vec()).collect(),
+        root: true,
+    };
+    let left = confirm_repair(&f.fs(), model, &everything, &written, &p.compared_at).unwrap();
+    let paths: Vec<&str> = left.findings.iter().map(|x| x.path.as_str()).collect();
+    assert_eq!(paths, vec!["/etc/passwd", "/tagged"], "{:?}", left.findings);
+}
+
+#[test]
+fn a_repair_confirms_what_it_wrote() {
+    let f = fixture(&rich_layer(), true).unpacked();
+    std::fs::remove_file(f.p("pause")).unwrap();
+    std::fs::write(f.p("bin/busybox"), b"BUSYBOX").unwrap();
+    let r = f.repair();
+    assert_eq!(r.report.state, LayerState::Repaired);
+    let c = r
+        .confirmation
+        .expect("a repair that wrote something confirms it");
+    assert_eq!(c.state, LayerState::Healthy, "{:?}", c.findings);
+    assert_eq!(c.findings_total, 0);
+    let again = f.repair();
+    assert_eq!(again.report.state, LayerState::Healthy);
+    assert!(
+        again.confirmation.is_none(),
+        "nothing written, nothing to confirm"
     );
 }

@@ -1,0 +1,188 @@
+//! After a repair: confirm from the disk that every entry the repair touched now matches the
+//! model, and that every file it restored holds exactly the bytes it staged from the verified
+//! blob (sha256 taken while staging, read back after the rename). Everything else was compared
+//! by the repair's own pass, under the snapshot lock, so only what changed is looked at again;
+//! when most of the tree was rebuilt, the whole tree is walked instead.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use sha2::{Digest, Sha256};
+
+use super::compare::{ContentVerdict, Diff, diff_scoped};
+use super::expected::{EntryKind, InodeId, LayerModel};
+use super::observe::{Observation, observe_path, observe_tree};
+use super::pass::ContentDigest;
+use super::safe_fs::{Beneath, fd_child_path};
+
+/// What a repair changed inside `fs`.
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// Model paths it restored and extra paths it removed.
+    pub paths: HashSet<Vec<u8>>,
+    /// It created `fs` or changed the root's opaque marker.
+    pub root: bool,
+}
+
+impl Touched {
+    pub fn from_diff(diff: &Diff, fs_created: bool) -> Self {
+        let mut paths: HashSet<Vec<u8>> = diff.needs.keys().cloned().collect();
+        paths.extend(diff.extras.iter().cloned());
+        Touched {
+            paths,
+            root: fs_created || diff.root_opaque.is_some(),
+        }
+    }
+
+    /// Walking everything beats one lookup per path once most of the tree was touched.
+    fn walk_whole_tree(&self, model: &LayerModel) -> bool {
+        self.paths.len() * 4 > model.len()
+    }
+}
+
+/// Paths that no longer resolve beneath `fs` (gone, or a parent is not a plain directory).
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+    )
+}
+
+fn observe_touched(fs: &Beneath, touched: &Touched) -> io::Result<Observation> {
+    let mut obs = Observation::default();
+    if touched.root {
+        obs.root = Some(observe_path(fs.path())?);
+    }
+    for path in &touched.paths {
+        let (parent, base) = match fs.open_parent(path) {
+            Ok(x) => x,
+            Err(e) if is_absent(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        match observe_path(&fd_child_path(&parent, base)) {
+            Ok(o) => {
+                obs.entries.insert(path.clone(), o);
+            }
+            Err(e) if is_absent(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(obs)
+}
+
+fn sha256_of(fs: &Beneath, path: &[u8]) -> io::Result<ContentDigest> {
+    let fd = fs.open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
+    let mut f = File::from(fd);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(h.finalize().into()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads back every restored file (at one of its paths) and compares it with what was staged.
+/// A file that cannot be read counts as different; the observation says why.
+fn content_verdicts(
+    fs: &Beneath,
+    model: &LayerModel,
+    touched: &Touched,
+    written: &HashMap<InodeId, ContentDigest>,
+) -> HashMap<InodeId, ContentVerdict> {
+    let mut seen = HashSet::new();
+    let jobs: Vec<(InodeId, &[u8])> = model
+        .entries()
+        .filter(|(p, id)| {
+            matches!(model.inode(*id).kind, EntryKind::File)
+                && written.contains_key(id)
+                && touched.paths.contains(*p)
+                && seen.insert(*id)
+        })
+        .map(|(p, id)| (id, p))
+        .collect();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4)
+        .min(jobs.len().div_ceil(256).max(1));
+    let chunk = jobs.len().div_ceil(workers).max(1);
+    let mut verdicts: HashMap<InodeId, ContentVerdict> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(id, path)| {
+                            let same = sha256_of(fs, path).ok().as_ref() == written.get(id);
+                            let verdict = if same {
+                                ContentVerdict::Same
+                            } else {
+                                ContentVerdict::Differs
+                            };
+                            (*id, verdict)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    // A reader that panicked confirmed nothing: its files count as different.
+    for (id, _) in &jobs {
+        verdicts.entry(*id).or_insert(ContentVerdict::Differs);
+    }
+    verdicts
+}
+
+/// The findings that remain after a repair among what it touched (all of them when the whole
+/// tree was walked). Empty means the repair is confirmed.
+pub fn confirm_repair(
+    fs_path: &Path,
+    model: &LayerModel,
+    touched: &Touched,
+    written: &HashMap<InodeId, ContentDigest>,
+    anchors: &HashMap<InodeId, Vec<u8>>,
+) -> io::Result<Diff> {
+    let fs = match Beneath::open(fs_path) {
+        Ok(b) => b,
+        // The fs directory itself is gone again: everything is missing.
+        Err(e) if is_absent(&e) => {
+            return Ok(diff_scoped(
+                model,
+                &Observation::default(),
+                &HashMap::new(),
+                anchors,
+                None,
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let content = content_verdicts(&fs, model, touched, written);
+    if touched.walk_whole_tree(model) {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 4);
+        let obs = observe_tree(fs_path, threads)?.unwrap_or_default();
+        Ok(diff_scoped(model, &obs, &content, anchors, None))
+    } else {
+        let obs = observe_touched(&fs, touched)?;
+        Ok(diff_scoped(
+            model,
+            &obs,
+            &content,
+            anchors,
+            Some(&touched.paths),
+        ))
+    }
+}
