@@ -224,10 +224,18 @@ fn an_uncommitted_snapshot_is_refused_and_nothing_is_written() {
     let top = healthy.layers[n - 1].chain_id.clone();
     let parent = healthy.layers[n - 2].chain_id.clone();
     // The top layer's snapshot becomes an active one under the same name, as while containerd
-    // is still unpacking it, with half its content extracted.
+    // is still unpacking it, with half its content extracted. gc.root labels keep the garbage
+    // collector from taking the parent (the image referenced only the top) and the new one.
+    const GC_ROOT: &str = "containerd.io/gc.root=snapmend-test";
+    s.fixture
+        .ctr(&["snapshots", "label", &parent, GC_ROOT])
+        .unwrap();
     s.fixture.ctr(&["snapshots", "rm", &top]).unwrap();
     s.fixture
         .ctr(&["snapshots", "prepare", &top, &parent])
+        .unwrap();
+    s.fixture
+        .ctr(&["snapshots", "label", &top, GC_ROOT])
         .unwrap();
     s.fixture.settle().unwrap();
     let active_fs = s.layer_fs(RICH).unwrap().pop().unwrap();
@@ -238,7 +246,11 @@ fn an_uncommitted_snapshot_is_refused_and_nothing_is_written() {
     assert_eq!(run.code, Some(1), "{run}");
     let report = run.report().unwrap();
     assert_eq!(report.outcome, Outcome::Unrepairable, "{run}");
-    assert_eq!(report.layers[n - 1].state, LayerState::Unrepairable, "{run}");
+    assert_eq!(
+        report.layers[n - 1].state,
+        LayerState::Unrepairable,
+        "{run}"
+    );
     let message = report.message.clone().unwrap_or_default();
     assert!(
         message.contains("not committed") && message.contains("wrote nothing"),
