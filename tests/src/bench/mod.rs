@@ -37,7 +37,9 @@ impl Timing {
     }
 }
 
-/// snapmend against a reference, with the goal the issue sets for the ratio.
+/// snapmend against a reference, with the goal the issue sets for the ratio. The two were
+/// run alternately (ours, reference, ours, ...), so `ours.samples[i]` and
+/// `reference.samples[i]` ran back to back under the same machine load.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Comparison {
     pub what: String,
@@ -47,8 +49,18 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// Median of the per-round ratios: load that drifts during the benchmark cancels out of
+    /// each back-to-back pair.
     pub fn ratio(&self) -> f64 {
-        self.ours.median().as_secs_f64() / self.reference.median().as_secs_f64().max(1e-9)
+        let mut r: Vec<f64> = self
+            .ours
+            .samples
+            .iter()
+            .zip(&self.reference.samples)
+            .map(|(o, t)| o.as_secs_f64() / t.as_secs_f64().max(1e-9))
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
     }
 }
 
@@ -81,28 +93,63 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, FixtureError> 
     Ok(took)
 }
 
-/// One untimed warm-up, then `runs` timed runs; `setup` runs untimed before each.
-fn measure(
-    runs: usize,
-    label: &str,
-    mut setup: impl FnMut() -> Result<(), FixtureError>,
-    mut make: impl FnMut() -> Command,
-) -> Result<Timing, FixtureError> {
-    let mut samples = Vec::new();
-    for i in 0..=runs {
-        setup()?;
+/// One command to time: `setup` runs untimed before each run.
+struct Timed<'a> {
+    label: &'a str,
+    setup: Box<dyn FnMut() -> Result<(), FixtureError> + 'a>,
+    make: Box<dyn FnMut() -> Command + 'a>,
+}
+
+impl<'a> Timed<'a> {
+    fn new(
+        label: &'a str,
+        setup: impl FnMut() -> Result<(), FixtureError> + 'a,
+        make: impl FnMut() -> Command + 'a,
+    ) -> Self {
+        Timed {
+            label,
+            setup: Box::new(setup),
+            make: Box::new(make),
+        }
+    }
+
+    fn run_once(&mut self) -> Result<Duration, FixtureError> {
+        (self.setup)()?;
         // Writes of the previous run and of the setup must not be flushed during this one.
         // SAFETY: sync(2) takes no arguments and cannot fail.
         unsafe { libc::sync() };
-        let took = run_checked(&mut make(), label)?;
-        if i > 0 {
-            samples.push(took);
-        }
-        eprintln!("  {label}: {took:.2?}");
+        let took = run_checked(&mut (self.make)(), self.label)?;
+        eprintln!("  {}: {took:.2?}", self.label);
+        Ok(took)
     }
-    Ok(Timing {
-        command: label.into(),
-        samples,
+}
+
+/// One untimed warm-up of each, then `runs` rounds of ours followed by the reference.
+fn compare_side_by_side(
+    runs: usize,
+    what: &str,
+    goal: &str,
+    mut ours: Timed<'_>,
+    mut reference: Timed<'_>,
+) -> Result<Comparison, FixtureError> {
+    ours.run_once()?;
+    reference.run_once()?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        a.push(ours.run_once()?);
+        b.push(reference.run_once()?);
+    }
+    Ok(Comparison {
+        what: what.into(),
+        ours: Timing {
+            command: ours.label.into(),
+            samples: a,
+        },
+        reference: Timing {
+            command: reference.label.into(),
+            samples: b,
+        },
+        goal: goal.into(),
     })
 }
 
@@ -201,7 +248,6 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> 
     let extract_dir = fixture.dir().join("tar-extract");
     let extract_s = extract_dir.to_string_lossy().into_owned();
     let runs = opts.runs;
-    let none = || Ok(());
     let verify = |content: Content| {
         let c = match content {
             Content::Full => "full",
@@ -211,80 +257,79 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> 
         cmd.stdout(std::process::Stdio::null());
         cmd
     };
-    let repair = || helper.command("repair", &["--image", IMAGE, "--json"]);
-
-    let verify_full = measure(
-        runs,
-        "snapmend-node-helper verify --content full",
-        none,
-        || verify(Content::Full),
-    )?;
-    let tar_compare = measure(runs, "tar --compare -z -f BLOB -C fs", none, || {
+    let repair = || {
+        let mut cmd = helper.command("repair", &["--image", IMAGE, "--json"]);
+        cmd.stdout(std::process::Stdio::null());
+        cmd
+    };
+    let tar_compare = || {
         let mut c = Command::new("tar");
         c.args(["--compare", "-z", "-f", &blob_s, "-C", &fs_s]);
         c
-    })?;
-    let verify_meta = measure(
-        runs,
-        "snapmend-node-helper verify --content metadata",
-        none,
-        || verify(Content::Metadata),
-    )?;
-    let rebuild = measure(
-        runs,
-        "snapmend-node-helper repair (emptied snapshot)",
-        || empty_dir(&fs),
-        repair,
-    )?;
-    let tar_extract = measure(
-        runs,
-        "tar -xzf BLOB -C empty-dir",
-        || {
-            if extract_dir.exists() {
-                std::fs::remove_dir_all(&extract_dir)
-                    .map_err(|e| FixtureError::io(&extract_dir, e))?;
-            }
-            std::fs::create_dir(&extract_dir).map_err(|e| FixtureError::io(&extract_dir, e))
-        },
-        || {
-            let mut c = Command::new("tar");
-            c.args(["-xzf", &blob_s, "-C", &extract_s]);
-            c
-        },
-    )?;
+    };
+    const VERIFY_FULL: &str = "snapmend-node-helper verify --content full";
+    const TAR_COMPARE: &str = "tar --compare -z -f BLOB -C fs";
     let one_file = fs.join("data/000/000/f000001");
-    let repair_one = measure(
-        runs,
-        "snapmend-node-helper repair (one file missing)",
-        || std::fs::remove_file(&one_file).map_err(|e| FixtureError::io(&one_file, e)),
-        repair,
-    )?;
+
     let comparisons = vec![
-        Comparison {
-            what: "full-content verify vs GNU tar --compare".into(),
-            ours: verify_full.clone(),
-            reference: tar_compare.clone(),
-            goal: "≤ 0.5×".into(),
-        },
-        Comparison {
-            what: "metadata verify vs GNU tar --compare".into(),
-            ours: verify_meta,
-            reference: tar_compare,
-            goal: "faster than full verify".into(),
-        },
-        Comparison {
-            what: "full rebuild of the emptied snapshot vs tar -xzf into an empty dir".into(),
-            ours: rebuild,
-            reference: tar_extract,
-            goal: "≤ 0.6×".into(),
-        },
-        Comparison {
-            what: "repair of one missing file vs one full verify pass".into(),
-            ours: repair_one,
-            reference: verify_full,
-            goal: "≈ 1×".into(),
-        },
+        compare_side_by_side(
+            runs,
+            "full-content verify vs GNU tar --compare",
+            "≤ 0.5×",
+            Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
+            Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
+        )?,
+        compare_side_by_side(
+            runs,
+            "metadata verify vs GNU tar --compare",
+            "faster than full verify",
+            Timed::new(
+                "snapmend-node-helper verify --content metadata",
+                || Ok(()),
+                || verify(Content::Metadata),
+            ),
+            Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
+        )?,
+        compare_side_by_side(
+            runs,
+            "full rebuild of the emptied snapshot vs tar -xzf into an empty dir",
+            "≤ 0.6×",
+            Timed::new(
+                "snapmend-node-helper repair (emptied snapshot)",
+                || empty_dir(&fs),
+                repair,
+            ),
+            Timed::new(
+                "tar -xzf BLOB -C empty-dir",
+                || {
+                    if extract_dir.exists() {
+                        std::fs::remove_dir_all(&extract_dir)
+                            .map_err(|e| FixtureError::io(&extract_dir, e))?;
+                    }
+                    std::fs::create_dir(&extract_dir).map_err(|e| FixtureError::io(&extract_dir, e))
+                },
+                || {
+                    let mut c = Command::new("tar");
+                    c.args(["-xzf", &blob_s, "-C", &extract_s]);
+                    c
+                },
+            ),
+        )?,
+        compare_side_by_side(
+            runs,
+            "repair of one missing file vs one full verify pass",
+            "≈ 1×",
+            Timed::new(
+                "snapmend-node-helper repair (one file missing)",
+                || std::fs::remove_file(&one_file).map_err(|e| FixtureError::io(&one_file, e)),
+                repair,
+            ),
+            Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
+        )?,
     ];
+    if extract_dir.exists() {
+        std::fs::remove_dir_all(&extract_dir).map_err(|e| FixtureError::io(&extract_dir, e))?;
+    }
     Ok(BenchReport {
         machine: machine_info(fixture.dir()),
         layer,
@@ -304,7 +349,7 @@ fn gib(bytes: u64) -> String {
 pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> String {
     let mut out = String::new();
     out.push_str("## Verify and repair (issues 2 and 3)\n\n");
-    out.push_str(&format!("Measured {date} with `{command}`. Times are medians of the timed runs (after one warm-up run; warm page cache; `sync` before every run); the ratio is snapmend ÷ reference.\n\n"));
+    out.push_str(&format!("Measured {date} with `{command}`. Each pair of commands ran alternately, snapmend then the reference, after one warm-up run of each (warm page cache; `sync` before every run). Times are medians; the ratio is the median of the per-round ratios snapmend ÷ reference, so load that drifts during the run cancels out of each back-to-back pair.\n\n"));
     out.push_str("| machine | |\n| --- | --- |\n");
     for (k, v) in &report.machine {
         out.push_str(&format!("| {k} | {v} |\n"));
@@ -331,16 +376,21 @@ pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> Strin
             c.goal
         ));
     }
-    out.push_str("\nCommands and every timed run:\n\n");
-    let mut seen = Vec::new();
+    out.push_str("\nEvery timed run, in the order run (ours, then the reference):\n\n");
     for c in &report.comparisons {
-        for t in [&c.ours, &c.reference] {
-            if !seen.contains(&t.command) {
-                seen.push(t.command.clone());
-                let runs: Vec<String> = t.samples.iter().map(|d| secs(*d)).collect();
-                out.push_str(&format!("- `{}`: {}\n", t.command, runs.join(", ")));
-            }
-        }
+        let rounds: Vec<String> = c
+            .ours
+            .samples
+            .iter()
+            .zip(&c.reference.samples)
+            .map(|(o, t)| format!("{} / {}", secs(*o), secs(*t)))
+            .collect();
+        out.push_str(&format!(
+            "- `{}` / `{}`: {}\n",
+            c.ours.command,
+            c.reference.command,
+            rounds.join(", ")
+        ));
     }
     out
 }
@@ -365,6 +415,18 @@ mod tests {
             ours,
             reference: timing("b", &[800, 800, 800]),
             goal: "≤ 0.5×".into(),
+        };
+        assert!((c.ratio() - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_ratio_pairs_back_to_back_runs() {
+        // The machine got twice as slow each round; every pair still says 0.25.
+        let c = Comparison {
+            what: "x".into(),
+            ours: timing("a", &[100, 200, 400]),
+            reference: timing("b", &[400, 800, 1600]),
+            goal: String::new(),
         };
         assert!((c.ratio() - 0.25).abs() < 1e-9);
     }
@@ -403,6 +465,6 @@ mod tests {
         );
         assert!(md.contains("| CPU | test cpu |"));
         assert!(md.contains("50100 tar entries, 1.00 GiB of file content"));
-        assert_eq!(md.matches("- `tar`:").count(), 1);
+        assert!(md.contains("- `verify` / `tar`: 1.00 s / 4.00 s"), "{md}");
     }
 }
