@@ -78,6 +78,21 @@ pub struct Inode {
     pub implicit: bool,
     /// Ordinal of the header whose data is this file's content.
     pub data_header: Option<u64>,
+    /// Made by `mkparent` in a non-base layer, so the lower dir's xattrs were copied at
+    /// creation; they stay when a dir header later names it (a dir merge adds, never removes).
+    pub made_by_mkparent: bool,
+    /// Implicit dirs of non-base layers: the implicit dir this one was made in, whose
+    /// attributes (maybe setgid) come from the lowers (see [`LayerModel::resolve_mkparent_dir`]).
+    pub setgid_parent: Option<InodeId>,
+}
+
+/// The directory `mkparent` found at a path in the first lower layer that has the path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LowerDir {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Inode {
@@ -95,6 +110,8 @@ impl Inode {
             opaque: false,
             implicit: false,
             data_header: None,
+            made_by_mkparent: false,
+            setgid_parent: None,
         }
     }
 
@@ -243,6 +260,52 @@ impl LayerModel {
         &mut self.inodes[id]
     }
 
+    /// Dirs `mkparent` made in this (non-base) layer that still exist, in path order
+    /// (parents first): the I/O side looks each up in the lowers and calls
+    /// [`LayerModel::resolve_mkparent_dir`].
+    pub fn mkparent_dirs(&self) -> Vec<(Vec<u8>, InodeId)> {
+        self.entries
+            .iter()
+            .filter(|(_, i)| self.inodes[**i].made_by_mkparent)
+            .map(|(p, i)| (p.clone(), *i))
+            .collect()
+    }
+
+    /// containerd's `mkparent` after its `mkdir`: with a lower dir at the path, copy its mode,
+    /// owner and (non-`trusted.*`) xattrs; a dir header that named the path later replaced
+    /// mode and owner but only added xattrs. Without one, the dir keeps 0755/root, except
+    /// that `mkdir` inside a setgid dir took that dir's gid (here: an implicit parent whose
+    /// attributes came from a lower; call for parents before children).
+    pub fn resolve_mkparent_dir(&mut self, id: InodeId, lower: Option<LowerDir>) {
+        let setgid_parent = self.inodes[id].setgid_parent;
+        let inherited = setgid_parent
+            .map(|p| &self.inodes[p])
+            .filter(|p| p.mode & 0o2000 != 0)
+            .map(|p| p.gid);
+        let inode = &mut self.inodes[id];
+        match lower {
+            Some(l) => {
+                if inode.implicit {
+                    inode.mode = l.mode & 0o7777;
+                    inode.uid = l.uid;
+                    inode.gid = l.gid;
+                }
+                for (k, v) in l.xattrs {
+                    if !k.starts_with(b"trusted.") {
+                        inode.xattrs.entry(k).or_insert(v);
+                    }
+                }
+            }
+            None => {
+                if inode.implicit
+                    && let Some(gid) = inherited
+                {
+                    inode.gid = gid;
+                }
+            }
+        }
+    }
+
     /// Paths of every inode that has more than one path (hardlink groups), in path order.
     pub fn hardlink_groups(&self) -> HashMap<InodeId, Vec<Vec<u8>>> {
         let mut all: HashMap<InodeId, Vec<Vec<u8>>> = HashMap::new();
@@ -347,8 +410,11 @@ impl LayerModel {
     }
 
     /// `mkparent`: create missing ancestors as implicit 0755 dirs; a non-dir is ENOTDIR.
+    /// `mkdir` inside a setgid dir gives the new dir that dir's gid (the kernel's BSD group
+    /// semantics; containerd's chmod 0755 then drops the inherited setgid bit, not the gid).
     fn mkparent(&mut self, parent: &[u8]) -> Result<(), String> {
         let mut end = 0;
+        let mut above: Option<InodeId> = None;
         loop {
             let next = parent[end..]
                 .iter()
@@ -357,14 +423,26 @@ impl LayerModel {
                 .unwrap_or(parent.len());
             let prefix = &parent[..next];
             match self.entries.get(prefix) {
-                Some(&i) if self.inodes[i].kind.is_dir() => {}
+                Some(&i) if self.inodes[i].kind.is_dir() => above = Some(i),
                 Some(_) => return Err(format!("{}: not a directory", display_path(prefix))),
                 None => {
                     let mut dir = Inode::new(EntryKind::Dir);
                     dir.mode = 0o755;
                     dir.implicit = true;
+                    dir.made_by_mkparent = !self.opts.base;
+                    if let Some(p) = above.map(|p| &self.inodes[p]) {
+                        if !p.implicit {
+                            if p.mode & 0o2000 != 0 {
+                                dir.gid = p.gid;
+                            }
+                        } else if !self.opts.base {
+                            // Its attributes (maybe setgid) come from a lower: decided later.
+                            dir.setgid_parent = above;
+                        }
+                    }
                     let id = self.new_inode(dir);
                     self.entries.insert(prefix.to_vec(), id);
+                    above = Some(id);
                 }
             }
             if next == parent.len() {
@@ -693,6 +771,101 @@ mod tests {
         }
         let (_, f) = m.get(b"a/b/c").unwrap();
         assert_eq!((f.size, f.mode, f.data_header), (3, 0o644, Some(0)));
+    }
+
+    #[test]
+    fn implicit_dirs_made_in_a_setgid_dir_take_its_gid() {
+        let mut sg = dir("d", 0o2775);
+        sg.gid = 50;
+        let mut plain = dir("p", 0o775);
+        plain.gid = 60;
+        let m = build(
+            true,
+            &[
+                sg,
+                plain,
+                file("d/x/y/f", 0o644, 0),
+                file("p/x/f", 0o644, 0),
+            ],
+        )
+        .unwrap();
+        let gid_mode = |p: &str| {
+            let i = m.get(p.as_bytes()).unwrap().1;
+            (i.gid, i.mode)
+        };
+        // The setgid bit itself is dropped by containerd's chmod 0755; x/y is made in x,
+        // which is not setgid.
+        assert_eq!(gid_mode("d/x"), (50, 0o755));
+        assert_eq!(gid_mode("d/x/y"), (0, 0o755));
+        assert_eq!(gid_mode("p/x"), (0, 0o755));
+        // A setgid dir that only becomes setgid after the child was made passes nothing on.
+        let mut late = dir("q", 0o2775);
+        late.gid = 70;
+        let m = build(true, &[file("q/x/f", 0o644, 0), late]).unwrap();
+        assert_eq!(m.get(b"q/x").unwrap().1.gid, 0);
+    }
+
+    #[test]
+    fn non_base_implicit_dirs_inherit_from_a_setgid_dir_resolved_from_the_lowers() {
+        let mut m = build(false, &[file("m/n/f", 0o644, 0)]).unwrap();
+        let (pm, _) = m.get(b"m").unwrap();
+        let (pn, n) = m.get(b"m/n").unwrap();
+        assert_eq!(n.setgid_parent, Some(pm));
+        // The I/O side found a setgid dir with gid 1 at `m` in a lower, nothing at `m/n`.
+        m.resolve_mkparent_dir(
+            pm,
+            Some(LowerDir {
+                mode: 0o2775,
+                gid: 1,
+                ..LowerDir::default()
+            }),
+        );
+        m.resolve_mkparent_dir(pn, None);
+        assert_eq!((m.inode(pn).gid, m.inode(pn).mode), (1, 0o755));
+        assert_eq!((m.inode(pm).gid, m.inode(pm).mode), (1, 0o2775));
+        let paths: Vec<Vec<u8>> = m.mkparent_dirs().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, vec![b"m".to_vec(), b"m/n".to_vec()]);
+    }
+
+    #[test]
+    fn a_dir_header_after_mkparent_keeps_the_xattrs_copied_from_the_lower() {
+        let mut d = dir("a", 0o700);
+        d.uid = 33;
+        d.xattrs.insert(b"user.mine".to_vec(), b"header".to_vec());
+        let mut m = build(false, &[file("a/g", 0o644, 0), d]).unwrap();
+        let (ia, a) = m.get(b"a").unwrap();
+        assert!(!a.implicit && a.made_by_mkparent);
+        let mut xattrs = BTreeMap::new();
+        xattrs.insert(b"user.a".to_vec(), b"lower".to_vec());
+        xattrs.insert(b"user.mine".to_vec(), b"lower".to_vec());
+        xattrs.insert(b"trusted.overlay.opaque".to_vec(), b"y".to_vec());
+        m.resolve_mkparent_dir(
+            ia,
+            Some(LowerDir {
+                mode: 0o2775,
+                uid: 1,
+                gid: 1,
+                xattrs,
+            }),
+        );
+        let a = m.inode(ia);
+        assert_eq!(
+            (a.mode, a.uid),
+            (0o700, 33),
+            "the header's mode and owner win"
+        );
+        let got: Vec<(&[u8], &[u8])> = a
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(&b"user.a"[..], &b"lower"[..]), (b"user.mine", b"header")]
+        );
+        // Base layers have no lowers: nothing to resolve.
+        let m = build(true, &[file("a/g", 0o644, 0)]).unwrap();
+        assert!(m.mkparent_dirs().is_empty());
     }
 
     #[test]
