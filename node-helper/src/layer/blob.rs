@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use sha2::{Digest, Sha256};
 
-use super::header::TarHeader;
+use super::header::{TarHeader, TarReader};
 
 const CHUNK: usize = 1 << 20;
 const CHUNKS_IN_FLIGHT: usize = 4;
@@ -280,18 +280,19 @@ fn walk_tar<F>(reader: &mut ChunkReader, visit: &mut F) -> Result<(), WalkError>
 where
     F: FnMut(&TarHeader, u64, &mut dyn Read) -> Result<(), crate::Error>,
 {
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| WalkError::Tar(format!("tar: {e}")))?;
-    for (ordinal, entry) in entries.enumerate() {
-        let mut entry = entry.map_err(|e| WalkError::Tar(format!("tar: {e}")))?;
-        let header = TarHeader::from_entry(&mut entry)
-            .map_err(|e| WalkError::Tar(format!("tar header: {e}")))?;
-        visit(&header, ordinal as u64, &mut entry).map_err(WalkError::Visitor)?;
-        // A short data section is a broken tar: drain it here so the error is the tar's.
-        io::copy(&mut entry, &mut io::sink())
+    let mut tar = TarReader::new(reader);
+    let mut ordinal = 0u64;
+    while let Some(header) = tar
+        .next_header()
+        .map_err(|e| WalkError::Tar(format!("tar: {e}")))?
+    {
+        let mut data = tar.data();
+        visit(&header, ordinal, &mut data).map_err(WalkError::Visitor)?;
+        // A short (or, sparse, overlong) data section is a broken tar: read it to its end
+        // here, as containerd's copy does, so the error is the tar's.
+        io::copy(&mut data, &mut io::sink())
             .map_err(|e| WalkError::Tar(format!("tar data: {e}")))?;
+        ordinal += 1;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod big_layer;
 mod catalog;
 mod oci_archive;
 mod pause_binary;
+pub mod raw_tar;
 pub mod random_layers;
 mod tar_layer;
 
