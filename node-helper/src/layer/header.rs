@@ -789,22 +789,12 @@ impl<R: Read> Read for EntryData<'_, R> {
     }
 }
 
-/// PAX time: `[-]seconds[.fraction]`.
+/// PAX time as Go's `parsePAXTime` reads it: `[+-]seconds[.fraction]`, seconds required,
+/// no spaces, fraction digits beyond nanoseconds dropped.
 pub fn parse_pax_time(v: &[u8]) -> Option<Timestamp> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (whole, frac) = match s.split_once('.') {
-        Some((w, f)) => (w, f),
-        None => (s, ""),
-    };
-    let sec: i64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
+    let s = std::str::from_utf8(v).ok()?;
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec = parse_decimal(whole.as_bytes())?;
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -813,18 +803,14 @@ pub fn parse_pax_time(v: &[u8]) -> Option<Timestamp> {
         digits.push('0');
     }
     let nsec: u32 = digits.parse().ok()?;
-    if !neg {
+    if !whole.starts_with('-') || nsec == 0 {
         return Some(Timestamp { sec, nsec });
     }
-    // -1.25 = -2 s + 0.75 s
-    if nsec == 0 {
-        Some(Timestamp { sec: -sec, nsec: 0 })
-    } else {
-        Some(Timestamp {
-            sec: -sec - 1,
-            nsec: 1_000_000_000 - nsec,
-        })
-    }
+    // time.Unix(sec, -nsec): -1.25 = -2 s + 0.75 s
+    Some(Timestamp {
+        sec: sec.checked_sub(1)?,
+        nsec: 1_000_000_000 - nsec,
+    })
 }
 
 #[cfg(test)]
@@ -856,6 +842,23 @@ mod tests {
             })
         );
         assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(
+            parse_pax_time(b"-0.5"),
+            Some(Timestamp {
+                sec: -1,
+                nsec: 500_000_000
+            })
+        );
+        assert_eq!(parse_pax_time(b"+7."), Some(Timestamp { sec: 7, nsec: 0 }));
+        // Go's ParseInt: no spaces, the seconds are required.
+        for bad in [&b" 5"[..], b"5 ", b".5", b"-.5", b"", b"1.2.3", b"1.-2"] {
+            assert_eq!(
+                parse_pax_time(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
