@@ -16,9 +16,9 @@ use snapmend_crds::{LayerState, Outcome};
 use snapmend_tests::containerd::ContainerdFixture;
 use snapmend_tests::fs_tree::capture_tree;
 use snapmend_tests::image_builder::raw_tar::{
-    Checksum, Magic, Num, RawHeader, RawImage, RawTar, pax_records, write_raw_oci_archive,
+    Checksum, Magic, Num, RawHeader, RawImage, RawLayer, RawTar, pax_records, write_raw_oci_archive,
 };
-use snapmend_tests::image_builder::{CAP_NET_BIND_SERVICE_XATTR, Compression};
+use snapmend_tests::image_builder::{CAP_NET_BIND_SERVICE_XATTR, Compression, compress};
 use snapmend_tests::node_helper_cli::{
     Content, NodeHelper, PristineImage, PristineLayer, Scenario, empty_dir,
 };
@@ -27,6 +27,8 @@ use snapmend_tests::node_helper_cli::{
 struct Case {
     name: &'static str,
     tar: Vec<u8>,
+    /// Stored bytes and media type, when not the gzipped tar.
+    blob: Option<(Vec<u8>, &'static str)>,
     /// Path inside the layer (no leading slash) deleted before the second repair.
     victim: Option<&'static str>,
 }
@@ -39,6 +41,7 @@ fn case(name: &'static str, victim: Option<&'static str>, tar: RawTar) -> Case {
     Case {
         name,
         tar: tar.bytes,
+        blob: None,
         victim,
     }
 }
@@ -729,10 +732,58 @@ fn refused_cases() -> Vec<Case> {
 }
 
 fn raw_image(c: &Case) -> RawImage {
+    let layer = match &c.blob {
+        Some((blob, media)) => RawLayer::custom(c.tar.clone(), blob.clone(), media),
+        None => RawLayer::new(c.tar.clone(), Compression::Gzip).unwrap(),
+    };
     RawImage {
         name: image_name(c.name),
-        layers: vec![(c.tar.clone(), Compression::Gzip)],
+        layers: vec![layer],
     }
+}
+
+const OCI_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const OCI_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const DOCKER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+/// A small layer stored as `blob(tar)` under `media`.
+fn stored_as(name: &'static str, media: &'static str, blob: impl FnOnce(&[u8]) -> Vec<u8>) -> Case {
+    let mut c = case(
+        name,
+        Some("stored"),
+        RawTar::new().file("stored", name.as_bytes()).end(),
+    );
+    c.blob = Some((blob(&c.tar), media));
+    c
+}
+
+fn gz(tar: &[u8]) -> Vec<u8> {
+    compress(tar, Compression::Gzip).unwrap()
+}
+
+/// Compression is detected from the bytes except for the plain OCI tar type (containerd's
+/// DiffCompression); gzip members may be concatenated.
+fn compression_cases() -> Vec<Case> {
+    vec![
+        stored_as("gzip_type_holding_a_plain_tar", OCI_GZIP, <[u8]>::to_vec),
+        stored_as("docker_tar_type_holding_zstd", DOCKER_TAR, |t| {
+            compress(t, Compression::Zstd).unwrap()
+        }),
+        stored_as("docker_tar_type_holding_gzip", DOCKER_TAR, gz),
+        stored_as("two_gzip_members", OCI_GZIP, |t| {
+            let (a, b) = t.split_at(700);
+            [gz(a), gz(b)].concat()
+        }),
+    ]
+}
+
+fn refused_compression_cases() -> Vec<Case> {
+    vec![
+        stored_as("plain_tar_type_holding_gzip", OCI_TAR, gz),
+        stored_as("gzip_then_garbage", OCI_GZIP, |t| {
+            [gz(t), vec![0x42; 64]].concat()
+        }),
+    ]
 }
 
 fn now_secs() -> i64 {
@@ -933,6 +984,8 @@ fn check_refused(
 fn tar_formats_agree_with_containerd() {
     let mut cases: Vec<(Case, bool)> = accepted_cases().into_iter().map(|c| (c, true)).collect();
     cases.extend(refused_cases().into_iter().map(|c| (c, false)));
+    cases.extend(compression_cases().into_iter().map(|c| (c, true)));
+    cases.extend(refused_compression_cases().into_iter().map(|c| (c, false)));
     run_cases(cases);
 }
 

@@ -269,7 +269,38 @@ pub fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
 #[derive(Clone, Debug)]
 pub struct RawImage {
     pub name: String,
-    pub layers: Vec<(Vec<u8>, Compression)>,
+    pub layers: Vec<RawLayer>,
+}
+
+/// A layer: its tar stream (whose digest is the diffID), the stored blob and its media type.
+#[derive(Clone, Debug)]
+pub struct RawLayer {
+    pub tar: Vec<u8>,
+    pub blob: Vec<u8>,
+    pub media_type: String,
+    pub compression: Compression,
+}
+
+impl RawLayer {
+    /// The tar compressed as asked, with the matching OCI media type.
+    pub fn new(tar: Vec<u8>, compression: Compression) -> Result<Self, FixtureError> {
+        Ok(RawLayer {
+            blob: compress(&tar, compression)?,
+            media_type: layer_type(compression).into(),
+            tar,
+            compression,
+        })
+    }
+
+    /// Any stored bytes under any media type (a blob that does not match its media type).
+    pub fn custom(tar: Vec<u8>, blob: Vec<u8>, media_type: &str) -> Self {
+        RawLayer {
+            tar,
+            blob,
+            media_type: media_type.into(),
+            compression: Compression::None,
+        }
+    }
 }
 
 fn layer_type(c: Compression) -> &'static str {
@@ -301,27 +332,21 @@ pub fn write_raw_oci_archive(
     let mut built = Vec::new();
     let host = Platform::host();
     for image in images {
-        let mut layers = Vec::new();
-        for (tar, c) in &image.layers {
-            let blob = compress(tar, *c)?;
-            layers.push(BuiltLayer {
-                compression: *c,
-                digest: digest_of(&blob),
-                diff_id: digest_of(tar),
-                tar: tar.clone(),
-                blob,
-            });
-        }
-        let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let diff_ids: Vec<String> = image.layers.iter().map(|l| digest_of(&l.tar)).collect();
         let mut descs = Vec::new();
         let mut image_layers = Vec::new();
-        for (layer, chain_id) in layers.into_iter().zip(chain_ids(&diff_ids)) {
-            let media = layer_type(layer.compression);
-            descs.push(add(layer.blob.clone(), media));
+        for (layer, chain_id) in image.layers.iter().zip(chain_ids(&diff_ids)) {
+            descs.push(add(layer.blob.clone(), &layer.media_type));
             image_layers.push(ImageLayer {
-                media_type: media.into(),
+                media_type: layer.media_type.clone(),
                 chain_id,
-                built: layer,
+                built: BuiltLayer {
+                    compression: layer.compression,
+                    digest: digest_of(&layer.blob),
+                    diff_id: digest_of(&layer.tar),
+                    tar: layer.tar.clone(),
+                    blob: layer.blob.clone(),
+                },
             });
         }
         let config = json!({
