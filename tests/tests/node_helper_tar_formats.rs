@@ -547,6 +547,51 @@ fn pax_ids_minus_one() -> Case {
     )
 }
 
+/// A second PAX header replaces the first (Go keeps one record map); a GNU long name beats
+/// a PAX path.
+fn pax_headers_do_not_merge() -> Case {
+    let mut f = RawHeader::file("unmerged", 0);
+    f.uid = 11;
+    f.gid = 12;
+    case(
+        "pax_headers_do_not_merge",
+        Some("gnu-wins"),
+        RawTar::new()
+            .pax(b'x', &[("uid", b"5")])
+            .pax(b'x', &[("gid", b"6")])
+            .entry(f, b"uid 11 gid 6\n")
+            .pax(b'x', &[("path", b"pax-loses")])
+            .gnu_long(b'L', b"gnu-wins\0")
+            .entry(RawHeader::file("header-name", 0), b"g\n")
+            .end(),
+    )
+}
+
+/// The kernel refuses user.* xattrs on symlinks and fifos; containerd goes on without them.
+fn user_xattrs_on_special_files() -> Case {
+    case(
+        "user_xattrs_on_special_files",
+        Some("fifo-x"),
+        RawTar::new()
+            .pax(b'x', &[("SCHILY.xattr.user.x", b"1")])
+            .header(&RawHeader::link(b'2', "sym-x", "t"))
+            .pax(b'x', &[("SCHILY.xattr.user.x", b"1")])
+            .header(&RawHeader::new(b'6', "fifo-x"))
+            .end(),
+    )
+}
+
+fn trusted_xattr() -> Case {
+    case(
+        "trusted_xattr",
+        Some("trusted"),
+        RawTar::new()
+            .pax(b'x', &[("SCHILY.xattr.trusted.snapmend", b"t")])
+            .entry(RawHeader::file("trusted", 0), b"t\n")
+            .end(),
+    )
+}
+
 /// File-type bits in a header's mode field are not permissions (Go's FileInfo drops them).
 fn mode_with_type_bits() -> Case {
     let mut f = RawHeader::file("typed-mode", 0);
@@ -600,6 +645,9 @@ fn accepted_cases() -> Vec<Case> {
         pax_out_of_range_mtimes(),
         mode_with_type_bits(),
         empty_name(),
+        pax_headers_do_not_merge(),
+        trusted_xattr(),
+        user_xattrs_on_special_files(),
     ]
 }
 
