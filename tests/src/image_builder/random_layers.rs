@@ -94,6 +94,8 @@ const SYMLINK_TARGETS: &[&str] = &[
     ".",
     "../f",
     "/b/f",
+    // Longer than the 100-byte ustar link field: a PAX `linkpath` record.
+    "/a-symlink-target-that-is-far-too-long-for-the-ustar-header/because-it-goes-on-and-on/and-on",
 ];
 
 /// What the tracker knows about a path of the layer being built.
@@ -517,6 +519,14 @@ impl LayerGen<'_> {
                 self.coverage.add("xattr");
             }
         }
+        if matches!(entry.body, EntryBody::File(_) | EntryBody::Hardlink(_)) && self.rng.chance(6) {
+            // Set after lchown (which clears it), also through a hardlink header.
+            entry = entry.xattr(
+                "security.capability",
+                super::catalog::CAP_NET_BIND_SERVICE_XATTR,
+            );
+            self.coverage.add("security.capability");
+        }
         if self.rng.chance(8) {
             entry = entry.pax_path();
             self.coverage.add("pax_path");
@@ -548,9 +558,12 @@ impl LayerGen<'_> {
 
     /// Spelling of a path in a header: plain, `./`-prefixed or absolute.
     fn spell(&mut self, path: &str) -> String {
-        match self.rng.below(6) {
+        match self.rng.below(8) {
             0 => format!("./{path}"),
             1 => format!("/{path}"),
+            // `filepath.Clean` folds these away (and clamps `..` at the root).
+            2 => format!("zz/../{path}"),
+            3 => format!("../{path}"),
             _ => path.to_string(),
         }
     }
@@ -676,6 +689,13 @@ impl LayerGen<'_> {
                 self.candidate()
             };
             let Some((entry, what)) = next else { continue };
+            if self.rng.chance(3) {
+                // The layer root named: containerd skips it.
+                let root = TarEntry::dir(*self.rng.pick(&["./", "/", "."]));
+                let root = self.decorate(root, true);
+                self.coverage.add("root entry");
+                self.entries.push(root);
+            }
             if self.tracker.try_apply(&entry) {
                 self.coverage.add(what);
                 self.entries.push(entry);
@@ -804,6 +824,8 @@ mod tests {
             "owner",
             "xattr",
             "xattr value with newline",
+            "security.capability",
+            "root entry",
             "hardlink outlives first name",
         ] {
             assert!(all.contains(want), "no seed of 0..16 has {want}: {all:?}");
