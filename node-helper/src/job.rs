@@ -456,7 +456,7 @@ fn repair_message(
         }
         if let LayerAttempt::Failed { report, error } = a {
             notes.push(format!(
-                "layer {} repair stopped: {error}; rerunning the repair finishes it",
+                "layer {} repair stopped: {error}. Every entry is either as it was or restored; rerun the repair when the cause is fixed",
                 report.index
             ));
         }

@@ -244,6 +244,25 @@ fn blob_state(
     }
 }
 
+/// Regular files with tar data but no compared path, by the ordinal of their data header, with
+/// the first path that still names them.
+fn orphaned_files(
+    model: &LayerModel,
+    compared_at: &HashMap<InodeId, Vec<u8>>,
+) -> HashMap<u64, (InodeId, Vec<u8>)> {
+    let mut out: HashMap<u64, (InodeId, Vec<u8>)> = HashMap::new();
+    for (path, id) in model.entries() {
+        let inode = model.inode(id);
+        if !matches!(inode.kind, EntryKind::File) || compared_at.contains_key(&id) {
+            continue;
+        }
+        if let Some(ordinal) = inode.data_header {
+            out.entry(ordinal).or_insert_with(|| (id, path.to_vec()));
+        }
+    }
+    out
+}
+
 /// Mode, owner and xattrs of implicit directories come from the first lower layer with a
 /// directory at that path (containerd's `mkparent`).
 fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
@@ -374,7 +393,7 @@ pub fn run_pass(
         (streamed, observed)
     });
 
-    let (blob, blob_reason) = blob_state(layer, &streamed);
+    let (mut blob, mut blob_reason) = blob_state(layer, &streamed);
     if model_error.is_none()
         && let Err(e) = model.finish()
     {
@@ -384,6 +403,39 @@ pub fn run_pass(
     compared_at.retain(|id, path| model.get(path).is_some_and(|(i, _)| i == *id));
     content_verdicts.retain(|id, _| compared_at.contains_key(id));
     staged.retain(|id, _| compared_at.contains_key(id));
+    // Such an inode may still live on through a hardlink (`a`, `b` -> `a`, then `a` again):
+    // its data already streamed by, so compare (and stage) it at a surviving path in a second
+    // stream. Rare; only then is the blob read twice.
+    if model_error.is_none() && blob == BlobState::Verified {
+        let orphans = orphaned_files(&model, &compared_at);
+        if !orphans.is_empty() {
+            tracing::debug!(
+                files = orphans.len(),
+                "hardlinked files whose first path was replaced: second stream"
+            );
+            if let Some(stage) = stage {
+                for ordinal in orphans.keys() {
+                    let _ = std::fs::remove_file(stage.data_path(*ordinal));
+                }
+            }
+            let again = stream_layer(&layer.blob_path, &layer.media_type, |hdr, ordinal, data| {
+                if let Some((id, path)) = orphans.get(&ordinal) {
+                    let (verdict, staged_file) = compare.run(path, hdr.size, ordinal, data)?;
+                    content_verdicts.insert(*id, verdict);
+                    compared_at.insert(*id, path.clone());
+                    if let Some(f) = staged_file {
+                        staged.insert(*id, f);
+                    }
+                }
+                Ok(())
+            });
+            // The same bytes must come back; anything else makes the blob unusable now.
+            let (state, reason) = blob_state(layer, &again);
+            if state != BlobState::Verified {
+                (blob, blob_reason) = (state, reason);
+            }
+        }
+    }
     if !base && let Some(s) = &layer.snapshot {
         resolve_implicit_dirs(&mut model, &s.lower_fs);
     }

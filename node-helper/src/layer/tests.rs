@@ -1074,3 +1074,31 @@ fn a_repair_confirms_what_it_wrote() {
         "nothing written, nothing to confirm"
     );
 }
+
+#[test]
+fn a_hardlink_keeps_the_bytes_of_a_target_that_was_replaced_later() {
+    // `over` v1, `over-link` -> `over` (the v1 inode), then `over` v2: containerd leaves v1
+    // at /over-link and v2 at /over.
+    let tar = {
+        let mut t = TarBuilder::new();
+        t.file("over", 0o644, b"first version")
+            .hardlink("over-link", "over", 0o644)
+            .file("over", 0o644, b"second version!");
+        t.finish()
+    };
+    let f = fixture(&tar, true).unpacked();
+    assert_eq!(std::fs::read(f.p("over-link")).unwrap(), b"first version");
+    assert_eq!(std::fs::read(f.p("over")).unwrap(), b"second version!");
+    // Same size, different bytes at the surviving link: only a compare at that path sees it.
+    std::fs::write(f.p("over-link"), b"FIRST version").unwrap();
+    let v = f.verify();
+    assert_eq!(
+        kinds(&v),
+        vec![("/over-link".to_string(), FindingKind::ContentMismatch)]
+    );
+    std::fs::remove_file(f.p("over-link")).unwrap();
+    let r = f.repair();
+    assert_eq!(r.report.state, LayerState::Repaired, "{:?}", r.reason);
+    assert_eq!(std::fs::read(f.p("over-link")).unwrap(), b"first version");
+    assert_eq!(f.verify().state, LayerState::Healthy);
+}
