@@ -84,10 +84,10 @@ fn dump(seed: u64, spec: &ImageSpec) {
     }
 }
 
-/// Sorts of entries the default run leaves out: each one shows a known helper bug, reproduced
-/// by its own ignored test below (un-ignore it, and turn the sort on here, once fixed).
+/// Sorts of entries the default run leaves out (`false`): each shows a known helper bug,
+/// reproduced by its own ignored test below (un-ignore it, and turn the sort on, once fixed).
 const DEFAULT_FEATURES: Features = Features {
-    newline_in_xattr_values: false,
+    newline_in_xattr_values: true,
     hardlink_outlives_first_name: false,
 };
 
@@ -356,16 +356,16 @@ fn repair_reproduces_containerd_unpack_of_random_images_with_mkparent_dirs_from_
 }
 
 #[test]
-#[ignore = "known helper bugs: see the two reproducers below"]
+#[ignore = "known helper bug: see hardlink_that_outlives_its_first_name_is_restored"]
 fn repair_reproduces_containerd_unpack_of_random_images_with_every_feature() {
     run_seeds(Features::ALL);
 }
 
 /// PAX records are length-prefixed and may hold any byte; containerd (Go's archive/tar)
-/// reads an xattr value with a newline (e.g. a `security.capability` mask byte 0x0a), the
-/// helper's tar reader calls the blob unreadable.
+/// reads an xattr value with a newline (e.g. a `security.capability` mask byte 0x0a). The
+/// helper's first tar reader (tar-rs, which splits records at newlines) called such a blob
+/// unreadable.
 #[test]
-#[ignore = "known bug: the helper's tar reader rejects PAX records whose value holds a newline"]
 fn xattr_value_with_a_newline_is_verified() {
     const NAME: &str = "snapmend.test/newline-xattr:1";
     let image = ImageSpec::new(
