@@ -14,7 +14,9 @@ use snapmend_crds::{BlobState, ContentCheck};
 
 use super::blob::{StreamError, stream_layer};
 use super::compare::ContentVerdict;
-use super::expected::{Applied, EntryKind, InodeId, LayerModel, ModelError, ModelOptions};
+use super::expected::{
+    Applied, EntryKind, InodeId, LayerModel, LowerDir, ModelError, ModelOptions,
+};
 use super::observe::{Observation, observe_path, observe_tree};
 use super::safe_fs::Beneath;
 use crate::image::ResolvedLayer;
@@ -278,16 +280,12 @@ fn orphaned_files(
     out
 }
 
-/// Mode, owner and xattrs of implicit directories come from the first lower layer with a
-/// directory at that path (containerd's `mkparent`).
+/// Dirs containerd's `mkparent` made: what the first lower layer has at that path decides
+/// their mode, owner and xattrs (the model applies it, [`LayerModel::resolve_mkparent_dir`]).
 fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
     use std::os::unix::ffi::OsStrExt;
-    let implicit: Vec<(Vec<u8>, InodeId)> = model
-        .entries()
-        .filter(|(_, id)| model.inode(*id).implicit)
-        .map(|(p, id)| (p.to_vec(), id))
-        .collect();
-    for (path, id) in implicit {
+    for (path, id) in model.mkparent_dirs() {
+        let mut found = None;
         for lower in lowers {
             let Some(resolved) = root_path_in(lower, &path) else {
                 break;
@@ -296,18 +294,16 @@ fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
                 continue;
             };
             if o.file_type() == libc::S_IFDIR {
-                let inode = model.inode_mut(id);
-                inode.mode = o.mode & 0o7777;
-                inode.uid = o.uid;
-                inode.gid = o.gid;
-                for (k, v) in o.xattrs {
-                    if !k.starts_with(b"trusted.") {
-                        inode.xattrs.entry(k).or_insert(v);
-                    }
-                }
+                found = Some(LowerDir {
+                    mode: o.mode & 0o7777,
+                    uid: o.uid,
+                    gid: o.gid,
+                    xattrs: o.xattrs.into_iter().collect(),
+                });
             }
             break;
         }
+        model.resolve_mkparent_dir(id, found);
     }
 }
 

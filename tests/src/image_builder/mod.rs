@@ -6,8 +6,8 @@ mod big_layer;
 mod catalog;
 mod oci_archive;
 mod pause_binary;
-pub mod raw_tar;
 pub mod random_layers;
+pub mod raw_tar;
 mod tar_layer;
 
 use sha2::{Digest, Sha256};
