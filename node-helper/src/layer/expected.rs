@@ -13,6 +13,9 @@ pub type InodeId = usize;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// A uid or gid of -1 in the tar: `lchown` leaves that id as it is.
+const UNCHANGED_ID: u32 = u32::MAX;
 /// Go's continuity `RootPath` gives up after this many symlinks.
 const MAX_SYMLINKS: usize = 255;
 
@@ -458,9 +461,8 @@ impl LayerModel {
             name: String::from_utf8_lossy(&hdr.name).into_owned(),
             reason,
         };
-        if hdr.kind == HeaderType::GlobalPax {
-            return Ok(Applied::Skipped);
-        }
+        // A PAX global header goes through containerd's loop like any entry (mkparent,
+        // whiteout conversion, removal of what is at its path) and is only ignored after that.
         let comps = clean_components(&hdr.name);
         let Some((&base, parent_comps)) = comps.split_last() else {
             return Ok(Applied::Skipped);
@@ -493,8 +495,12 @@ impl LayerModel {
                     )));
                 }
                 let mut wh = Inode::new(EntryKind::Whiteout);
-                wh.uid = hdr.uid;
-                wh.gid = hdr.gid;
+                if hdr.uid != UNCHANGED_ID {
+                    wh.uid = hdr.uid;
+                }
+                if hdr.gid != UNCHANGED_ID {
+                    wh.gid = hdr.gid;
+                }
                 let id = self.new_inode(wh);
                 self.entries.insert(target, id);
             }
@@ -525,6 +531,10 @@ impl LayerModel {
                 self.new_inode(f)
             }
             HeaderType::Hardlink => self.hardlink_target(&hdr.linkname).map_err(err)?,
+            HeaderType::Symlink if hdr.linkname.is_empty() => {
+                // symlink(2) refuses an empty target (ENOENT), and so containerd's unpack fails.
+                return Err(err("symlink with an empty target".into()));
+            }
             HeaderType::Symlink => {
                 self.new_inode(Inode::new(EntryKind::Symlink(hdr.linkname.clone())))
             }
@@ -537,7 +547,11 @@ impl LayerModel {
                 minor: hdr.devminor,
             })),
             HeaderType::Fifo => self.new_inode(Inode::new(EntryKind::Fifo)),
-            HeaderType::GlobalPax | HeaderType::Unsupported(_) => return Ok(Applied::Skipped),
+            HeaderType::GlobalPax => {
+                self.unpacked.insert(path);
+                return Ok(Applied::Skipped);
+            }
+            HeaderType::Unsupported(_) => return Ok(Applied::Skipped),
         };
         self.entries.insert(path.clone(), id);
 
@@ -547,10 +561,14 @@ impl LayerModel {
             _ => true,
         };
         let inode = &mut self.inodes[id];
-        // lchown: the kernel clears setuid, setgid (if group-executable) and file
-        // capabilities of non-directories on every chown.
-        inode.uid = hdr.uid;
-        inode.gid = hdr.gid;
+        // lchown: -1 leaves an id alone, but the kernel clears setuid, setgid (if
+        // group-executable) and file capabilities of non-directories on every chown.
+        if hdr.uid != UNCHANGED_ID {
+            inode.uid = hdr.uid;
+        }
+        if hdr.gid != UNCHANGED_ID {
+            inode.gid = hdr.gid;
+        }
         if !inode.kind.is_dir() {
             inode.mode &= !0o4000;
             if inode.mode & 0o010 != 0 {
@@ -578,12 +596,13 @@ impl LayerModel {
             inode.mode = header_mode;
             inode.alt_mode = None;
         }
+        // containerd: boundTime(latestTime(atime, mtime)), boundTime(mtime).
         let mtime = hdr.mtime.bounded();
         let atime = hdr
             .atime
-            .map(|a| a.bounded())
-            .filter(|a| *a > mtime)
-            .unwrap_or(mtime);
+            .filter(|a| *a > hdr.mtime)
+            .unwrap_or(hdr.mtime)
+            .bounded();
         inode.mtime = Some(mtime);
         inode.atime = Some(atime);
         if kind == HeaderType::Dir {
@@ -712,6 +731,72 @@ mod tests {
     }
     fn kind<'a>(m: &'a LayerModel, p: &str) -> &'a EntryKind {
         &m.get(p.as_bytes()).expect(p).1.kind
+    }
+
+    #[test]
+    fn a_pax_global_header_makes_parents_and_removes_its_path_like_any_entry() {
+        let m = build(
+            true,
+            &[
+                file("victim", 0o644, 1),
+                h(HeaderType::GlobalPax, "victim"),
+                h(HeaderType::GlobalPax, "tmp/GlobalHead.1.1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            paths(&m),
+            vec!["tmp"],
+            "victim removed, tmp made by mkparent"
+        );
+        assert!(m.get(b"tmp").unwrap().1.implicit);
+    }
+
+    #[test]
+    fn owner_minus_one_leaves_that_id_alone() {
+        let mut f = file("f", 0o644, 0);
+        f.uid = u32::MAX;
+        f.gid = 7;
+        let mut g = file("g", 0o644, 0);
+        g.uid = 5;
+        g.gid = u32::MAX;
+        let m = build(true, &[f, g]).unwrap();
+        let owner = |p: &str| {
+            let i = m.get(p.as_bytes()).unwrap().1;
+            (i.uid, i.gid)
+        };
+        assert_eq!(owner("f"), (0, 7));
+        assert_eq!(owner("g"), (5, 0));
+    }
+
+    #[test]
+    fn a_symlink_with_an_empty_target_fails_like_containerd() {
+        let Err(e) = build(true, &[link(HeaderType::Symlink, "l", "")]) else {
+            panic!("an empty symlink target was accepted");
+        };
+        assert!(e.reason.contains("empty target"), "{e:?}");
+    }
+
+    #[test]
+    fn atime_is_the_later_of_atime_and_mtime_then_bounded() {
+        // An atime past 2262 is later than the mtime, so both end at the epoch bound rule:
+        // containerd picks the later time first and bounds it after.
+        let mut f = file("f", 0o644, 0);
+        f.mtime = Timestamp { sec: 100, nsec: 0 };
+        f.atime = Some(Timestamp {
+            sec: 10_000_000_000,
+            nsec: 0,
+        });
+        let mut g = file("g", 0o644, 0);
+        g.mtime = Timestamp { sec: 100, nsec: 0 };
+        g.atime = Some(Timestamp { sec: 50, nsec: 0 });
+        let m = build(true, &[f, g]).unwrap();
+        let times = |p: &str| {
+            let i = m.get(p.as_bytes()).unwrap().1;
+            (i.atime.unwrap().sec, i.mtime.unwrap().sec)
+        };
+        assert_eq!(times("f"), (0, 100));
+        assert_eq!(times("g"), (100, 100));
     }
 
     #[test]
