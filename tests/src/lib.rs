@@ -1,8 +1,11 @@
 pub mod bench;
 pub mod containerd;
+mod error;
 pub mod fs_tree;
 pub mod image_builder;
 pub mod kubelet;
 pub mod node_helper_cli;
 pub mod probe;
 pub mod sim;
+
+pub use error::TestError;

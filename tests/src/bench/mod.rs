@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::containerd::{ContainerdFixture, FixtureError};
+use crate::TestError;
+use crate::containerd::ContainerdFixture;
 use crate::image_builder::{BigLayer, write_big_layer_archive, write_big_layer_blob};
 use crate::node_helper_cli::{Content, NodeHelper};
 
@@ -71,16 +72,16 @@ pub struct BenchReport {
     pub comparisons: Vec<Comparison>,
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, FixtureError> {
+fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, TestError> {
     let started = Instant::now();
-    let out = cmd.output().map_err(|e| FixtureError::Command {
+    let out = cmd.output().map_err(|e| TestError::Command {
         command: what.into(),
         status: "not started".into(),
         stderr: e.to_string(),
     })?;
     let took = started.elapsed();
     if !out.status.success() {
-        return Err(FixtureError::Command {
+        return Err(TestError::Command {
             command: what.into(),
             status: out.status.to_string(),
             stderr: format!(
@@ -96,14 +97,14 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, FixtureError> 
 /// One command to time: `setup` runs untimed before each run.
 struct Timed<'a> {
     label: &'a str,
-    setup: Box<dyn FnMut() -> Result<(), FixtureError> + 'a>,
+    setup: Box<dyn FnMut() -> Result<(), TestError> + 'a>,
     make: Box<dyn FnMut() -> Command + 'a>,
 }
 
 impl<'a> Timed<'a> {
     fn new(
         label: &'a str,
-        setup: impl FnMut() -> Result<(), FixtureError> + 'a,
+        setup: impl FnMut() -> Result<(), TestError> + 'a,
         make: impl FnMut() -> Command + 'a,
     ) -> Self {
         Timed {
@@ -113,7 +114,7 @@ impl<'a> Timed<'a> {
         }
     }
 
-    fn run_once(&mut self) -> Result<Duration, FixtureError> {
+    fn run_once(&mut self) -> Result<Duration, TestError> {
         (self.setup)()?;
         // Writes of the previous run and of the setup must not be flushed during this one.
         // SAFETY: sync(2) takes no arguments and cannot fail.
@@ -131,7 +132,7 @@ fn compare_side_by_side(
     goal: &str,
     mut ours: Timed<'_>,
     mut reference: Timed<'_>,
-) -> Result<Comparison, FixtureError> {
+) -> Result<Comparison, TestError> {
     ours.run_once()?;
     reference.run_once()?;
     let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -153,7 +154,7 @@ fn compare_side_by_side(
     })
 }
 
-fn empty_dir(dir: &Path) -> Result<(), FixtureError> {
+fn empty_dir(dir: &Path) -> Result<(), TestError> {
     crate::node_helper_cli::empty_dir(dir)
 }
 
@@ -221,18 +222,18 @@ pub fn machine_info(dir: &Path) -> Vec<(String, String)> {
 }
 
 /// Generates the layer, imports it into a private containerd and runs every comparison.
-pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> {
-    std::fs::create_dir_all(&opts.work_dir).map_err(|e| FixtureError::io(&opts.work_dir, e))?;
+pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
+    std::fs::create_dir_all(&opts.work_dir).map_err(|e| TestError::io(&opts.work_dir, e))?;
     let blob_path = opts.work_dir.join("layer.tar.gz");
     let archive = opts.work_dir.join("image.oci.tar");
     eprintln!("generating {} files ...", opts.files);
     let layer = write_big_layer_blob(&blob_path, opts.files)?;
     write_big_layer_archive(&archive, &blob_path, &layer, IMAGE)?;
-    std::fs::remove_file(&blob_path).map_err(|e| FixtureError::io(&blob_path, e))?;
+    std::fs::remove_file(&blob_path).map_err(|e| TestError::io(&blob_path, e))?;
     eprintln!("layer: {layer:?}\nimporting ...");
     let fixture = ContainerdFixture::start()?;
     fixture.import(&archive)?;
-    std::fs::remove_file(&archive).map_err(|e| FixtureError::io(&archive, e))?;
+    std::fs::remove_file(&archive).map_err(|e| TestError::io(&archive, e))?;
     let helper = NodeHelper {
         binary: opts.node_helper.clone(),
         root: fixture.root(),
@@ -241,7 +242,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> 
     let fs = helper
         .snapshot_paths(IMAGE)?
         .pop()
-        .ok_or_else(|| FixtureError::NodeHelper("no layer".into()))?;
+        .ok_or_else(|| TestError::NodeHelper("no layer".into()))?;
     let blob = fixture.blob_path(&layer.digest);
     let blob_s = blob.to_string_lossy().into_owned();
     let fs_s = fs.to_string_lossy().into_owned();
@@ -304,9 +305,9 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> 
                 || {
                     if extract_dir.exists() {
                         std::fs::remove_dir_all(&extract_dir)
-                            .map_err(|e| FixtureError::io(&extract_dir, e))?;
+                            .map_err(|e| TestError::io(&extract_dir, e))?;
                     }
-                    std::fs::create_dir(&extract_dir).map_err(|e| FixtureError::io(&extract_dir, e))
+                    std::fs::create_dir(&extract_dir).map_err(|e| TestError::io(&extract_dir, e))
                 },
                 || {
                     let mut c = Command::new("tar");
@@ -321,14 +322,14 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, FixtureError> 
             "≈ 1×",
             Timed::new(
                 "snapmend-node-helper repair (one file missing)",
-                || std::fs::remove_file(&one_file).map_err(|e| FixtureError::io(&one_file, e)),
+                || std::fs::remove_file(&one_file).map_err(|e| TestError::io(&one_file, e)),
                 repair,
             ),
             Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
         )?,
     ];
     if extract_dir.exists() {
-        std::fs::remove_dir_all(&extract_dir).map_err(|e| FixtureError::io(&extract_dir, e))?;
+        std::fs::remove_dir_all(&extract_dir).map_err(|e| TestError::io(&extract_dir, e))?;
     }
     Ok(BenchReport {
         machine: machine_info(fixture.dir()),

@@ -6,15 +6,14 @@
 //! and dropping the fixture kills everything it started, unmounts and removes its directory.
 
 mod config;
-mod error;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::TestError;
 pub use config::{ConfigPaths, DISABLED_PLUGINS, render_config};
-pub use error::FixtureError;
 
 use crate::image_builder::{BuiltImage, ImageSpec, write_oci_archive};
 
@@ -65,15 +64,15 @@ pub struct ContainerdFixture {
 
 impl ContainerdFixture {
     /// Starts a containerd with the default options and waits until it answers.
-    pub fn start() -> Result<Self, FixtureError> {
+    pub fn start() -> Result<Self, TestError> {
         Self::start_with(FixtureOptions::default())
     }
 
-    pub fn start_with(options: FixtureOptions) -> Result<Self, FixtureError> {
+    pub fn start_with(options: FixtureOptions) -> Result<Self, TestError> {
         let dir = tempfile::Builder::new()
             .prefix("snapmend-ctd-")
             .tempdir()
-            .map_err(|e| FixtureError::io(std::env::temp_dir(), e))?;
+            .map_err(|e| TestError::io(std::env::temp_dir(), e))?;
         let base = dir.path().to_path_buf();
         let paths = ConfigPaths {
             root: &base.join("root"),
@@ -83,13 +82,11 @@ impl ContainerdFixture {
         };
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, render_config(&paths))
-            .map_err(|e| FixtureError::io(&config_path, e))?;
+            .map_err(|e| TestError::io(&config_path, e))?;
         share_mounts_beneath(paths.state)?;
         let log_path = base.join("containerd.log");
-        let log = File::create(&log_path).map_err(|e| FixtureError::io(&log_path, e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| FixtureError::io(&log_path, e))?;
+        let log = File::create(&log_path).map_err(|e| TestError::io(&log_path, e))?;
+        let log_err = log.try_clone().map_err(|e| TestError::io(&log_path, e))?;
         // unshare and sh exec into containerd, so the child's pid is containerd's. The mount
         // holding /run becomes a slave first, so the tmpfs never propagates to the host even
         // where / is shared; the state bind mount stays shared.
@@ -106,7 +103,7 @@ impl ContainerdFixture {
             .spawn()
             .map_err(|e| {
                 unmount_beneath(&base);
-                FixtureError::Start {
+                TestError::Start {
                 reason: format!("spawning unshare/containerd: {e}"),
                 log: String::new(),
             }
@@ -122,11 +119,11 @@ impl ContainerdFixture {
         Ok(fixture)
     }
 
-    fn wait_until_serving(&mut self) -> Result<(), FixtureError> {
+    fn wait_until_serving(&mut self) -> Result<(), TestError> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(FixtureError::Start {
+                return Err(TestError::Start {
                     reason: format!("containerd exited: {status}"),
                     log: self.log_tail(),
                 });
@@ -139,7 +136,7 @@ impl ContainerdFixture {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(FixtureError::Start {
+                return Err(TestError::Start {
                     reason: format!("no answer within {START_TIMEOUT:?}"),
                     log: self.log_tail(),
                 });
@@ -223,7 +220,7 @@ impl ContainerdFixture {
     }
 
     /// Runs `ctr` against this containerd (namespace `k8s.io`) and returns its raw output.
-    pub fn ctr_output(&self, args: &[&str]) -> Result<Output, FixtureError> {
+    pub fn ctr_output(&self, args: &[&str]) -> Result<Output, TestError> {
         let socket = self.socket();
         self.command_in_mount_namespace("ctr")
             .arg("--address")
@@ -232,7 +229,7 @@ impl ContainerdFixture {
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| FixtureError::Command {
+            .map_err(|e| TestError::Command {
                 command: format!("ctr {}", args.join(" ")),
                 status: "not started".into(),
                 stderr: e.to_string(),
@@ -240,10 +237,10 @@ impl ContainerdFixture {
     }
 
     /// Runs `ctr` and returns its stdout; a non-zero exit is an error carrying stderr.
-    pub fn ctr(&self, args: &[&str]) -> Result<String, FixtureError> {
+    pub fn ctr(&self, args: &[&str]) -> Result<String, TestError> {
         let out = self.ctr_output(args)?;
         if !out.status.success() {
-            return Err(FixtureError::Command {
+            return Err(TestError::Command {
                 command: format!("ctr {}", args.join(" ")),
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -254,7 +251,7 @@ impl ContainerdFixture {
 
     /// `ctr images import` of an OCI layout tarball (unpacks with the overlayfs snapshotter).
     /// Waits until containerd has finished the garbage collection an import triggers.
-    pub fn import(&self, archive: &Path) -> Result<(), FixtureError> {
+    pub fn import(&self, archive: &Path) -> Result<(), TestError> {
         let path = archive.to_string_lossy();
         self.ctr(&["images", "import", path.as_ref()])?;
         self.settle()
@@ -264,7 +261,7 @@ impl ContainerdFixture {
     /// waits until `meta.db` has not changed for a while: after an import, containerd
     /// collects the archive's own index blob asynchronously, which would otherwise race with
     /// tests that hash the whole root.
-    pub fn settle(&self) -> Result<(), FixtureError> {
+    pub fn settle(&self) -> Result<(), TestError> {
         self.ctr(&["leases", "create", "--id", "snapmend-settle"])?;
         self.ctr(&["leases", "delete", "--sync", "snapmend-settle"])?;
         let meta = self.root().join("io.containerd.metadata.v1.bolt/meta.db");
@@ -288,7 +285,7 @@ impl ContainerdFixture {
     }
 
     /// Builds the images into one archive in the fixture's directory and imports it.
-    pub fn import_images(&self, images: &[ImageSpec]) -> Result<Vec<BuiltImage>, FixtureError> {
+    pub fn import_images(&self, images: &[ImageSpec]) -> Result<Vec<BuiltImage>, TestError> {
         let n = self
             .archives
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -299,7 +296,7 @@ impl ContainerdFixture {
     }
 
     /// Names of the images containerd knows in `k8s.io`.
-    pub fn image_names(&self) -> Result<Vec<String>, FixtureError> {
+    pub fn image_names(&self) -> Result<Vec<String>, TestError> {
         Ok(self
             .ctr(&["images", "ls", "-q"])?
             .lines()
@@ -314,7 +311,7 @@ impl ContainerdFixture {
         image: &str,
         id: &str,
         args: &[&str],
-    ) -> Result<RunOutcome, FixtureError> {
+    ) -> Result<RunOutcome, TestError> {
         let runc_root = self.runc_root().to_string_lossy().into_owned();
         let cgroup = format!("{}/{id}", self.cgroup_parent());
         let mut argv = vec![
@@ -341,13 +338,13 @@ impl ContainerdFixture {
     }
 
     /// The task status (`RUNNING`, `STOPPED`, …) of a container, or None without a task.
-    pub fn task_status(&self, id: &str) -> Result<Option<String>, FixtureError> {
+    pub fn task_status(&self, id: &str) -> Result<Option<String>, TestError> {
         let listing = self.ctr(&["tasks", "ls"])?;
         Ok(parse_task_status(&listing, id))
     }
 
     /// Kills a container's task, deletes the task and the container.
-    pub fn remove_container(&self, id: &str) -> Result<(), FixtureError> {
+    pub fn remove_container(&self, id: &str) -> Result<(), TestError> {
         let _ = self.ctr_output(&["tasks", "kill", "--signal", "SIGKILL", id]);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.task_status(id)?.is_some_and(|s| s == "RUNNING") && Instant::now() < deadline {
@@ -433,15 +430,10 @@ fn kill_and_wait(pids: &[i32]) {
     }
 }
 
-fn mount_call(
-    path: &Path,
-    source: Option<&Path>,
-    flags: libc::c_ulong,
-) -> Result<(), FixtureError> {
+fn mount_call(path: &Path, source: Option<&Path>, flags: libc::c_ulong) -> Result<(), TestError> {
     let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
-            FixtureError::io(p, std::io::Error::from(std::io::ErrorKind::InvalidInput))
-        })
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| TestError::io(p, std::io::Error::from(std::io::ErrorKind::InvalidInput)))
     };
     let target = c(path)?;
     let source = source.map(c).transpose()?;
@@ -457,15 +449,15 @@ fn mount_call(
         )
     };
     if rc != 0 {
-        return Err(FixtureError::io(path, std::io::Error::last_os_error()));
+        return Err(TestError::io(path, std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
 /// Makes `dir` a shared bind mount of itself, so mounts made beneath it inside containerd's
 /// mount namespace propagate back to this one.
-fn share_mounts_beneath(dir: &Path) -> Result<(), FixtureError> {
-    std::fs::create_dir_all(dir).map_err(|e| FixtureError::io(dir, e))?;
+fn share_mounts_beneath(dir: &Path) -> Result<(), TestError> {
+    std::fs::create_dir_all(dir).map_err(|e| TestError::io(dir, e))?;
     mount_call(dir, Some(dir), libc::MS_BIND)?;
     mount_call(dir, None, libc::MS_SHARED)
 }

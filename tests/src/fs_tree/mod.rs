@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 pub use xattr::{list_xattrs, remove_xattr, set_xattr};
 
-use crate::containerd::FixtureError;
+use crate::TestError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeKind {
@@ -74,12 +74,12 @@ fn kind_of(ft: std::fs::FileType) -> NodeKind {
     }
 }
 
-fn hash_file(path: &Path) -> Result<String, FixtureError> {
-    let mut file = std::fs::File::open(path).map_err(|e| FixtureError::io(path, e))?;
+fn hash_file(path: &Path) -> Result<String, TestError> {
+    let mut file = std::fs::File::open(path).map_err(|e| TestError::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = file.read(&mut buf).map_err(|e| FixtureError::io(path, e))?;
+        let n = file.read(&mut buf).map_err(|e| TestError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -93,12 +93,12 @@ fn tree_key(rel: &Path) -> String {
 }
 
 /// Reads every entry beneath `root` (not following symlinks).
-pub fn capture_tree(root: &Path) -> Result<TreeSnapshot, FixtureError> {
+pub fn capture_tree(root: &Path) -> Result<TreeSnapshot, TestError> {
     capture_tree_except(root, &[])
 }
 
 /// Like [`capture_tree`], skipping the subtrees at the given paths (absolute on the host).
-pub fn capture_tree_except(root: &Path, skip: &[PathBuf]) -> Result<TreeSnapshot, FixtureError> {
+pub fn capture_tree_except(root: &Path, skip: &[PathBuf]) -> Result<TreeSnapshot, TestError> {
     let mut nodes = BTreeMap::new();
     let mut inodes: HashMap<(u64, u64), Vec<String>> = HashMap::new();
     let mut pending = vec![root.to_path_buf()];
@@ -106,7 +106,7 @@ pub fn capture_tree_except(root: &Path, skip: &[PathBuf]) -> Result<TreeSnapshot
         if skip.contains(&path) {
             continue;
         }
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| FixtureError::io(&path, e))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| TestError::io(&path, e))?;
         let kind = kind_of(meta.file_type());
         let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
         let key = if rel.as_os_str().is_empty() {
@@ -115,9 +115,9 @@ pub fn capture_tree_except(root: &Path, skip: &[PathBuf]) -> Result<TreeSnapshot
             tree_key(rel)
         };
         if kind == NodeKind::Dir {
-            let entries = std::fs::read_dir(&path).map_err(|e| FixtureError::io(&path, e))?;
+            let entries = std::fs::read_dir(&path).map_err(|e| TestError::io(&path, e))?;
             for entry in entries {
-                pending.push(entry.map_err(|e| FixtureError::io(&path, e))?.path());
+                pending.push(entry.map_err(|e| TestError::io(&path, e))?.path());
             }
         } else {
             inodes
@@ -148,7 +148,7 @@ pub fn capture_tree_except(root: &Path, skip: &[PathBuf]) -> Result<TreeSnapshot
             link_target: if kind == NodeKind::Symlink {
                 Some(
                     std::fs::read_link(&path)
-                        .map_err(|e| FixtureError::io(&path, e))?
+                        .map_err(|e| TestError::io(&path, e))?
                         .as_os_str()
                         .as_bytes()
                         .to_vec(),
@@ -298,8 +298,8 @@ pub fn clean_tar_name(name: &[u8]) -> String {
 
 /// Paths (as [`TreeSnapshot`] keys) of the entries of a layer tar whose mtime the applier sets:
 /// every entry except whiteout markers and the root.
-pub fn tar_mtime_paths(tar: &[u8]) -> Result<BTreeSet<String>, FixtureError> {
-    let io = |e: std::io::Error| FixtureError::Build(format!("reading a layer tar: {e}"));
+pub fn tar_mtime_paths(tar: &[u8]) -> Result<BTreeSet<String>, TestError> {
+    let io = |e: std::io::Error| TestError::Build(format!("reading a layer tar: {e}"));
     let mut archive = tar::Archive::new(tar);
     let mut out = BTreeSet::new();
     for entry in archive.entries().map_err(io)? {

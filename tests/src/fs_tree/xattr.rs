@@ -5,30 +5,30 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::containerd::FixtureError;
+use crate::TestError;
 
-fn c_path(path: &Path) -> Result<CString, FixtureError> {
+fn c_path(path: &Path) -> Result<CString, TestError> {
     CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| FixtureError::io(path, std::io::Error::from(std::io::ErrorKind::InvalidInput)))
+        .map_err(|_| TestError::io(path, std::io::Error::from(std::io::ErrorKind::InvalidInput)))
 }
 
-fn c_name(path: &Path, name: &str) -> Result<CString, FixtureError> {
+fn c_name(path: &Path, name: &str) -> Result<CString, TestError> {
     CString::new(name)
-        .map_err(|_| FixtureError::io(path, std::io::Error::from(std::io::ErrorKind::InvalidInput)))
+        .map_err(|_| TestError::io(path, std::io::Error::from(std::io::ErrorKind::InvalidInput)))
 }
 
 /// Calls a size-probing xattr syscall twice: once for the size, once into a buffer.
 fn read_sized(
     path: &Path,
     call: impl Fn(*mut libc::c_void, usize) -> isize,
-) -> Result<Option<Vec<u8>>, FixtureError> {
+) -> Result<Option<Vec<u8>>, TestError> {
     loop {
         let size = call(std::ptr::null_mut(), 0);
         if size < 0 {
             let err = std::io::Error::last_os_error();
             return match err.raw_os_error() {
                 Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-                _ => Err(FixtureError::io(path, err)),
+                _ => Err(TestError::io(path, err)),
             };
         }
         let mut buf = vec![0u8; size as usize];
@@ -39,13 +39,13 @@ fn read_sized(
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::ERANGE) {
-            return Err(FixtureError::io(path, err));
+            return Err(TestError::io(path, err));
         }
     }
 }
 
 /// Every xattr of `path` (all namespaces the caller may read; root sees `trusted.*`).
-pub fn list_xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, FixtureError> {
+pub fn list_xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, TestError> {
     let cpath = c_path(path)?;
     // SAFETY: valid NUL-terminated path; buffer pointer/length pairs come from read_sized.
     let names = read_sized(path, |buf, len| unsafe {
@@ -70,7 +70,7 @@ pub fn list_xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, FixtureErro
     Ok(out)
 }
 
-pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), FixtureError> {
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), TestError> {
     let (cpath, cname) = (c_path(path)?, c_name(path, name)?);
     // SAFETY: valid NUL-terminated strings and a value slice.
     let rc = unsafe {
@@ -83,17 +83,17 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), FixtureErr
         )
     };
     if rc != 0 {
-        return Err(FixtureError::io(path, std::io::Error::last_os_error()));
+        return Err(TestError::io(path, std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
-pub fn remove_xattr(path: &Path, name: &str) -> Result<(), FixtureError> {
+pub fn remove_xattr(path: &Path, name: &str) -> Result<(), TestError> {
     let (cpath, cname) = (c_path(path)?, c_name(path, name)?);
     // SAFETY: valid NUL-terminated strings.
     let rc = unsafe { libc::lremovexattr(cpath.as_ptr(), cname.as_ptr()) };
     if rc != 0 {
-        return Err(FixtureError::io(path, std::io::Error::last_os_error()));
+        return Err(TestError::io(path, std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::digest_of;
 use super::oci_archive::{IMAGE_NAME_ANNOTATION, Platform};
-use crate::containerd::FixtureError;
+use crate::TestError;
 
 /// What was generated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,11 +110,11 @@ fn header(
     path: &str,
     mode: u32,
     size: u64,
-) -> Result<tar::Header, FixtureError> {
+) -> Result<tar::Header, TestError> {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_path(path)
-        .map_err(|e| FixtureError::Build(format!("{path}: {e}")))?;
+        .map_err(|e| TestError::Build(format!("{path}: {e}")))?;
     h.set_mode(mode);
     h.set_uid(0);
     h.set_gid(0);
@@ -124,8 +124,8 @@ fn header(
 }
 
 /// Streams the layer blob (gzip) to `blob_path`.
-pub fn write_big_layer_blob(blob_path: &Path, files: u64) -> Result<BigLayer, FixtureError> {
-    let io = |e: std::io::Error| FixtureError::io(blob_path, e);
+pub fn write_big_layer_blob(blob_path: &Path, files: u64) -> Result<BigLayer, TestError> {
+    let io = |e: std::io::Error| TestError::io(blob_path, e);
     let pool = content_pool();
     let out = File::create(blob_path).map_err(io)?;
     let blob_writer = HashingWriter {
@@ -201,11 +201,10 @@ pub fn write_big_layer_archive(
     blob_path: &Path,
     layer: &BigLayer,
     name: &str,
-) -> Result<(), FixtureError> {
-    let io = |e: std::io::Error| FixtureError::io(archive, e);
-    let json_bytes = |v: &serde_json::Value| {
-        serde_json::to_vec(v).map_err(|e| FixtureError::Build(e.to_string()))
-    };
+) -> Result<(), TestError> {
+    let io = |e: std::io::Error| TestError::io(archive, e);
+    let json_bytes =
+        |v: &serde_json::Value| serde_json::to_vec(v).map_err(|e| TestError::Build(e.to_string()));
     let host = Platform::host();
     let config = json_bytes(&json!({
         "architecture": host.architecture, "os": host.os,
@@ -228,7 +227,7 @@ pub fn write_big_layer_archive(
     }))?;
     let out = File::create(archive).map_err(io)?;
     let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, out));
-    let mut add = |path: String, size: u64, data: &mut dyn Read| -> Result<(), FixtureError> {
+    let mut add = |path: String, size: u64, data: &mut dyn Read| -> Result<(), TestError> {
         let mut h = header(tar::EntryType::Regular, &path, 0o644, size)?;
         h.set_cksum();
         builder.append(&h, data).map_err(io)
@@ -253,7 +252,7 @@ pub fn write_big_layer_archive(
             &mut blob.as_slice(),
         )?;
     }
-    let mut blob = File::open(blob_path).map_err(|e| FixtureError::io(blob_path, e))?;
+    let mut blob = File::open(blob_path).map_err(|e| TestError::io(blob_path, e))?;
     add(
         format!(
             "blobs/sha256/{}",

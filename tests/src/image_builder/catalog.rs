@@ -4,7 +4,7 @@
 use super::oci_archive::{ImageSpec, ManifestStyle, Platform};
 use super::pause_binary::pause_binary;
 use super::tar_layer::{Compression, LayerSpec, TarEntry};
-use crate::containerd::FixtureError;
+use crate::TestError;
 
 /// `security.capability` (VFS_CAP_REVISION_2, effective) granting CAP_NET_BIND_SERVICE.
 pub const CAP_NET_BIND_SERVICE_XATTR: [u8; 20] = [
@@ -18,7 +18,7 @@ pub fn long_file_name() -> String {
 
 /// The incident's image: Docker schema2 media types, one gzip layer holding only `pause`
 /// (a static binary, 0755, root), entrypoint `/pause`.
-pub fn pause_image(name: &str) -> Result<ImageSpec, FixtureError> {
+pub fn pause_image(name: &str) -> Result<ImageSpec, TestError> {
     let pause = pause_binary()?;
     Ok(ImageSpec::new(
         name,
@@ -130,7 +130,7 @@ fn rich_top_layer() -> LayerSpec {
 /// Layer 1: whiteout `/etc/obsolete`, opaque `/var/cache` (+`new`), `/etc/passwd`,
 /// `/usr/bin/added`, `/srv/implicit/child`, whiteout `/home/app/data`, opaque new `/lib`.
 /// Layer 2: `/etc/motd` twice, whiteout `/etc/hostname`, `/newdir/file`.
-pub fn rich_image(name: &str) -> Result<ImageSpec, FixtureError> {
+pub fn rich_image(name: &str) -> Result<ImageSpec, TestError> {
     let pause = pause_binary()?;
     Ok(ImageSpec::new(
         name,
@@ -144,7 +144,7 @@ pub fn rich_image(name: &str) -> Result<ImageSpec, FixtureError> {
 }
 
 /// A small two-layer image whose layers all use one compression.
-pub fn compressed_image(name: &str, compression: Compression) -> Result<ImageSpec, FixtureError> {
+pub fn compressed_image(name: &str, compression: Compression) -> Result<ImageSpec, TestError> {
     let pause = pause_binary()?;
     Ok(ImageSpec::new(
         name,
@@ -170,7 +170,7 @@ pub fn compressed_image(name: &str, compression: Compression) -> Result<ImageSpe
 
 /// A multi-platform OCI index: this host's manifest (a pause layer) listed after two
 /// foreign platforms whose layers differ.
-pub fn index_image(name: &str) -> Result<ImageSpec, FixtureError> {
+pub fn index_image(name: &str) -> Result<ImageSpec, TestError> {
     let pause = pause_binary()?;
     let mut spec = ImageSpec::new(
         name,
@@ -191,7 +191,7 @@ pub fn index_image(name: &str) -> Result<ImageSpec, FixtureError> {
 }
 
 /// Two images whose first layer is the same blob (so one snapshot serves both).
-pub fn shared_base_images(name_a: &str, name_b: &str) -> Result<[ImageSpec; 2], FixtureError> {
+pub fn shared_base_images(name_a: &str, name_b: &str) -> Result<[ImageSpec; 2], TestError> {
     let pause = pause_binary()?;
     let base = LayerSpec::gzip(vec![
         TarEntry::file("pause", pause).mode(0o755),
@@ -217,7 +217,7 @@ pub fn shared_base_images(name_a: &str, name_b: &str) -> Result<[ImageSpec; 2], 
 /// A two-layer OCI image with `files` small files in directories of 50 (base layer, gzip),
 /// some hardlinks and symlinks among them, and a second layer that whites out and makes
 /// opaque parts of the first. Big enough that a repair takes measurable time.
-pub fn many_files_image(name: &str, files: usize) -> Result<ImageSpec, FixtureError> {
+pub fn many_files_image(name: &str, files: usize) -> Result<ImageSpec, TestError> {
     let pause = pause_binary()?;
     let mut base = vec![TarEntry::file("pause", pause).mode(0o755)];
     for i in 0..files {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::tar_layer::{BuiltLayer, Compression, LayerSpec, build_layer};
 use super::{chain_ids, digest_of};
-use crate::containerd::FixtureError;
+use crate::TestError;
 
 /// Annotation `ctr images import` takes the image name from.
 pub const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
@@ -185,8 +185,8 @@ impl BlobSet {
     }
 }
 
-fn to_json_bytes(value: &Value) -> Result<Vec<u8>, FixtureError> {
-    serde_json::to_vec(value).map_err(|e| FixtureError::Build(format!("serializing JSON: {e}")))
+fn to_json_bytes(value: &Value) -> Result<Vec<u8>, TestError> {
+    serde_json::to_vec(value).map_err(|e| TestError::Build(format!("serializing JSON: {e}")))
 }
 
 /// Builds one platform's layers, config and manifest; returns the manifest descriptor.
@@ -196,7 +196,7 @@ fn add_manifest(
     platform: &Platform,
     layers: &[LayerSpec],
     entrypoint: &[String],
-) -> Result<(Value, String, Vec<ImageLayer>), FixtureError> {
+) -> Result<(Value, String, Vec<ImageLayer>), TestError> {
     let built: Vec<BuiltLayer> = layers.iter().map(build_layer).collect::<Result<_, _>>()?;
     let diff_ids: Vec<String> = built.iter().map(|l| l.diff_id.clone()).collect();
     let chains = chain_ids(&diff_ids);
@@ -232,7 +232,7 @@ fn add_manifest(
     Ok((desc, config_digest, image_layers))
 }
 
-fn add_image(blobs: &mut BlobSet, image: &ImageSpec) -> Result<(Value, BuiltImage), FixtureError> {
+fn add_image(blobs: &mut BlobSet, image: &ImageSpec) -> Result<(Value, BuiltImage), TestError> {
     let host = Platform::host();
     let (manifest_desc, config_digest, layers) =
         add_manifest(blobs, image.style, &host, &image.layers, &image.entrypoint)?;
@@ -271,10 +271,7 @@ fn add_image(blobs: &mut BlobSet, image: &ImageSpec) -> Result<(Value, BuiltImag
 
 /// Builds the images and writes them as one OCI layout tarball at `path` (blobs shared between
 /// images are stored once). Returns what was built, in the order given.
-pub fn write_oci_archive(
-    images: &[ImageSpec],
-    path: &Path,
-) -> Result<Vec<BuiltImage>, FixtureError> {
+pub fn write_oci_archive(images: &[ImageSpec], path: &Path) -> Result<Vec<BuiltImage>, TestError> {
     let mut blobs = BlobSet::default();
     let mut entries = Vec::new();
     let mut built = Vec::new();
@@ -296,13 +293,13 @@ pub fn write_oci_archive(
         files.push((format!("blobs/sha256/{hex}"), bytes));
     }
     let archive = plain_tar(&files)?;
-    std::fs::write(path, archive).map_err(|e| FixtureError::io(path, e))?;
+    std::fs::write(path, archive).map_err(|e| TestError::io(path, e))?;
     Ok(built)
 }
 
 /// A plain tar of regular files (directories implied), for the layout itself.
-fn plain_tar(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, FixtureError> {
-    let io = |e: std::io::Error| FixtureError::Build(format!("writing the OCI layout tar: {e}"));
+fn plain_tar(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, TestError> {
+    let io = |e: std::io::Error| TestError::Build(format!("writing the OCI layout tar: {e}"));
     let mut builder = tar::Builder::new(Vec::new());
     for dir in ["blobs/", "blobs/sha256/"] {
         let mut h = tar::Header::new_ustar();

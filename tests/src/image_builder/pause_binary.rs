@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::containerd::FixtureError;
+use crate::TestError;
 
 const PAUSE_C: &str = r#"
 #include <signal.h>
@@ -45,11 +45,11 @@ fn compile_pause() -> Result<Vec<u8>, String> {
 }
 
 /// Bytes of the static pause binary (compiled on first use, then cached in memory).
-pub fn pause_binary() -> Result<Vec<u8>, FixtureError> {
+pub fn pause_binary() -> Result<Vec<u8>, TestError> {
     PAUSE
         .get_or_init(compile_pause)
         .clone()
-        .map_err(FixtureError::Build)
+        .map_err(TestError::Build)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::oci_archive::{BuiltImage, ImageLayer, Platform};
 use super::tar_layer::{BuiltLayer, Compression, compress};
 use super::{chain_ids, digest_of};
-use crate::containerd::FixtureError;
+use crate::TestError;
 
 pub const BLOCK: usize = 512;
 
@@ -283,7 +283,7 @@ pub struct RawLayer {
 
 impl RawLayer {
     /// The tar compressed as asked, with the matching OCI media type.
-    pub fn new(tar: Vec<u8>, compression: Compression) -> Result<Self, FixtureError> {
+    pub fn new(tar: Vec<u8>, compression: Compression) -> Result<Self, TestError> {
         Ok(RawLayer {
             blob: compress(&tar, compression)?,
             media_type: layer_type(compression).into(),
@@ -315,9 +315,9 @@ fn layer_type(c: Compression) -> &'static str {
 pub fn write_raw_oci_archive(
     images: &[RawImage],
     path: &Path,
-) -> Result<Vec<BuiltImage>, FixtureError> {
+) -> Result<Vec<BuiltImage>, TestError> {
     let js = |v: &serde_json::Value| {
-        serde_json::to_vec(v).map_err(|e| FixtureError::Build(format!("JSON: {e}")))
+        serde_json::to_vec(v).map_err(|e| TestError::Build(format!("JSON: {e}")))
     };
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut add = |bytes: Vec<u8>, media: &str| {
@@ -384,7 +384,7 @@ pub fn write_raw_oci_archive(
         out = out.file(format!("blobs/sha256/{hex}"), bytes);
     }
     let out = out.end();
-    std::fs::write(path, out.bytes).map_err(|e| FixtureError::io(path, e))?;
+    std::fs::write(path, out.bytes).map_err(|e| TestError::io(path, e))?;
     Ok(built)
 }
 

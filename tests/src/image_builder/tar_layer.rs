@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use super::digest_of;
-use crate::containerd::FixtureError;
+use crate::TestError;
 
 /// Default mtime of generated entries (2020-09-13); fixed so that layers are deterministic.
 pub const DEFAULT_MTIME: u64 = 1_600_000_000;
@@ -195,7 +195,7 @@ pub struct BuiltLayer {
 }
 
 /// Writes the entries as a tar stream, then compresses it.
-pub fn build_layer(spec: &LayerSpec) -> Result<BuiltLayer, FixtureError> {
+pub fn build_layer(spec: &LayerSpec) -> Result<BuiltLayer, TestError> {
     let tar = write_tar(&spec.entries)?;
     let blob = compress(&tar, spec.compression)?;
     Ok(BuiltLayer {
@@ -208,8 +208,8 @@ pub fn build_layer(spec: &LayerSpec) -> Result<BuiltLayer, FixtureError> {
 }
 
 /// Compresses deterministically (gzip header without mtime or name; fixed zstd level).
-pub fn compress(data: &[u8], compression: Compression) -> Result<Vec<u8>, FixtureError> {
-    let io = |e| FixtureError::Build(format!("compressing a layer: {e}"));
+pub fn compress(data: &[u8], compression: Compression) -> Result<Vec<u8>, TestError> {
+    let io = |e| TestError::Build(format!("compressing a layer: {e}"));
     match compression {
         Compression::None => Ok(data.to_vec()),
         Compression::Gzip => {
@@ -222,8 +222,8 @@ pub fn compress(data: &[u8], compression: Compression) -> Result<Vec<u8>, Fixtur
 }
 
 /// Writes raw ustar headers, with a PAX header in front when a name, link name or xattr needs it.
-pub fn write_tar(entries: &[TarEntry]) -> Result<Vec<u8>, FixtureError> {
-    let io = |e: std::io::Error| FixtureError::Build(format!("writing a tar stream: {e}"));
+pub fn write_tar(entries: &[TarEntry]) -> Result<Vec<u8>, TestError> {
+    let io = |e: std::io::Error| TestError::Build(format!("writing a tar stream: {e}"));
     let mut builder = tar::Builder::new(Vec::new());
     for entry in entries {
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
@@ -235,7 +235,7 @@ pub fn write_tar(entries: &[TarEntry]) -> Result<Vec<u8>, FixtureError> {
         header.set_mtime(entry.mtime);
         let ustar = header
             .as_ustar_mut()
-            .ok_or_else(|| FixtureError::Build("new_ustar header is not ustar".into()))?;
+            .ok_or_else(|| TestError::Build("new_ustar header is not ustar".into()))?;
         if entry.pax_path || entry.name.len() > ustar.name.len() {
             pax.push(("path".into(), entry.name.clone()));
             let short = &entry.name[..entry.name.len().min(ustar.name.len())];

@@ -12,8 +12,9 @@ use snapmend_crds::SnapshotRepair;
 
 use super::incident::{tail, wait_for_helper_lease};
 use super::scenario::{ChildProcess, Damage, install_snapmend, spawn_agent, spawn_operator};
-use super::{KubeletConfig, KubeletError, KubeletSim};
-use crate::containerd::{ContainerdFixture, FixtureError};
+use super::{KubeletConfig, KubeletSim};
+use crate::TestError;
+use crate::containerd::ContainerdFixture;
 use crate::image_builder::{ImageSpec, pause_image};
 use crate::sim::SimServer;
 
@@ -58,11 +59,11 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    pub async fn start() -> Result<TestCluster, KubeletError> {
+    pub async fn start() -> Result<TestCluster, TestError> {
         let dir = tempfile::Builder::new()
             .prefix("snapmend-cluster-")
             .tempdir()
-            .map_err(|e| FixtureError::io(std::env::temp_dir(), e))?;
+            .map_err(|e| TestError::io(std::env::temp_dir(), e))?;
         let sim = SimServer::start().await?;
         let client = sim.client()?;
         install_snapmend(&client).await?;
@@ -79,7 +80,7 @@ impl TestCluster {
     }
 
     /// Starts `snapmend-operator` with `args` and waits until it watches events.
-    pub async fn start_operator(&mut self, args: &[&str]) -> Result<(), KubeletError> {
+    pub async fn start_operator(&mut self, args: &[&str]) -> Result<(), TestError> {
         self.spawn_operator(args)?;
         self.wait_for_operator_log(
             "watching events for damaged snapshots",
@@ -89,7 +90,7 @@ impl TestCluster {
     }
 
     /// Starts `snapmend-operator` with `args` without waiting for anything.
-    pub fn spawn_operator(&mut self, args: &[&str]) -> Result<(), KubeletError> {
+    pub fn spawn_operator(&mut self, args: &[&str]) -> Result<(), TestError> {
         self.operator = Some(spawn_operator(&self.kubeconfig, self.dir.path(), args)?);
         Ok(())
     }
@@ -99,7 +100,7 @@ impl TestCluster {
         &self,
         line: &str,
         within: Duration,
-    ) -> Result<(), KubeletError> {
+    ) -> Result<(), TestError> {
         let deadline = Instant::now() + within;
         loop {
             let log = self
@@ -111,7 +112,7 @@ impl TestCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(KubeletError::Timeout {
+                return Err(TestError::Timeout {
                     what: format!(
                         "operator log line {line:?}\n--- operator log tail\n{}",
                         tail(&log, 30)
@@ -124,8 +125,8 @@ impl TestCluster {
     }
 
     /// Adds a node: containerd with the sandbox image and `spec.images`, damage, agent, kubelet.
-    pub async fn add_node(&mut self, spec: NodeSpec) -> Result<&SimNode, KubeletError> {
-        let (fixture, damage) = tokio::task::block_in_place(|| -> Result<_, KubeletError> {
+    pub async fn add_node(&mut self, spec: NodeSpec) -> Result<&SimNode, TestError> {
+        let (fixture, damage) = tokio::task::block_in_place(|| -> Result<_, TestError> {
             let fixture = ContainerdFixture::start()?;
             let mut images = vec![pause_image(fixture.sandbox_image())?];
             images.extend(spec.images.iter().cloned());
@@ -163,7 +164,7 @@ impl TestCluster {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    pub async fn repairs(&self) -> Result<Vec<SnapshotRepair>, KubeletError> {
+    pub async fn repairs(&self) -> Result<Vec<SnapshotRepair>, TestError> {
         Ok(Api::<SnapshotRepair>::all(self.client.clone())
             .list(&ListParams::default())
             .await

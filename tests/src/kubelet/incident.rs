@@ -25,7 +25,8 @@ use snapmend_crds::{Phase, Report, SnapshotRepair};
 use super::scenario::{
     ChildProcess, Damage, create_pod, install_snapmend, pod_on_node, spawn_agent, spawn_operator,
 };
-use super::{Backoff, KubeletConfig, KubeletError, KubeletSim, Observation};
+use super::{Backoff, KubeletConfig, KubeletSim, Observation};
+use crate::TestError;
 use crate::containerd::ContainerdFixture;
 use crate::image_builder::pause_image;
 use crate::sim::SimServer;
@@ -142,13 +143,13 @@ pub struct Incident {
 impl Incident {
     /// Starts the cluster, the node (containerd, agent, kubelet) and the operator, deletes
     /// `/pause` from the pause snapshot, and schedules a pod on the node.
-    pub async fn start(config: IncidentConfig) -> Result<Incident, KubeletError> {
+    pub async fn start(config: IncidentConfig) -> Result<Incident, TestError> {
         let timeline = Timeline::new(config.live);
         let dir = tempfile::Builder::new()
             .prefix("snapmend-incident-")
             .tempdir()
-            .map_err(|e| crate::containerd::FixtureError::io(std::env::temp_dir(), e))?;
-        let fixture = tokio::task::block_in_place(|| -> Result<_, KubeletError> {
+            .map_err(|e| crate::TestError::io(std::env::temp_dir(), e))?;
+        let fixture = tokio::task::block_in_place(|| -> Result<_, TestError> {
             let fixture = ContainerdFixture::start()?;
             let sandbox = fixture.sandbox_image().to_string();
             fixture.import_images(&[pause_image(&sandbox)?])?;
@@ -233,7 +234,7 @@ impl Incident {
     }
 
     /// Observes until the kubelet's sandbox runs and every SnapshotRepair has finished.
-    pub async fn run_until_sandbox_running(&mut self) -> Result<IncidentReport, KubeletError> {
+    pub async fn run_until_sandbox_running(&mut self) -> Result<IncidentReport, TestError> {
         let deadline = Instant::now() + self.config.timeout;
         let observer = Arc::new(ClusterObserver {
             timeline: self.timeline.clone(),
@@ -252,7 +253,7 @@ impl Incident {
                 break Ok(());
             }
             if Instant::now() > deadline {
-                break Err(KubeletError::Timeout {
+                break Err(TestError::Timeout {
                     what: format!(
                         "the sandbox to run\n--- operator log tail\n{}\n--- agent log tail\n{}",
                         tail(&self.operator.log_text(), 30),
@@ -269,11 +270,11 @@ impl Incident {
         let first_event = journal
             .first(|o| matches!(o, Observation::StartFailed { .. }))
             .ok_or_else(|| {
-                KubeletError::Scenario("the sandbox never failed; was /pause deleted?".into())
+                TestError::Scenario("the sandbox never failed; was /pause deleted?".into())
             })?;
         let running = journal
             .first(|o| matches!(o, Observation::SandboxRunning { .. }))
-            .ok_or_else(|| KubeletError::Scenario("sandbox not running".into()))?;
+            .ok_or_else(|| TestError::Scenario("sandbox not running".into()))?;
         let failed_starts = journal
             .entries()
             .iter()
@@ -551,7 +552,7 @@ pub async fn wait_for_helper_lease(
     node: &str,
     within: Duration,
     agent: &ChildProcess,
-) -> Result<(), KubeletError> {
+) -> Result<(), TestError> {
     let leases = Api::<Lease>::namespaced(client.clone(), DEFAULT_LEASE_NAMESPACE);
     let deadline = Instant::now() + within;
     loop {
@@ -561,7 +562,7 @@ pub async fn wait_for_helper_lease(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(KubeletError::Timeout {
+            return Err(TestError::Timeout {
                 what: format!(
                     "the agent's Lease on {node}\n--- agent log tail\n{}",
                     tail(&agent.log_text(), 30)

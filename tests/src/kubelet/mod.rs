@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::TestError;
 use crate::containerd::{ContainerdFixture, RunOutcome};
 pub use messages::Backoff;
 use messages::{
@@ -36,34 +37,12 @@ use messages::{
     cri_error_from_ctr, event_name, network_setup_error, sandbox_failed_message,
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum KubeletError {
-    #[error("{action} {object}: {source}")]
-    Kube {
-        action: &'static str,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(transparent)]
-    Fixture(#[from] crate::containerd::FixtureError),
-    #[error(transparent)]
-    Sim(#[from] crate::sim::SimError),
-    #[error("timed out after {after:?} waiting for {what}")]
-    Timeout {
-        what: String,
-        after: std::time::Duration,
-    },
-    #[error("{0}")]
-    Scenario(String),
-}
-
 fn kube_err(
     action: &'static str,
     object: impl Into<String>,
-) -> impl FnOnce(kube::Error) -> KubeletError {
+) -> impl FnOnce(kube::Error) -> TestError {
     let object = object.into();
-    move |source| KubeletError::Kube {
+    move |source| TestError::Kube {
         action,
         object,
         source,
@@ -158,7 +137,7 @@ impl KubeletSim {
         client: Client,
         fixture: Arc<ContainerdFixture>,
         config: KubeletConfig,
-    ) -> Result<KubeletSim, KubeletError> {
+    ) -> Result<KubeletSim, TestError> {
         register_node(&client, &config).await?;
         let cancel = CancellationToken::new();
         let journal = Journal::default();
@@ -194,7 +173,7 @@ impl Drop for KubeletSim {
     }
 }
 
-async fn register_node(client: &Client, config: &KubeletConfig) -> Result<(), KubeletError> {
+async fn register_node(client: &Client, config: &KubeletConfig) -> Result<(), TestError> {
     let nodes = Api::<Node>::all(client.clone());
     let node = json!({
         "apiVersion": "v1",
@@ -439,7 +418,7 @@ impl Kubelet {
         container: Option<&str>,
         message: &str,
         previous: Option<&(String, i32, Timestamp)>,
-    ) -> Result<(String, i32, Timestamp), KubeletError> {
+    ) -> Result<(String, i32, Timestamp), TestError> {
         let ns = pod.namespace().unwrap_or_else(|| "default".into());
         let events = Api::<Event>::namespaced(self.client.clone(), &ns);
         let now = Timestamp::now();
@@ -506,7 +485,7 @@ impl Kubelet {
         pod: &Pod,
         container: &str,
         message: &str,
-    ) -> Result<(), KubeletError> {
+    ) -> Result<(), TestError> {
         let image = pod
             .spec
             .as_ref()
@@ -520,7 +499,7 @@ impl Kubelet {
         self.patch_pod_status(pod, &status).await
     }
 
-    async fn report_running(&self, pod: &Pod) -> Result<(), KubeletError> {
+    async fn report_running(&self, pod: &Pod) -> Result<(), TestError> {
         let now = Timestamp::now().to_string();
         let statuses: Vec<_> = pod
             .spec
@@ -553,7 +532,7 @@ impl Kubelet {
         &self,
         pod: &Pod,
         status: &serde_json::Value,
-    ) -> Result<(), KubeletError> {
+    ) -> Result<(), TestError> {
         let ns = pod.namespace().unwrap_or_else(|| "default".into());
         let pods = Api::<Pod>::namespaced(self.client.clone(), &ns);
         pods.patch_status(

@@ -16,8 +16,8 @@ use kube::{Client, CustomResourceExt};
 use snapmend_crds::SnapshotRepair;
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
 
-use super::KubeletError;
-use crate::containerd::{ContainerdFixture, FixtureError};
+use crate::TestError;
+use crate::containerd::ContainerdFixture;
 use crate::image_builder::{ImageSpec, LayerSpec, ManifestStyle, TarEntry, pause_binary};
 
 /// A workspace binary next to the running executable (`target/<profile>/` or its `deps/`), or
@@ -25,11 +25,11 @@ use crate::image_builder::{ImageSpec, LayerSpec, ManifestStyle, TarEntry, pause_
 /// to date with `cargo build --workspace --bins` (same features as `cargo test --workspace`, so
 /// nothing is recompiled): `cargo test` does not build the binaries of packages without
 /// integration tests, and a stale binary would test old code.
-pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, FixtureError> {
+pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, TestError> {
     if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(|e| FixtureError::io("/proc/self/exe", e))?;
+    let exe = std::env::current_exe().map_err(|e| TestError::io("/proc/self/exe", e))?;
     if exe.parent().is_some_and(|d| d.ends_with("deps")) {
         build_workspace_bins_once(exe.components().any(|c| c.as_os_str() == "release"))?;
     }
@@ -40,14 +40,14 @@ pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, FixtureError> 
         .map(|d| d.join(name))
         .collect();
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        FixtureError::NodeHelper(format!(
+        TestError::NodeHelper(format!(
             "{name} not found (looked at {candidates:?}); build it with `cargo build --workspace --bins` or set {env}"
         ))
     })
 }
 
 /// `cargo build --workspace --bins` once per test process (the build lock is free while tests run).
-fn build_workspace_bins_once(release: bool) -> Result<(), FixtureError> {
+fn build_workspace_bins_once(release: bool) -> Result<(), TestError> {
     static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT
         .lock()
@@ -65,9 +65,9 @@ fn build_workspace_bins_once(release: bool) -> Result<(), FixtureError> {
     }
     let out = cmd
         .output()
-        .map_err(|e| FixtureError::io(PathBuf::from(&cargo), e))?;
+        .map_err(|e| TestError::io(PathBuf::from(&cargo), e))?;
     if !out.status.success() {
-        return Err(FixtureError::Command {
+        return Err(TestError::Command {
             command: "cargo build --workspace --bins".into(),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -79,7 +79,7 @@ fn build_workspace_bins_once(release: bool) -> Result<(), FixtureError> {
 
 /// Installs what `kubectl apply -k deploy/` would: the CRD and the snapmend-system namespace,
 /// and waits until SnapshotRepairs are served.
-pub async fn install_snapmend(client: &Client) -> Result<(), KubeletError> {
+pub async fn install_snapmend(client: &Client) -> Result<(), TestError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     match crds
         .create(&PostParams::default(), &SnapshotRepair::crd())
@@ -141,7 +141,7 @@ pub fn pod_on_node(namespace: &str, name: &str, node: &str, image: &str) -> Pod 
     }
 }
 
-pub async fn create_pod(client: &Client, pod: &Pod) -> Result<Pod, KubeletError> {
+pub async fn create_pod(client: &Client, pod: &Pod) -> Result<Pod, TestError> {
     let ns = pod
         .metadata
         .namespace
@@ -155,7 +155,7 @@ pub async fn create_pod(client: &Client, pod: &Pod) -> Result<Pod, KubeletError>
 }
 
 /// An application image: one layer with `app` (a static binary that sleeps, 0755), entrypoint `/app`.
-pub fn app_image(name: &str) -> Result<ImageSpec, FixtureError> {
+pub fn app_image(name: &str) -> Result<ImageSpec, TestError> {
     Ok(ImageSpec::new(
         name,
         ManifestStyle::Oci,
@@ -179,15 +179,15 @@ impl Damage {
     pub fn delete_from_snapshot(
         fixture: &ContainerdFixture,
         rel: &str,
-    ) -> Result<Damage, FixtureError> {
+    ) -> Result<Damage, TestError> {
         let snapshots = fixture.snapshotter_root().join("snapshots");
-        let entries = std::fs::read_dir(&snapshots).map_err(|e| FixtureError::io(&snapshots, e))?;
+        let entries = std::fs::read_dir(&snapshots).map_err(|e| TestError::io(&snapshots, e))?;
         let path = entries
             .filter_map(Result::ok)
             .map(|e| e.path().join("fs").join(rel))
             .find(|p| p.symlink_metadata().is_ok())
             .ok_or_else(|| {
-                FixtureError::Build(format!(
+                TestError::Build(format!(
                     "no snapshot under {} holds {rel}",
                     snapshots.display()
                 ))
@@ -195,13 +195,13 @@ impl Damage {
         let kept = fixture
             .dir()
             .join(format!("kept-{}", rel.replace('/', "_")));
-        std::fs::rename(&path, &kept).map_err(|e| FixtureError::io(&path, e))?;
+        std::fs::rename(&path, &kept).map_err(|e| TestError::io(&path, e))?;
         Ok(Damage { path, kept })
     }
 
     /// Puts the file back (what a repair does, for tests that do not run one).
-    pub fn undo(&self) -> Result<(), FixtureError> {
-        std::fs::rename(&self.kept, &self.path).map_err(|e| FixtureError::io(&self.path, e))
+    pub fn undo(&self) -> Result<(), TestError> {
+        std::fs::rename(&self.kept, &self.path).map_err(|e| TestError::io(&self.path, e))
     }
 
     pub fn is_repaired(&self) -> bool {
@@ -225,10 +225,10 @@ impl ChildProcess {
         kubeconfig: &Path,
         dir: &Path,
         envs: &[(&str, &str)],
-    ) -> Result<ChildProcess, FixtureError> {
+    ) -> Result<ChildProcess, TestError> {
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).map_err(|e| FixtureError::io(&log, e))?;
-        let stdout = file.try_clone().map_err(|e| FixtureError::io(&log, e))?;
+        let file = std::fs::File::create(&log).map_err(|e| TestError::io(&log, e))?;
+        let stdout = file.try_clone().map_err(|e| TestError::io(&log, e))?;
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .env("KUBECONFIG", kubeconfig)
@@ -239,7 +239,7 @@ impl ChildProcess {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|e| FixtureError::Command {
+        let child = cmd.spawn().map_err(|e| TestError::Command {
             command: format!("{} {}", binary.display(), args.join(" ")),
             status: "not started".into(),
             stderr: e.to_string(),
@@ -310,7 +310,7 @@ pub fn spawn_operator(
     kubeconfig: &Path,
     dir: &Path,
     extra_args: &[&str],
-) -> Result<ChildProcess, FixtureError> {
+) -> Result<ChildProcess, TestError> {
     let binary = workspace_binary("snapmend-operator", "SNAPMEND_OPERATOR")?;
     let metrics = format!("127.0.0.1:{}", free_port()?);
     let mut args = vec![
@@ -339,7 +339,7 @@ pub fn spawn_agent(
     dir: &Path,
     node: &str,
     fixture: &ContainerdFixture,
-) -> Result<ChildProcess, FixtureError> {
+) -> Result<ChildProcess, TestError> {
     let binary = workspace_binary("snapmend-node-helper", "SNAPMEND_NODE_HELPER")?;
     let args = vec![
         "agent".to_string(),
@@ -366,11 +366,11 @@ pub fn spawn_agent(
 }
 
 /// A free loopback port (bound, read, released).
-pub fn free_port() -> Result<u16, FixtureError> {
+pub fn free_port() -> Result<u16, TestError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| FixtureError::io("127.0.0.1:0", e))
+        .map_err(|e| TestError::io("127.0.0.1:0", e))
 }
 
 /// A Warning event about `pod` exactly as kubelet on `node` posts it (core/v1, count 1, now).
@@ -414,7 +414,7 @@ pub fn kubelet_event(
     }
 }
 
-pub async fn post_event(client: &Client, event: &Event) -> Result<Event, KubeletError> {
+pub async fn post_event(client: &Client, event: &Event) -> Result<Event, TestError> {
     let ns = event
         .metadata
         .namespace
@@ -432,7 +432,7 @@ pub async fn register_node(
     client: &Client,
     node: &str,
     labels: &[(&str, &str)],
-) -> Result<(), KubeletError> {
+) -> Result<(), TestError> {
     let mut config = super::KubeletConfig::new(node);
     config.node_labels = labels
         .iter()

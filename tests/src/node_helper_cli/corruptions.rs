@@ -6,7 +6,7 @@ use std::path::Path;
 
 use snapmend_crds::FindingKind;
 
-use crate::containerd::FixtureError;
+use crate::TestError;
 use crate::fs_tree::remove_xattr;
 
 /// Which test image a case damages.
@@ -28,26 +28,26 @@ pub struct Corruption {
     pub kind: FindingKind,
     /// Other paths findings may name (e.g. the other name of a hardlink pair).
     pub also: &'static [&'static str],
-    pub apply: fn(&Path) -> Result<(), FixtureError>,
+    pub apply: fn(&Path) -> Result<(), TestError>,
 }
 
-fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, FixtureError> {
-    r.map_err(|e| FixtureError::io(path, e))
+fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, TestError> {
+    r.map_err(|e| TestError::io(path, e))
 }
 
-fn delete_pause(fs: &Path) -> Result<(), FixtureError> {
+fn delete_pause(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("pause");
     io(&p, std::fs::remove_file(&p))
 }
 
-fn truncate_profile(fs: &Path) -> Result<(), FixtureError> {
+fn truncate_profile(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("home/app/.profile");
     let f = io(&p, std::fs::OpenOptions::new().write(true).open(&p))?;
     io(&p, f.set_len(3))
 }
 
 /// Same length, other bytes (and the mtime put back, so only content differs).
-fn rewrite_passwd_same_size(fs: &Path) -> Result<(), FixtureError> {
+fn rewrite_passwd_same_size(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("etc/passwd");
     let before = io(&p, std::fs::symlink_metadata(&p))?;
     let mut bytes = io(&p, std::fs::read(&p))?;
@@ -57,7 +57,7 @@ fn rewrite_passwd_same_size(fs: &Path) -> Result<(), FixtureError> {
     io(&p, f.set_modified(io(&p, before.modified())?))
 }
 
-fn drop_setuid(fs: &Path) -> Result<(), FixtureError> {
+fn drop_setuid(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("usr/bin/su-tool");
     io(
         &p,
@@ -65,33 +65,33 @@ fn drop_setuid(fs: &Path) -> Result<(), FixtureError> {
     )
 }
 
-fn chown_data_to_root(fs: &Path) -> Result<(), FixtureError> {
+fn chown_data_to_root(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("home/app/data");
     io(&p, std::os::unix::fs::lchown(&p, Some(0), Some(0)))
 }
 
-fn delete_whiteout(fs: &Path) -> Result<(), FixtureError> {
+fn delete_whiteout(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("etc/obsolete");
     io(&p, std::fs::remove_file(&p))
 }
 
-fn drop_opaque_xattr(fs: &Path) -> Result<(), FixtureError> {
+fn drop_opaque_xattr(fs: &Path) -> Result<(), TestError> {
     remove_xattr(&fs.join("var/cache"), "trusted.overlay.opaque")
 }
 
-fn add_extra_file(fs: &Path) -> Result<(), FixtureError> {
+fn add_extra_file(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("newdir/intruder");
     io(&p, std::fs::write(&p, b"not from the layer\n"))
 }
 
-fn file_becomes_dir(fs: &Path) -> Result<(), FixtureError> {
+fn file_becomes_dir(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("etc/passwd");
     io(&p, std::fs::remove_file(&p))?;
     io(&p, std::fs::create_dir(&p))
 }
 
 /// Replaces one name of the hardlink pair by an identical copy (separate inode).
-fn break_hardlink(fs: &Path) -> Result<(), FixtureError> {
+fn break_hardlink(fs: &Path) -> Result<(), TestError> {
     let link = fs.join("usr/bin/tool-hardlink");
     let meta = io(&link, std::fs::symlink_metadata(&link))?;
     let tmp = fs.join("usr/bin/.copy");
@@ -102,7 +102,7 @@ fn break_hardlink(fs: &Path) -> Result<(), FixtureError> {
     io(&link, std::fs::rename(&tmp, &link))
 }
 
-fn retarget_symlink(fs: &Path) -> Result<(), FixtureError> {
+fn retarget_symlink(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("etc/localtime");
     io(&p, std::fs::remove_file(&p))?;
     io(
@@ -111,7 +111,7 @@ fn retarget_symlink(fs: &Path) -> Result<(), FixtureError> {
     )
 }
 
-fn change_device_numbers(fs: &Path) -> Result<(), FixtureError> {
+fn change_device_numbers(fs: &Path) -> Result<(), TestError> {
     let p = fs.join("dev/loop9");
     io(&p, std::fs::remove_file(&p))?;
     let out = io(
@@ -124,12 +124,12 @@ fn change_device_numbers(fs: &Path) -> Result<(), FixtureError> {
             .status(),
     )?;
     if !out.success() {
-        return Err(FixtureError::Build(format!("mknod {} failed", p.display())));
+        return Err(TestError::Build(format!("mknod {} failed", p.display())));
     }
     Ok(())
 }
 
-fn change_user_xattr(fs: &Path) -> Result<(), FixtureError> {
+fn change_user_xattr(fs: &Path) -> Result<(), TestError> {
     crate::fs_tree::set_xattr(&fs.join("opt/xattrs"), "user.comment", b"tampered")
 }
 
@@ -267,7 +267,7 @@ pub fn corruption(name: &str) -> Corruption {
 }
 
 /// Flips one byte in the middle of a blob (the content store keeps blobs read-only; root writes anyway).
-pub fn flip_blob_byte(blob: &Path) -> Result<(), FixtureError> {
+pub fn flip_blob_byte(blob: &Path) -> Result<(), TestError> {
     let mut bytes = io(blob, std::fs::read(blob))?;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -275,7 +275,7 @@ pub fn flip_blob_byte(blob: &Path) -> Result<(), FixtureError> {
 }
 
 /// Removes everything inside a snapshot's `fs` (keeps `fs` itself).
-pub fn empty_dir(fs: &Path) -> Result<(), FixtureError> {
+pub fn empty_dir(fs: &Path) -> Result<(), TestError> {
     for entry in io(fs, std::fs::read_dir(fs))? {
         let path = io(fs, entry)?.path();
         let is_dir = io(&path, std::fs::symlink_metadata(&path))?.is_dir();

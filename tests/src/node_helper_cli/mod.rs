@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use snapmend_crds::{FindingKind, Report};
 
-use crate::containerd::{ContainerdFixture, FixtureError};
+use crate::TestError;
+use crate::containerd::ContainerdFixture;
 
 mod corruptions;
 mod scenario;
@@ -20,11 +21,11 @@ pub use scenario::{PristineImage, PristineLayer, Scenario};
 pub const BINARY_NAME: &str = "snapmend-node-helper";
 
 /// Where the node-helper binary is, or an error telling how to build it.
-pub fn node_helper_binary() -> Result<PathBuf, FixtureError> {
+pub fn node_helper_binary() -> Result<PathBuf, TestError> {
     if let Some(path) = std::env::var_os("SNAPMEND_NODE_HELPER") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(|e| FixtureError::io("/proc/self/exe", e))?;
+    let exe = std::env::current_exe().map_err(|e| TestError::io("/proc/self/exe", e))?;
     let candidates: Vec<PathBuf> = exe
         .ancestors()
         .skip(1)
@@ -36,7 +37,7 @@ pub fn node_helper_binary() -> Result<PathBuf, FixtureError> {
         .find(|p| p.is_file())
         .cloned()
         .ok_or_else(|| {
-            FixtureError::NodeHelper(format!(
+            TestError::NodeHelper(format!(
                 "{BINARY_NAME} not found (looked at {candidates:?}); build it first with \
              `cargo build -p snapmend-node-helper` (or run `cargo test --workspace`), \
              or point SNAPMEND_NODE_HELPER at it"
@@ -64,13 +65,13 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
 }
 
 /// A binary older than the node-helper sources of this checkout would test old code.
-fn refuse_stale(binary: &Path) -> Result<(), FixtureError> {
+fn refuse_stale(binary: &Path) -> Result<(), TestError> {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node-helper/src");
     let built = std::fs::metadata(binary)
         .and_then(|m| m.modified())
-        .map_err(|e| FixtureError::io(binary, e))?;
+        .map_err(|e| TestError::io(binary, e))?;
     match newest_mtime(&sources) {
-        Some(changed) if changed > built => Err(FixtureError::NodeHelper(format!(
+        Some(changed) if changed > built => Err(TestError::NodeHelper(format!(
             "{} is older than the sources in {}; rebuild it with \
              `cargo build -p snapmend-node-helper` (`cargo test --workspace` does this), \
              or point SNAPMEND_NODE_HELPER at a binary to test",
@@ -118,14 +119,13 @@ impl HelperRun {
     }
 
     /// The Report on stdout (`--json`).
-    pub fn report(&self) -> Result<Report, FixtureError> {
-        serde_json::from_str(&self.stdout).map_err(|e| {
-            FixtureError::NodeHelper(format!("{self}\nstdout is not a JSON Report: {e}"))
-        })
+    pub fn report(&self) -> Result<Report, TestError> {
+        serde_json::from_str(&self.stdout)
+            .map_err(|e| TestError::NodeHelper(format!("{self}\nstdout is not a JSON Report: {e}")))
     }
 
     /// (layer index, path, kind) of every listed finding.
-    pub fn findings(&self) -> Result<Vec<(u32, String, FindingKind)>, FixtureError> {
+    pub fn findings(&self) -> Result<Vec<(u32, String, FindingKind)>, TestError> {
         Ok(self
             .report()?
             .layers
@@ -161,7 +161,7 @@ pub struct NodeHelper {
 }
 
 impl NodeHelper {
-    pub fn for_fixture(fixture: &ContainerdFixture) -> Result<Self, FixtureError> {
+    pub fn for_fixture(fixture: &ContainerdFixture) -> Result<Self, TestError> {
         Ok(NodeHelper {
             binary: node_helper_binary()?,
             root: fixture.root(),
@@ -183,18 +183,18 @@ impl NodeHelper {
     }
 
     /// Runs a subcommand to completion.
-    pub fn run(&self, subcommand: &str, args: &[&str]) -> Result<HelperRun, FixtureError> {
+    pub fn run(&self, subcommand: &str, args: &[&str]) -> Result<HelperRun, TestError> {
         let mut all = vec![subcommand.to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
         let out = self
             .command(subcommand, args)
             .output()
-            .map_err(|e| FixtureError::io(&self.binary, e))?;
+            .map_err(|e| TestError::io(&self.binary, e))?;
         Ok(HelperRun::from_output(all, out))
     }
 
     /// `verify --image IMAGE --content C --json`.
-    pub fn verify(&self, image: &str, content: Content) -> Result<HelperRun, FixtureError> {
+    pub fn verify(&self, image: &str, content: Content) -> Result<HelperRun, TestError> {
         self.run(
             "verify",
             &["--image", image, "--content", content.arg(), "--json"],
@@ -202,12 +202,12 @@ impl NodeHelper {
     }
 
     /// `repair --image IMAGE --json`.
-    pub fn repair(&self, image: &str) -> Result<HelperRun, FixtureError> {
+    pub fn repair(&self, image: &str) -> Result<HelperRun, TestError> {
         self.run("repair", &["--image", image, "--json"])
     }
 
     /// The snapshot `fs` of each layer of an image (bottom first), from a verify report.
-    pub fn snapshot_paths(&self, image: &str) -> Result<Vec<PathBuf>, FixtureError> {
+    pub fn snapshot_paths(&self, image: &str) -> Result<Vec<PathBuf>, TestError> {
         let run = self.verify(image, Content::Metadata)?;
         let report = run.report()?;
         report
@@ -218,7 +218,7 @@ impl NodeHelper {
                     .as_deref()
                     .map(PathBuf::from)
                     .ok_or_else(|| {
-                        FixtureError::NodeHelper(format!(
+                        TestError::NodeHelper(format!(
                             "layer {} has no snapshotPath\n{run}",
                             l.index
                         ))

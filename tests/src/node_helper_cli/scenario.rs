@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::containerd::{ContainerdFixture, FixtureError};
+use crate::TestError;
+use crate::containerd::ContainerdFixture;
 use crate::fs_tree::{TreeSnapshot, capture_tree, capture_tree_except, tar_mtime_paths};
 use crate::image_builder::{BuiltImage, ImageSpec};
 
@@ -33,7 +34,7 @@ pub struct PristineLayer {
 impl Scenario {
     /// Locates the helper binary (first, so a missing build fails fast), starts a private
     /// containerd and imports the images.
-    pub fn start(images: &[ImageSpec]) -> Result<Self, FixtureError> {
+    pub fn start(images: &[ImageSpec]) -> Result<Self, TestError> {
         let binary = super::node_helper_binary()?;
         let fixture = ContainerdFixture::start()?;
         let built = fixture.import_images(images)?;
@@ -57,16 +58,16 @@ impl Scenario {
     }
 
     /// Snapshot `fs` of each layer, bottom first, as the helper reports them.
-    pub fn layer_fs(&self, name: &str) -> Result<Vec<PathBuf>, FixtureError> {
+    pub fn layer_fs(&self, name: &str) -> Result<Vec<PathBuf>, TestError> {
         self.helper.snapshot_paths(name)
     }
 
     /// Captures every layer of an image (call right after import).
-    pub fn capture_pristine(&self, name: &str) -> Result<PristineImage, FixtureError> {
+    pub fn capture_pristine(&self, name: &str) -> Result<PristineImage, TestError> {
         let image = self.image(name);
         let fs = self.layer_fs(name)?;
         if fs.len() != image.layers.len() {
-            return Err(FixtureError::NodeHelper(format!(
+            return Err(TestError::NodeHelper(format!(
                 "{name}: report has {} layers, the image {}",
                 fs.len(),
                 image.layers.len()
@@ -82,7 +83,7 @@ impl Scenario {
                     fs,
                 })
             })
-            .collect::<Result<_, FixtureError>>()?;
+            .collect::<Result<_, TestError>>()?;
         Ok(PristineImage {
             name: name.into(),
             layers,
@@ -94,7 +95,7 @@ impl Scenario {
     pub fn capture_root_except(
         &self,
         snapshot_dirs: &[PathBuf],
-    ) -> Result<TreeSnapshot, FixtureError> {
+    ) -> Result<TreeSnapshot, TestError> {
         capture_tree_except(&self.fixture.root(), snapshot_dirs)
     }
 
@@ -109,7 +110,7 @@ impl Scenario {
 
 impl PristineImage {
     /// Differences of the current snapshots from the pristine ones, prefixed by layer index.
-    pub fn differences_now(&self) -> Result<Vec<String>, FixtureError> {
+    pub fn differences_now(&self) -> Result<Vec<String>, TestError> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let now = if layer.fs.exists() {
@@ -128,7 +129,7 @@ impl PristineImage {
 
     /// `layer <i>: <path>` of every entry that differs from the pristine capture in anything
     /// but mtime: the measure of "no worse" after a crash.
-    pub fn damaged_entries(&self) -> Result<BTreeSet<String>, FixtureError> {
+    pub fn damaged_entries(&self) -> Result<BTreeSet<String>, TestError> {
         let mut out = BTreeSet::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let now = if layer.fs.exists() {
@@ -146,18 +147,18 @@ impl PristineImage {
 
     /// Entries a repair left in `snapshots/<id>` besides `fs` and `work`: staging leftovers
     /// (non-empty directories); a lock file is allowed.
-    pub fn leftovers(&self) -> Result<Vec<PathBuf>, FixtureError> {
+    pub fn leftovers(&self) -> Result<Vec<PathBuf>, TestError> {
         let mut out = Vec::new();
         for i in 0..self.layers.len() {
             let dir = self.snapshot_dir(i);
-            for entry in std::fs::read_dir(&dir).map_err(|e| FixtureError::io(&dir, e))? {
-                let path = entry.map_err(|e| FixtureError::io(&dir, e))?.path();
+            for entry in std::fs::read_dir(&dir).map_err(|e| TestError::io(&dir, e))? {
+                let path = entry.map_err(|e| TestError::io(&dir, e))?.path();
                 let name = path.file_name().unwrap_or_default();
                 if name == "fs" || name == "work" || !path.is_dir() {
                     continue;
                 }
                 if std::fs::read_dir(&path)
-                    .map_err(|e| FixtureError::io(&path, e))?
+                    .map_err(|e| TestError::io(&path, e))?
                     .next()
                     .is_some()
                 {

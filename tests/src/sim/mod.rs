@@ -2,7 +2,7 @@
 //! clients and kubectl accept. See `docs/architecture/snapmend-sim.md` for what it does not do.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), snapmend_tests::sim::SimError> {
+//! # async fn demo() -> Result<(), snapmend_tests::TestError> {
 //! let sim = snapmend_tests::sim::SimServer::start().await?;
 //! let client = sim.client()?;
 //! sim.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
@@ -28,35 +28,16 @@ pub mod table;
 pub mod validation;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use cluster::{Cluster, ClusterConfig};
+use crate::TestError;
 
-/// Errors of starting, configuring or stopping the simulated server.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    #[error("binding the API server to {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("writing the kubeconfig {path}: {source}")]
-    WriteKubeconfig {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("building a kube client for {url}: {source}")]
-    Client { url: String, source: kube::Error },
-    #[error("starting the background runtime of the API server: {0}")]
-    Runtime(std::io::Error),
-    #[error("parsing the server URL {url}: {reason}")]
-    Url { url: String, reason: String },
-}
+pub use cluster::{Cluster, ClusterConfig};
 
 /// Tunables of a simulated API server.
 #[derive(Debug, Clone)]
@@ -117,18 +98,18 @@ fn serve(app: Arc<http::App>, listener: tokio::net::TcpListener) -> JoinHandle<(
 
 impl SimServer {
     /// Starts a server on an ephemeral loopback port with default settings.
-    pub async fn start() -> Result<Self, SimError> {
+    pub async fn start() -> Result<Self, TestError> {
         Self::start_with(SimConfig::default()).await
     }
 
-    pub async fn start_with(config: SimConfig) -> Result<Self, SimError> {
+    pub async fn start_with(config: SimConfig) -> Result<Self, TestError> {
         let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| SimError::Bind { addr, source })?;
+            .map_err(|source| TestError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| SimError::Bind { addr, source })?;
+            .map_err(|source| TestError::Bind { addr, source })?;
         let cluster = Arc::new(Cluster::new(ClusterConfig {
             history_window: config.history_window,
         }));
@@ -165,11 +146,11 @@ impl SimServer {
     }
 
     /// A kube client configuration for this server (namespace `default`).
-    pub fn kube_config(&self) -> Result<kube::Config, SimError> {
+    pub fn kube_config(&self) -> Result<kube::Config, TestError> {
         let url = self.url();
         let uri = url
             .parse()
-            .map_err(|e: ::http::uri::InvalidUri| SimError::Url {
+            .map_err(|e: ::http::uri::InvalidUri| TestError::Url {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
@@ -179,9 +160,9 @@ impl SimServer {
     }
 
     /// A kube client for this server. Needs a Tokio runtime context.
-    pub fn client(&self) -> Result<kube::Client, SimError> {
+    pub fn client(&self) -> Result<kube::Client, TestError> {
         let config = self.kube_config()?;
-        kube::Client::try_from(config).map_err(|source| SimError::Client {
+        kube::Client::try_from(config).map_err(|source| TestError::Client {
             url: self.url(),
             source,
         })
@@ -195,8 +176,8 @@ impl SimServer {
         )
     }
 
-    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
-        std::fs::write(path, self.kubeconfig_yaml()).map_err(|source| SimError::WriteKubeconfig {
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), TestError> {
+        std::fs::write(path, self.kubeconfig_yaml()).map_err(|source| TestError::WriteKubeconfig {
             path: path.to_path_buf(),
             source,
         })
@@ -236,7 +217,7 @@ impl SimServer {
     }
 
     /// Serves again on the same port after [`SimServer::pause`] (a no-op while serving).
-    pub async fn resume(&self) -> Result<(), SimError> {
+    pub async fn resume(&self) -> Result<(), TestError> {
         if self
             .task
             .lock()
@@ -247,7 +228,7 @@ impl SimServer {
         }
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
-            .map_err(|source| SimError::Bind {
+            .map_err(|source| TestError::Bind {
                 addr: self.addr,
                 source,
             })?;
@@ -259,7 +240,7 @@ impl SimServer {
     }
 
     /// A restart of the API server: pause, then resume on the same port with the same objects.
-    pub async fn restart(&self) -> Result<(), SimError> {
+    pub async fn restart(&self) -> Result<(), TestError> {
         self.pause().await;
         self.resume().await
     }
@@ -286,14 +267,14 @@ pub struct BackgroundSim {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-type Ready = Result<(Arc<SimServer>, tokio::runtime::Handle), SimError>;
+type Ready = Result<(Arc<SimServer>, tokio::runtime::Handle), TestError>;
 
 impl BackgroundSim {
-    pub fn start() -> Result<Self, SimError> {
+    pub fn start() -> Result<Self, TestError> {
         Self::start_with(SimConfig::default())
     }
 
-    pub fn start_with(config: SimConfig) -> Result<Self, SimError> {
+    pub fn start_with(config: SimConfig) -> Result<Self, TestError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -307,7 +288,7 @@ impl BackgroundSim {
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(SimError::Runtime(e)));
+                        let _ = ready_tx.send(Err(TestError::Runtime(e)));
                         return;
                     }
                 };
@@ -328,9 +309,9 @@ impl BackgroundSim {
                 });
                 runtime.shutdown_timeout(Duration::from_secs(2));
             })
-            .map_err(SimError::Runtime)?;
+            .map_err(TestError::Runtime)?;
         let (server, handle) = ready_rx.recv().map_err(|_| {
-            SimError::Runtime(std::io::Error::other(
+            TestError::Runtime(std::io::Error::other(
                 "the snapmend-sim thread ended before serving",
             ))
         })??;
@@ -350,7 +331,7 @@ impl BackgroundSim {
         self.server.url()
     }
 
-    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), TestError> {
         self.server.write_kubeconfig(path)
     }
 
