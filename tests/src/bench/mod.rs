@@ -94,6 +94,34 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, TestError> {
     Ok(took)
 }
 
+/// I/Os in flight over all block devices (`/proc/diskstats`, the 12th field).
+pub fn ios_in_flight(diskstats: &str) -> u64 {
+    diskstats
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(11)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits (up to 60 s) until no block I/O has been in flight for one second. A setup that
+/// deletes a 1 GiB tree on a filesystem mounted with `discard` keeps the disk busy with
+/// discards after `sync` returns, and whichever command ran next paid for them.
+fn wait_for_idle_disks() {
+    let started = Instant::now();
+    let mut idle_since: Option<Instant> = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let busy = std::fs::read_to_string("/proc/diskstats")
+            .map(|s| ios_in_flight(&s) > 0)
+            .unwrap_or(false);
+        match (busy, idle_since) {
+            (true, _) => idle_since = None,
+            (false, None) => idle_since = Some(Instant::now()),
+            (false, Some(t)) if t.elapsed() >= Duration::from_secs(1) => return,
+            (false, Some(_)) => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One command to time: `setup` runs untimed before each run.
 struct Timed<'a> {
     label: &'a str,
@@ -119,6 +147,7 @@ impl<'a> Timed<'a> {
         // Writes of the previous run and of the setup must not be flushed during this one.
         // SAFETY: sync(2) takes no arguments and cannot fail.
         unsafe { libc::sync() };
+        wait_for_idle_disks();
         let took = run_checked(&mut (self.make)(), self.label)?;
         eprintln!("  {}: {took:.2?}", self.label);
         Ok(took)
@@ -350,7 +379,7 @@ fn gib(bytes: u64) -> String {
 pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> String {
     let mut out = String::new();
     out.push_str("## Verify and repair (issues 2 and 3)\n\n");
-    out.push_str(&format!("Measured {date} with `{command}`. Each pair of commands ran alternately, snapmend then the reference, after one warm-up run of each (warm page cache; `sync` before every run). Times are medians; the ratio is the median of the per-round ratios snapmend ÷ reference, so load that drifts during the run cancels out of each back-to-back pair.\n\n"));
+    out.push_str(&format!("Measured {date} with `{command}`. Each pair of commands ran alternately, snapmend then the reference, after one warm-up run of each (warm page cache; before every run `sync`, then a wait until no block I/O has been in flight for a second). Times are medians; the ratio is the median of the per-round ratios snapmend ÷ reference, so load that drifts during the run cancels out of each back-to-back pair.\n\n"));
     out.push_str("| machine | |\n| --- | --- |\n");
     for (k, v) in &report.machine {
         out.push_str(&format!("| {k} | {v} |\n"));
@@ -418,6 +447,17 @@ mod tests {
             goal: "≤ 0.5×".into(),
         };
         assert!((c.ratio() - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn in_flight_ios_are_the_twelfth_diskstats_field() {
+        let stats = "\
+ 254       0 vda 100 0 2000 50 300 0 4000 60 3 70 110 0 0 0 0 0 0
+ 254       1 vda1 10 0 200 5 30 0 400 6 0 7 11 0 0 0 0 0 0
+   7       0 loop0 1 0 2 0 0 0 0 0 2 0 0
+";
+        assert_eq!(ios_in_flight(stats), 5);
+        assert_eq!(ios_in_flight(""), 0);
     }
 
     #[test]
