@@ -6,16 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use nix::fcntl::OFlag;
-use sha2::{Digest, Sha256};
 
 use super::compare::{ContentVerdict, Diff, diff_scoped};
 use super::expected::{EntryKind, InodeId, LayerModel};
 use super::observe::{Observation, observe_path, observe_tree};
-use super::pass::ContentDigest;
+use super::pass::{ContentDigest, HashingWriter, copy_through};
 use super::safe_fs::{Beneath, fd_child_path};
 
 /// What a repair changed inside `fs`.
@@ -75,17 +74,9 @@ fn observe_touched(fs: &Beneath, touched: &Touched) -> io::Result<Observation> {
 
 fn sha256_of(fs: &Beneath, path: &[u8]) -> io::Result<ContentDigest> {
     let fd = fs.open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
-    let mut f = File::from(fd);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => return Ok(h.finalize().into()),
-            Ok(n) => h.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let mut hashed = HashingWriter::new(io::sink());
+    copy_through(&mut File::from(fd), &mut hashed, &mut vec![0u8; 256 * 1024])?;
+    Ok(hashed.finish())
 }
 
 /// Reads back every restored file (at one of its paths) and compares it with what was staged.
@@ -107,11 +98,7 @@ fn content_verdicts(
         })
         .map(|(p, id)| (id, p))
         .collect();
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 4)
-        .min(jobs.len().div_ceil(256).max(1));
+    let workers = super::workers_for(jobs.len(), 256);
     let chunk = jobs.len().div_ceil(workers).max(1);
     let mut verdicts: HashMap<InodeId, ContentVerdict> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
@@ -169,11 +156,7 @@ pub fn confirm_repair(
     };
     let content = content_verdicts(&fs, model, touched, written);
     if touched.walk_whole_tree(model) {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 4);
-        let obs = observe_tree(fs_path, threads)?.unwrap_or_default();
+        let obs = observe_tree(fs_path, super::io_threads())?.unwrap_or_default();
         Ok(diff_scoped(model, &obs, &content, anchors, None))
     } else {
         let obs = observe_touched(&fs, touched)?;

@@ -55,6 +55,26 @@ pub struct LayerRepair {
     pub confirmation: Option<LayerReport>,
 }
 
+/// Threads for parallel filesystem work: one per CPU, at least 2 (their I/O waits overlap),
+/// at most 4.
+pub(crate) fn io_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4)
+}
+
+/// Workers for `items` jobs: `io_threads`, but none with fewer than `per_worker` items.
+pub(crate) fn workers_for(items: usize, per_worker: usize) -> usize {
+    io_threads().min(items.div_ceil(per_worker).max(1))
+}
+
+/// Puts every finding's count and the first `FINDINGS_CAP` findings into a report.
+pub(crate) fn set_findings(r: &mut LayerReport, findings: &[snapmend_crds::Finding]) {
+    r.findings_total = findings.len() as u64;
+    r.findings = findings.iter().take(FINDINGS_CAP).cloned().collect();
+}
+
 fn empty_report(layer: &ResolvedLayer) -> LayerReport {
     LayerReport {
         index: layer.index,
@@ -115,8 +135,7 @@ pub(crate) fn report_from_pass(
         );
     };
     let d = compare::diff(model, obs, &p.content, &p.compared_at);
-    r.findings_total = d.findings.len() as u64;
-    r.findings = d.findings.iter().take(FINDINGS_CAP).cloned().collect();
+    set_findings(&mut r, &d.findings);
     r.state = if d.is_clean() {
         LayerState::Healthy
     } else {

@@ -106,7 +106,11 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// `io::copy` with our 256 KiB buffer: its own is 8 KiB, which means four times the write
 /// calls when a rebuild stages a whole layer.
-fn copy_through(from: &mut dyn Read, to: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
+pub(crate) fn copy_through(
+    from: &mut dyn Read,
+    to: &mut impl Write,
+    buf: &mut [u8],
+) -> io::Result<u64> {
     let mut total = 0;
     loop {
         let n = read_full(from, buf)?;
@@ -357,10 +361,7 @@ pub fn run_pass(
         .unwrap_or(layer.index == 0);
     let fs = layer.snapshot.as_ref().map(|s| s.fs.clone());
     let beneath = fs.as_deref().and_then(|p| Beneath::open(p).ok());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 4);
+    let threads = super::io_threads();
 
     let mut model = LayerModel::new(ModelOptions::new(base));
     let mut model_error = None;

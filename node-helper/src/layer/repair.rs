@@ -324,13 +324,7 @@ fn repair_locked(
     let obs = obs.unwrap_or(&empty);
     if fs_missing {
         // Report what a rebuild restores, entry by entry.
-        report.findings_total = diff.findings.len() as u64;
-        report.findings = diff
-            .findings
-            .iter()
-            .take(snapmend_crds::report::FINDINGS_CAP)
-            .cloned()
-            .collect();
+        super::set_findings(&mut report, &diff.findings);
     }
     let plan = plan_lines(model, &diff, obs, fs_missing);
     let fault_after = std::env::var(FAULT_ENV)
@@ -405,13 +399,7 @@ fn confirmation_report(
     left: &Diff,
 ) -> snapmend_crds::LayerReport {
     let mut r = before.clone();
-    r.findings_total = left.findings.len() as u64;
-    r.findings = left
-        .findings
-        .iter()
-        .take(snapmend_crds::report::FINDINGS_CAP)
-        .cloned()
-        .collect();
+    super::set_findings(&mut r, &left.findings);
     r.state = if left.is_clean() {
         LayerState::Healthy
     } else {
@@ -549,11 +537,7 @@ impl<'a> Applier<'a> {
         }
         drop(cache);
         // Then every other entry: each worker takes a contiguous run (siblings together).
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 4)
-            .min(work.len().div_ceil(64).max(1));
+        let workers = super::workers_for(work.len(), 64);
         let chunk = work.len().div_ceil(workers).max(1);
         let this = &*self;
         let results: Vec<Result<()>> = std::thread::scope(|s| {

@@ -167,6 +167,14 @@ impl Fixture {
     fn p(&self, rel: &str) -> PathBuf {
         self.fs().join(rel)
     }
+    fn staging(&self) -> PathBuf {
+        self.layer
+            .snapshot
+            .as_ref()
+            .unwrap()
+            .dir
+            .join(super::repair::STAGING_DIR)
+    }
     fn verify(&self) -> LayerReport {
         verify_layer(&self.layer, ContentCheck::Full)
     }
@@ -334,15 +342,7 @@ fn a_rebuilt_snapshot_matches_the_containerd_rules() {
     assert!(f.p("opaque/kept").exists());
     // Implicit dirs copy attributes of the lower layer's dir (etc is explicit; home is not in the lower).
     assert_eq!(md("home").mode() & 0o7777, 0o755);
-    assert!(
-        !f.layer
-            .snapshot
-            .as_ref()
-            .unwrap()
-            .dir
-            .join(super::repair::STAGING_DIR)
-            .exists()
-    );
+    assert!(!f.staging().exists());
 }
 
 #[test]
@@ -741,15 +741,7 @@ fn repair_refuses_uncommitted_snapshots_and_concurrent_repairs() {
             "{why}"
         );
         assert!(!f.p("etc/passwd").exists(), "nothing written for {kind:?}");
-        assert!(
-            !f.layer
-                .snapshot
-                .as_ref()
-                .unwrap()
-                .dir
-                .join("snapmend-staging")
-                .exists()
-        );
+        assert!(!f.staging().exists());
     }
     f.layer.snapshot.as_mut().unwrap().kind = SnapshotKind::Committed;
     let _held = super::repair::lock_snapshot(&f.layer.snapshot.as_ref().unwrap().dir).unwrap();
