@@ -39,16 +39,22 @@ use crate::report::Report;
     selectable = ".spec.nodeName"
 )]
 #[x_kube(validation = Rule::new("(has(self.image) && self.image != '') != (has(self.sandboxImage) && self.sandboxImage)").message("exactly one of image and sandboxImage must be set"))]
+// A target that changed after it was verified would be repaired unverified: the target is
+// immutable, including whether `image` is set at all (the field rule below covers its value).
+#[x_kube(validation = Rule::new("has(self.image) == has(oldSelf.image)").message("image is immutable: create a new SnapshotRepair for another target"))]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRepairSpec {
     /// The node whose snapshots are checked. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("nodeName is immutable"))]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub node_name: String,
-    /// Image name as containerd records it (a tag or a digest reference).
+    /// Image name as containerd records it (a tag or a digest reference). Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("image is immutable: create a new SnapshotRepair for another target"))]
+    #[schemars(length(max = 1024))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// true: the node's configured sandbox (pause) image.
+    /// true: the node's configured sandbox (pause) image. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("sandboxImage is immutable: create a new SnapshotRepair for another target"))]
     #[serde(default)]
     pub sandbox_image: bool,
     #[serde(default)]

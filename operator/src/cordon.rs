@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use snapmend_crds::labels::CORDONED_BY_ANNOTATION;
 use tracing::{info, instrument};
@@ -24,16 +24,6 @@ fn is_unschedulable(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.unschedulable)
         .unwrap_or(false)
-}
-
-/// Nodes that snapmend holds cordoned now: unschedulable and annotated. A node a person
-/// uncordoned by hand no longer counts, even if the annotation is still there.
-pub fn count_cordoned_by_snapmend<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> u32 {
-    let n = nodes
-        .into_iter()
-        .filter(|n| is_unschedulable(n) && n.annotations().contains_key(CORDONED_BY_ANNOTATION))
-        .count();
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The merge patch that cordons `node` for `repair`, guarded by the resourceVersion that was read.
@@ -58,68 +48,56 @@ pub fn uncordon_patch(resource_version: Option<&str>) -> serde_json::Value {
     })
 }
 
-pub async fn list_nodes(api: &Api<Node>) -> Result<Vec<Node>, Error> {
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_context("list", "nodes".to_string()))?;
-    Ok(list.items)
-}
-
-/// Cordons the node unless it is already unschedulable (then it is someone else's and stays so).
-/// Returns whether this call cordoned it.
-#[instrument(skip(api), fields(node = %node_name, repair = %repair))]
-pub async fn cordon(api: &Api<Node>, node_name: &str, repair: &str) -> Result<bool, Error> {
-    let Some(node) = get_node(api, node_name).await? else {
-        return Ok(false);
-    };
-    if is_unschedulable(&node) {
+/// Cordons `node` (as the Node store has it) unless it is already unschedulable (then it is
+/// someone else's and stays so). The patch is guarded by the store's resourceVersion, so a
+/// stale store fails with a conflict rather than overwriting a newer change. Returns whether
+/// this call cordoned it.
+#[instrument(skip(api, node), fields(node = %node.name_any(), repair = %repair))]
+pub async fn cordon(api: &Api<Node>, node: &Node, repair: &str) -> Result<bool, Error> {
+    if is_unschedulable(node) {
         return Ok(false);
     }
+    let name = node.name_any();
     let patch = cordon_patch(node.resource_version().as_deref(), repair);
-    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(kube_context("cordon", format!("node {node_name}")))?;
+        .map_err(kube_context("cordon", format!("node {name}")))?;
     info!("cordoned node");
     Ok(true)
 }
 
 /// Uncordons the node only if its annotation names `repair`. Returns whether it did.
-#[instrument(skip(api), fields(node = %node_name, repair = %repair))]
-pub async fn uncordon(api: &Api<Node>, node_name: &str, repair: &str) -> Result<bool, Error> {
-    let Some(node) = get_node(api, node_name).await? else {
-        return Ok(false);
-    };
-    if !node_facts(&node).cordoned_by_repair(repair) {
+#[instrument(skip(api, node), fields(node = %node.name_any(), repair = %repair))]
+pub async fn uncordon(api: &Api<Node>, node: &Node, repair: &str) -> Result<bool, Error> {
+    if !node_facts(node).cordoned_by_repair(repair) {
         return Ok(false);
     }
+    let name = node.name_any();
     let patch = uncordon_patch(node.resource_version().as_deref());
-    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(kube_context("uncordon", format!("node {node_name}")))?;
+        .map_err(kube_context("uncordon", format!("node {name}")))?;
     info!("uncordoned node");
     Ok(true)
 }
 
 /// Renames the holder of `repair`'s cordon to `next` (the node stays cordoned), only if the
 /// annotation names `repair`. Returns whether it did.
-#[instrument(skip(api), fields(node = %node_name, repair = %repair, next = %next))]
+#[instrument(skip(api, node), fields(node = %node.name_any(), repair = %repair, next = %next))]
 pub async fn hand_over(
     api: &Api<Node>,
-    node_name: &str,
+    node: &Node,
     repair: &str,
     next: &str,
 ) -> Result<bool, Error> {
-    let Some(node) = get_node(api, node_name).await? else {
-        return Ok(false);
-    };
-    if !node_facts(&node).cordoned_by_repair(repair) {
+    if !node_facts(node).cordoned_by_repair(repair) {
         return Ok(false);
     }
+    let name = node.name_any();
     let patch = hand_over_patch(node.resource_version().as_deref(), next);
-    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(kube_context("hand_over", format!("node {node_name}")))?;
+        .map_err(kube_context("hand_over", format!("node {name}")))?;
     info!("cordon handed over");
     Ok(true)
 }
@@ -132,12 +110,6 @@ pub fn hand_over_patch(resource_version: Option<&str>, next: &str) -> serde_json
             "annotations": { CORDONED_BY_ANNOTATION: next },
         },
     })
-}
-
-pub async fn get_node(api: &Api<Node>, node_name: &str) -> Result<Option<Node>, Error> {
-    api.get_opt(node_name)
-        .await
-        .map_err(kube_context("get", format!("node {node_name}")))
 }
 
 #[cfg(test)]
@@ -184,7 +156,11 @@ mod tests {
             node(None, None),
             node(Some(true), Some("c")),
         ];
-        assert_eq!(count_cordoned_by_snapmend(&nodes), 2);
+        let counted = nodes
+            .iter()
+            .filter(|n| crate::caches::is_cordoned_by_snapmend(n))
+            .count();
+        assert_eq!(counted, 2);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! `phases` decides (pure); `reconcile` observes and executes around it; `run` wires the
 //! controller, leader election, metrics and health endpoints together.
 
+pub mod caches;
 pub mod conditions;
 pub mod config;
 pub mod cordon;
+pub mod cordon_slots;
 pub mod duration;
 pub mod error;
 pub mod events;

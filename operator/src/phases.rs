@@ -177,6 +177,22 @@ const TIME_RESOLUTION: Duration = Duration::from_secs(1);
 /// Quick look after changing a node, to confirm the change and move on.
 const NODE_CONFIRM: Duration = Duration::from_secs(1);
 
+/// Longest stretch of helper-written text copied into a status message or an event: the
+/// status must stay small whatever a (possibly broken) helper reports.
+pub const HELPER_TEXT_MAX: usize = 512;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..cut]))
+}
+
 /// The report that answers the current request, if the helper has written it.
 pub fn current_report(status: &SnapshotRepairStatus) -> Option<&Report> {
     let request = status.request.as_ref()?;
@@ -638,7 +654,7 @@ impl Machine<'_, '_> {
 
     fn with_helper_message(&self, text: String, report: &Report) -> String {
         match &report.message {
-            Some(m) if !m.is_empty() => format!("{text}: {m}"),
+            Some(m) if !m.is_empty() => format!("{text}: {}", bounded(m, HELPER_TEXT_MAX)),
             _ => text,
         }
     }

@@ -27,6 +27,16 @@ pub fn helper_presence(lease: Option<&Lease>, now: Timestamp) -> HelperPresence 
     }
 }
 
+/// How long until a present helper's Lease goes stale, unless it is renewed first (a renewal
+/// wakes the repair through the Lease watch; this is the deadline if none comes).
+pub fn stale_in(lease: Option<&Lease>, now: Timestamp) -> Option<Duration> {
+    let renewed = lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))?;
+    let age = Duration::try_from(now.duration_since(renewed.0)).unwrap_or(Duration::ZERO);
+    PRESENCE_WINDOW.checked_sub(age)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +89,16 @@ mod tests {
             helper_presence(Some(&lease(Some(100), None)), t(0)),
             HelperPresence::Present
         );
+    }
+
+    #[test]
+    fn a_present_lease_goes_stale_forty_seconds_after_its_renewal() {
+        assert_eq!(
+            stale_in(Some(&lease(Some(0), None)), t(15)),
+            Some(Duration::from_secs(25))
+        );
+        assert_eq!(stale_in(Some(&lease(Some(0), None)), t(41)), None);
+        assert_eq!(stale_in(None, t(0)), None);
     }
 
     #[test]

@@ -1,65 +1,92 @@
-//! The thin part around `phases`: observe the SnapshotRepair, its Node and its helper's Lease,
-//! decide with `phases::next_step`, then change the node and write the operator-owned status.
+//! The thin part around `phases`: read the SnapshotRepair, its Node and its helper's Lease from
+//! the shared stores (`caches`), decide with `phases::next_step`, then change the node and
+//! apply the operator-owned status (server-side apply, field manager `snapmend-operator`).
+//!
+//! No lock is held across reconciles: repairs of different nodes run in parallel, and the cordon
+//! cap is kept by atomic in-memory reservations (`cordon_slots`). Reconciles are woken by
+//! watches (the repair itself, its Node, its helper's Lease); the only requeues are deadlines:
+//! `--helper-timeout` of an outstanding request, and the helper Lease going stale.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use snapmend_crds::labels::{FINALIZER, NODE_LABEL, helper_lease_name};
 use snapmend_crds::{Phase, SnapshotRepair, SnapshotRepairStatus};
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, instrument, warn};
 
+use crate::caches::{Caches, repairs_waiting_for_slot};
 use crate::conditions::{self, READY};
 use crate::config::OperatorConfig;
-use crate::cordon::{self, count_cordoned_by_snapmend, node_facts};
+use crate::cordon::{self, node_facts};
+use crate::cordon_slots::{CordonSlots, Reservation};
 use crate::error::{Error, kube_context};
 use crate::metrics::Metrics;
 use crate::phases::{
     self, CordonBudget, EventKind, NodeIntent, Notice, Observed, Settings, Sibling, Step,
-    cleanup_intent, cordon_successor,
+    cleanup_intent, cordon_successor, current_report,
 };
-use crate::presence::helper_presence;
+use crate::presence::{helper_presence, stale_in};
 
-/// Field manager and event reporter name.
+/// Event reporter name and the field manager of the operator's status.
 pub const CONTROLLER_NAME: &str = "snapmend-operator";
-/// Safety net: look again this often at a repair that waits for nothing in particular.
-const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Back-off after a failed reconciliation.
 const ERROR_RETRY: Duration = Duration::from_secs(5);
-/// Retry after a write lost a race (409): the next read sees the winner's change.
+/// Retry after a write lost a race (409): the store then has the winner's change.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
+/// A store that has not yet delivered this operator's own last status write is asked again
+/// after this long (the watch event usually arrives first and wakes the repair anyway).
+const STALE_RETRY: Duration = Duration::from_millis(250);
+/// After this long a missing watch event is no longer waited for (a re-list may skip it).
+const STALE_GIVE_UP: Duration = Duration::from_secs(10);
+/// requestTime keeps whole seconds: deadlines are looked at this much late, never early.
+const TIME_RESOLUTION: Duration = Duration::from_secs(1);
 
-/// Shared by every reconciliation: the client, configuration, event recorder and metrics.
+/// Shared by every reconciliation of one leadership term.
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Counting cordoned nodes, deciding and cordoning happen under this lock, so that
-    /// concurrent reconciliations cannot together exceed `--max-cordoned-nodes`.
-    cordon_lock: tokio::sync::Mutex<()>,
+    pub caches: Caches,
+    pub slots: CordonSlots,
+    written: WrittenStatus,
+    /// Wakes repairs (e.g. those waiting for a cordon slot when one was given back).
+    wake: UnboundedSender<ObjectRef<SnapshotRepair>>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        wake: UnboundedSender<ObjectRef<SnapshotRepair>>,
+    ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.to_string(),
             instance: Some(config.env.identity.clone()),
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            slots: CordonSlots::new(config.args.max_cordoned_nodes),
             client,
             config,
             metrics,
-            cordon_lock: tokio::sync::Mutex::new(()),
+            caches,
+            written: WrittenStatus::default(),
+            wake,
         }
     }
 
@@ -71,24 +98,72 @@ impl Context {
         Api::all(self.client.clone())
     }
 
-    fn leases(&self) -> Api<Lease> {
-        Api::namespaced(self.client.clone(), &self.config.env.namespace)
-    }
-
     fn settings(&self) -> Settings {
         Settings {
             helper_timeout: self.config.args.helper_timeout,
             failure_policy: self.config.args.failure_policy,
         }
     }
+
+    /// A slot was given back without a Node change the Node watch would see: wake the waiters.
+    fn wake_slot_waiters(&self) {
+        for waiting in repairs_waiting_for_slot(&self.caches.repairs) {
+            let _ = self.wake.send(waiting);
+        }
+    }
+
+    fn update_cordon_gauge(&self) {
+        let cordoned = self.caches.cordoned_nodes();
+        self.metrics
+            .set_nodes_cordoned(self.slots.in_use(&cordoned));
+    }
+}
+
+/// The operator-owned status this operator last applied to each repair, until the store shows
+/// it: a reconcile woken by another watch (a Lease renewal, say) must not decide on a copy
+/// older than its own last write.
+#[derive(Default)]
+struct WrittenStatus(Mutex<HashMap<String, (SnapshotRepairStatus, Instant)>>);
+
+impl WrittenStatus {
+    fn record(&self, name: &str, status: SnapshotRepairStatus) {
+        self.lock()
+            .insert(name.to_string(), (status, Instant::now()));
+    }
+
+    /// Whether the store's copy of `name` predates this operator's last status write.
+    fn is_behind(&self, name: &str, stored: &SnapshotRepairStatus) -> bool {
+        let mut written = self.lock();
+        let Some((status, at)) = written.get(name) else {
+            return false;
+        };
+        if *status == operator_fields(stored) || at.elapsed() > STALE_GIVE_UP {
+            written.remove(name);
+            return false;
+        }
+        true
+    }
+
+    fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SnapshotRepairStatus, Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Entry point for the Controller: the finalizer helper around apply and cleanup.
 #[instrument(skip_all, fields(repair = %sr.name_any(), node = %sr.spec.node_name))]
 pub async fn reconcile(sr: Arc<SnapshotRepair>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    // Decide nothing before every store holds the whole cluster (the cordon cap counts it).
+    if !ctx.caches.wait_until_ready().await {
+        return Ok(Action::await_change());
+    }
     let name = sr.name_any();
     let api = ctx.repairs();
-    finalizer(&api, FINALIZER, sr, |event| {
+    let result = finalizer(&api, FINALIZER, sr, |event| {
         let ctx = ctx.clone();
         async move {
             match event {
@@ -102,7 +177,9 @@ pub async fn reconcile(sr: Arc<SnapshotRepair>, ctx: Arc<Context>) -> Result<Act
         finalizer: FINALIZER,
         name,
         source: Box::new(e),
-    })
+    });
+    ctx.metrics.reconciled(started.elapsed());
+    result
 }
 
 pub fn error_policy(sr: Arc<SnapshotRepair>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -114,121 +191,153 @@ pub fn error_policy(sr: Arc<SnapshotRepair>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(ERROR_RETRY)
 }
 
-async fn apply(cached: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
-    let name = cached.name_any();
-    let api = ctx.repairs();
-    // The controller's cache can lag behind our own last status write; decide on a fresh read.
-    let Some(sr) = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_context("get", format!("SnapshotRepair {name}")))?
-    else {
-        return Ok(Action::await_change());
-    };
-    ensure_node_label(&api, &sr).await?;
+async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
+    let name = sr.name_any();
     let status = sr.status.clone().unwrap_or_default();
+    if ctx.written.is_behind(&name, &status) {
+        debug!("store has not caught up with the last status write yet");
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+    let resource_version = ensure_node_label(&ctx.repairs(), sr).await?;
     let before = status.phase;
     if before == Some(Phase::Failed) {
         ctx.metrics.set_phase(&name, before);
         return Ok(Action::await_change());
     }
 
-    // Held until the status is written: another repair deciding about the same cordon (the
-    // cap, or a hand-over) must see this one's outcome.
-    let guard = ctx.cordon_lock.lock().await;
-    let nodes = cordon::list_nodes(&ctx.nodes()).await?;
-    let cordoned_now = count_cordoned_by_snapmend(&nodes);
-    ctx.metrics.set_nodes_cordoned(cordoned_now);
-    let node = nodes
-        .iter()
-        .find(|n| n.name_any() == sr.spec.node_name)
-        .map(node_facts);
-    let lease_name = helper_lease_name(&sr.spec.node_name);
-    let lease = ctx
-        .leases()
-        .get_opt(&lease_name)
-        .await
-        .map_err(kube_context(
-            "get",
-            format!("Lease {}/{lease_name}", ctx.config.env.namespace),
-        ))?;
-    let siblings = list_repairs(&api).await?;
-    let successor = successor_of(&sr, &siblings);
+    let node_name = sr.spec.node_name.as_str();
+    let node = ctx.caches.node(node_name);
+    let facts = node.as_deref().map(node_facts);
+    let lease = ctx.caches.lease(&helper_lease_name(node_name));
+    let successor = successor_of(sr, &ctx.caches.repairs());
+    let cordoned = ctx.caches.cordoned_nodes();
+    let max = ctx.slots.max();
     let now = Timestamp::now();
-    let step = phases::next_step(&Observed {
+    let observed = Observed {
         name: &name,
         generation: sr.metadata.generation,
         spec: &sr.spec,
         status: &status,
-        node: node.as_ref(),
-        helper: helper_presence(lease.as_ref(), now),
+        node: facts.as_ref(),
+        helper: helper_presence(lease.as_deref(), now),
         budget: CordonBudget {
-            cordoned_now,
-            max: ctx.config.args.max_cordoned_nodes,
+            cordoned_now: ctx.slots.held_elsewhere(node_name, &cordoned),
+            max,
         },
         now,
         settings: ctx.settings(),
         lease_namespace: &ctx.config.env.namespace,
         successor: successor.as_deref(),
-    });
-    apply_node_intent(ctx, &sr, &step.node, cordoned_now).await?;
-    if operator_fields(&status) != operator_fields(&step.status) {
-        write_status(&api, &name, &step.status).await?;
+    };
+    let mut step = phases::next_step(&observed);
+    if step.node == NodeIntent::Cordon
+        && let Reservation::Full { held_elsewhere } =
+            ctx.slots.try_reserve(node_name, &name, &cordoned)
+    {
+        // Another reconcile took the last slot since the budget was counted: wait instead.
+        step = phases::next_step(&Observed {
+            budget: CordonBudget {
+                cordoned_now: held_elsewhere.max(max),
+                max,
+            },
+            ..observed.clone()
+        });
     }
-    drop(guard);
+    apply_node_intent(ctx, &name, node_name, node.as_deref(), &step.node).await?;
+    ctx.update_cordon_gauge();
+    if operator_fields(&status) != operator_fields(&step.status) {
+        write_status(
+            &ctx.repairs(),
+            &name,
+            resource_version.as_deref(),
+            &step.status,
+        )
+        .await?;
+        ctx.written.record(&name, operator_fields(&step.status));
+    }
     record_transition(ctx, &name, &status, &step);
     for notice in &step.events {
-        publish(ctx, &sr, notice).await;
+        publish(ctx, sr, notice).await;
     }
     let after = step.status.phase;
     if before != after {
         info!(from = ?before, to = ?after, message = step.status.message.as_deref().unwrap_or(""), "phase changed");
     }
-    Ok(match step.requeue_after {
-        Some(d) => Action::requeue(d),
-        None if after.is_some_and(Phase::is_terminal) => Action::await_change(),
-        None => Action::requeue(IDLE_RECHECK),
-    })
+    Ok(next_look(
+        &step.status,
+        ctx.config.args.helper_timeout,
+        lease.as_deref(),
+        now,
+    ))
+}
+
+/// When to look again without a watch event: only at a deadline. An outstanding request is
+/// looked at when `--helper-timeout` runs out or when the helper's Lease would go stale
+/// (a renewal or the report wakes it sooner). Everything else waits for a watch event.
+pub fn next_look(
+    status: &SnapshotRepairStatus,
+    helper_timeout: Duration,
+    lease: Option<&Lease>,
+    now: Timestamp,
+) -> Action {
+    let outstanding = matches!(status.phase, Some(Phase::Verifying | Phase::Repairing))
+        && status.request.is_some()
+        && current_report(status).is_none();
+    if !outstanding {
+        return Action::await_change();
+    }
+    let age = status
+        .request_time
+        .as_ref()
+        .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
+        .unwrap_or(Duration::ZERO);
+    let timeout_in = helper_timeout.saturating_sub(age) + TIME_RESOLUTION;
+    let deadline = match stale_in(lease, now) {
+        Some(stale) => timeout_in.min(stale + TIME_RESOLUTION),
+        None => timeout_in,
+    };
+    Action::requeue(deadline)
 }
 
 async fn apply_node_intent(
     ctx: &Context,
-    sr: &SnapshotRepair,
+    name: &str,
+    node_name: &str,
+    node: Option<&Node>,
     intent: &NodeIntent,
-    cordoned_now: u32,
 ) -> Result<(), Error> {
-    let name = sr.name_any();
-    let node = &sr.spec.node_name;
-    match intent {
-        NodeIntent::Leave => {}
-        NodeIntent::Cordon => {
-            if cordon::cordon(&ctx.nodes(), node, &name).await? {
-                ctx.metrics.set_nodes_cordoned(cordoned_now + 1);
+    let api = ctx.nodes();
+    match (intent, node) {
+        (NodeIntent::Leave, _) | (_, None) => {
+            if *intent == NodeIntent::Cordon {
+                ctx.slots.release(node_name, name);
             }
         }
-        NodeIntent::Uncordon => {
-            if cordon::uncordon(&ctx.nodes(), node, &name).await? {
-                ctx.metrics
-                    .set_nodes_cordoned(cordoned_now.saturating_sub(1));
+        (NodeIntent::Cordon, Some(node)) => match cordon::cordon(&api, node, name).await {
+            Ok(true) => {}
+            Ok(false) => {
+                ctx.slots.release(node_name, name);
+                ctx.wake_slot_waiters();
             }
+            Err(error) => {
+                ctx.slots.release(node_name, name);
+                ctx.wake_slot_waiters();
+                return Err(error);
+            }
+        },
+        (NodeIntent::Uncordon, Some(node)) => {
+            cordon::uncordon(&api, node, name).await?;
+            ctx.slots.release(node_name, name);
         }
-        NodeIntent::HandOver(next) => {
-            cordon::hand_over(&ctx.nodes(), node, &name, next).await?;
+        (NodeIntent::HandOver(next), Some(node)) => {
+            cordon::hand_over(&api, node, name, next).await?;
         }
     }
     Ok(())
 }
 
-async fn list_repairs(api: &Api<SnapshotRepair>) -> Result<Vec<SnapshotRepair>, Error> {
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_context("list", "snapshotrepairs".to_string()))?;
-    Ok(list.items)
-}
-
 /// The sibling repair that inherits `sr`'s cordon, if any.
-fn successor_of(sr: &SnapshotRepair, all: &[SnapshotRepair]) -> Option<String> {
+fn successor_of(sr: &SnapshotRepair, all: &[Arc<SnapshotRepair>]) -> Option<String> {
     let me = sr.name_any();
     let siblings = all.iter().map(|s| Sibling {
         name: s.metadata.name.as_deref().unwrap_or_default(),
@@ -244,17 +353,20 @@ fn successor_of(sr: &SnapshotRepair, all: &[SnapshotRepair]) -> Option<String> {
 /// Deleting a SnapshotRepair undoes its own cordon, whatever phase it was in.
 async fn cleanup(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     let name = sr.name_any();
-    let _guard = ctx.cordon_lock.lock().await;
-    let node = cordon::get_node(&ctx.nodes(), &sr.spec.node_name).await?;
-    let facts = node.as_ref().map(node_facts);
-    let successor = successor_of(sr, &list_repairs(&ctx.repairs()).await?);
     let node_name = &sr.spec.node_name;
-    let note = match cleanup_intent(&name, facts.as_ref(), successor.as_deref()) {
-        NodeIntent::Uncordon if cordon::uncordon(&ctx.nodes(), node_name, &name).await? => Some(
+    let node = ctx.caches.node(node_name);
+    let facts = node.as_deref().map(node_facts);
+    let successor = successor_of(sr, &ctx.caches.repairs());
+    let api = ctx.nodes();
+    let note = match (
+        cleanup_intent(&name, facts.as_ref(), successor.as_deref()),
+        node,
+    ) {
+        (NodeIntent::Uncordon, Some(node)) if cordon::uncordon(&api, &node, &name).await? => Some(
             format!("SnapshotRepair deleted; node {node_name} uncordoned"),
         ),
-        NodeIntent::HandOver(next)
-            if cordon::hand_over(&ctx.nodes(), node_name, &name, &next).await? =>
+        (NodeIntent::HandOver(next), Some(node))
+            if cordon::hand_over(&api, &node, &name, &next).await? =>
         {
             Some(format!(
                 "SnapshotRepair deleted; node {node_name} stays cordoned for SnapshotRepair {next}"
@@ -262,6 +374,9 @@ async fn cleanup(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
         }
         _ => None,
     };
+    ctx.slots.release(node_name, &name);
+    ctx.written.forget(&name);
+    ctx.update_cordon_gauge();
     if let Some(note) = note {
         info!(node = %sr.spec.node_name, "{note}");
         publish(
@@ -279,26 +394,31 @@ async fn cleanup(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// `snapmend.io/node=<node>` on every SnapshotRepair, so agents can select their own.
-async fn ensure_node_label(api: &Api<SnapshotRepair>, sr: &SnapshotRepair) -> Result<(), Error> {
+/// `snapmend.io/node=<node>` on every SnapshotRepair, so agents can select their own. Returns
+/// the resourceVersion the status write must match (the label patch changes it).
+async fn ensure_node_label(
+    api: &Api<SnapshotRepair>,
+    sr: &SnapshotRepair,
+) -> Result<Option<String>, Error> {
     let node = sr.spec.node_name.as_str();
     if sr.labels().get(NODE_LABEL).map(String::as_str) == Some(node) {
-        return Ok(());
+        return Ok(sr.resource_version());
     }
     if !is_label_value(node) {
         warn!(
             node,
             "node name is not a valid label value; SnapshotRepair left unlabeled"
         );
-        return Ok(());
+        return Ok(sr.resource_version());
     }
     let name = sr.name_any();
     let patch = json!({ "metadata": { "labels": { NODE_LABEL: node } } });
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+    let labelled = api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(kube_context("label", format!("SnapshotRepair {name}")))?;
     debug!(node, "labelled");
-    Ok(())
+    Ok(labelled.resource_version())
 }
 
 /// Kubernetes label value syntax: at most 63 characters, alphanumerics and `-_.` inside.
@@ -320,46 +440,43 @@ pub fn operator_fields(status: &SnapshotRepairStatus) -> SnapshotRepairStatus {
     }
 }
 
-/// Operator-owned status keys; absent ones are sent as null so that they are cleared.
-const OPERATOR_KEYS: [&str; 11] = [
-    "phase",
-    "observedGeneration",
-    "target",
-    "request",
-    "requestTime",
-    "cordonedByOperator",
-    "conditions",
-    "findings",
-    "message",
-    "startTime",
-    "completionTime",
-];
-
-/// A merge patch for the status subresource that never touches `status.report`.
-pub fn status_patch(status: &SnapshotRepairStatus) -> serde_json::Value {
-    let mut fields = match serde_json::to_value(operator_fields(status)) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    fields.remove("report");
-    for key in OPERATOR_KEYS {
-        fields.entry(key).or_insert(serde_json::Value::Null);
-    }
-    json!({ "status": fields })
+/// The operator's apply configuration for the status subresource: every operator-owned field
+/// it sets, never `report` (the agent's). A field it set before and leaves out now is removed
+/// by the API server (server-side apply prunes what a manager stops applying), so no list of
+/// keys to clear has to be kept. `resourceVersion` makes it fail with a conflict if the
+/// decision was made on a copy that has changed since.
+pub fn status_apply(
+    name: &str,
+    resource_version: Option<&str>,
+    status: &SnapshotRepairStatus,
+) -> serde_json::Value {
+    let status = serde_json::to_value(operator_fields(status)).unwrap_or_else(|_| json!({}));
+    json!({
+        "apiVersion": SnapshotRepair::api_version(&()),
+        "kind": SnapshotRepair::kind(&()),
+        "metadata": { "name": name, "resourceVersion": resource_version },
+        "status": status,
+    })
 }
 
 async fn write_status(
     api: &Api<SnapshotRepair>,
     name: &str,
+    resource_version: Option<&str>,
     status: &SnapshotRepairStatus,
 ) -> Result<(), Error> {
-    let patch = status_patch(status);
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(kube_context(
-            "patch_status",
-            format!("SnapshotRepair {name}"),
-        ))?;
+    let body = status_apply(name, resource_version, status);
+    // Forced: these fields are the operator's; an older operator may have written them by patch.
+    api.patch_status(
+        name,
+        &PatchParams::apply(CONTROLLER_NAME).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_context(
+        "apply_status",
+        format!("SnapshotRepair {name}"),
+    ))?;
     Ok(())
 }
 
@@ -442,34 +559,83 @@ mod tests {
     }
 
     #[test]
-    fn status_patch_never_carries_the_report() {
-        let patch = status_patch(&status_with_report());
-        let status = patch["status"].as_object().unwrap();
+    fn status_apply_never_carries_the_report() {
+        let body = status_apply("sr", Some("7"), &status_with_report());
+        let status = body["status"].as_object().unwrap();
         assert!(!status.contains_key("report"));
         assert_eq!(status["phase"], "Verifying");
         assert_eq!(status["request"]["id"], "1");
         assert_eq!(status["message"], "verifying");
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        assert_eq!(body["kind"], "SnapshotRepair");
+        assert_eq!(body["apiVersion"], "snapmend.io/v1alpha1");
     }
 
     #[test]
-    fn status_patch_clears_absent_operator_fields() {
-        let patch = status_patch(&status_with_report());
-        for key in [
-            "completionTime",
-            "cordonedByOperator",
-            "findings",
-            "conditions",
-        ] {
-            assert!(patch["status"][key].is_null(), "{key}");
-            assert!(
-                patch["status"].as_object().unwrap().contains_key(key),
-                "{key} sent as null"
-            );
-        }
+    fn status_apply_sends_only_set_fields() {
+        // Absent fields are left out, not nulled: the server prunes what is no longer applied.
+        let body = status_apply("sr", None, &status_with_report());
+        let keys: Vec<_> = body["status"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, ["message", "phase", "request"]);
+    }
+
+    #[test]
+    fn only_outstanding_requests_have_a_deadline() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut status = status_with_report();
+        // Answered: nothing to wait for.
         assert_eq!(
-            patch["status"].as_object().unwrap().len(),
-            OPERATOR_KEYS.len()
+            next_look(&status, Duration::from_secs(60), None, now),
+            Action::await_change()
         );
+        status.report = None;
+        status.request_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::from_second(1_800_000_000 - 20).unwrap(),
+        ));
+        assert_eq!(
+            next_look(&status, Duration::from_secs(60), None, now),
+            Action::requeue(Duration::from_secs(41))
+        );
+        let lease = Lease {
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    Timestamp::from_second(1_800_000_000 - 30).unwrap(),
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_look(&status, Duration::from_secs(60), Some(&lease), now),
+            Action::requeue(Duration::from_secs(11)),
+            "the Lease goes stale first"
+        );
+        status.phase = Some(Phase::Cordoning);
+        assert_eq!(
+            next_look(&status, Duration::from_secs(60), None, now),
+            Action::await_change()
+        );
+    }
+
+    #[test]
+    fn a_store_behind_the_last_write_is_recognised() {
+        let written = WrittenStatus::default();
+        let old = status_with_report();
+        let mut new = old.clone();
+        new.phase = Some(Phase::Repairing);
+        written.record("sr", operator_fields(&new));
+        assert!(written.is_behind("sr", &old));
+        assert!(!written.is_behind("other", &old));
+        // The agent's report does not matter; the operator's fields do.
+        let mut caught_up = new.clone();
+        caught_up.report = None;
+        assert!(!written.is_behind("sr", &caught_up));
+        assert!(!written.is_behind("sr", &old), "forgotten once caught up");
     }
 
     #[test]

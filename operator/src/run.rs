@@ -4,23 +4,24 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use kube::Client;
-use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::{Controller, watcher};
-use snapmend_crds::SnapshotRepair;
+use kube::runtime::Controller;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::caches::{self, NodeMapper, Started, repairs_for_lease};
 use crate::config::OperatorConfig;
 use crate::error::Error;
 use crate::events::{EventRemediationConfig, run_event_remediation};
 use crate::http::{self, Health};
 use crate::leader;
 use crate::metrics::Metrics;
-use crate::reconcile::{Context, error_policy, reconcile};
+use crate::reconcile::{CONTROLLER_NAME, Context, error_policy, reconcile};
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run_operator(config: OperatorConfig) -> Result<(), Error> {
@@ -49,11 +50,11 @@ pub async fn run_operator_with(
         shutdown.clone(),
     ));
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config.clone(),
-        metrics.clone(),
-    ));
+    let base = Arc::new(Base {
+        client: client.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+    });
     let election = leader::run_when_leader(
         client,
         &config.env,
@@ -65,7 +66,7 @@ pub async fn run_operator_with(
                 metrics.forget_phases();
             }
         },
-        |term| run_as_leader(ctx.clone(), term),
+        |term| run_as_leader(base.clone(), term),
     )
     .await;
     shutdown.cancel();
@@ -78,22 +79,32 @@ pub async fn run_operator_with(
     Ok(())
 }
 
-/// Everything only the leader runs, until `stop` is cancelled. Further leader-only tasks
-/// (automatic repairs from events) are joined here.
-pub async fn run_as_leader(ctx: Arc<Context>, stop: CancellationToken) {
+/// What every leadership term starts from.
+pub struct Base {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// How often the store-size gauges are refreshed.
+const STORE_GAUGE_EVERY: Duration = Duration::from_secs(5);
+
+/// Everything only the leader runs, until `stop` is cancelled. Each term starts its own caches
+/// (listed afresh, so a new leader counts the cordon cap from the cluster as it is).
+pub async fn run_as_leader(base: Arc<Base>, stop: CancellationToken) {
     tokio::join!(
-        run_repair_controller(ctx.clone(), stop.clone()),
-        run_event_remediation_until(ctx, stop),
+        run_repair_controller(base.clone(), stop.clone()),
+        run_event_remediation_until(base, stop),
     );
 }
 
 /// Automatic SnapshotRepairs from kubelet events (`--auto-remediate`, `--cooldown`), until `stop`.
-pub async fn run_event_remediation_until(ctx: Arc<Context>, stop: CancellationToken) {
-    let args = &ctx.config.args;
+pub async fn run_event_remediation_until(base: Arc<Base>, stop: CancellationToken) {
+    let args = &base.config.args;
     let config = EventRemediationConfig::new(args.auto_remediate, args.cooldown);
     tokio::select! {
         _ = stop.cancelled() => {}
-        result = run_event_remediation(ctx.client.clone(), config) => {
+        result = run_event_remediation(base.client.clone(), config) => {
             if let Err(error) = result {
                 warn!(%error, "automatic remediation stopped");
             }
@@ -101,11 +112,37 @@ pub async fn run_event_remediation_until(ctx: Arc<Context>, stop: CancellationTo
     }
 }
 
-/// The SnapshotRepair controller.
-pub async fn run_repair_controller(ctx: Arc<Context>, stop: CancellationToken) {
-    let api: Api<SnapshotRepair> = Api::all(ctx.client.clone());
+/// The SnapshotRepair controller: reflector stores of SnapshotRepairs, Nodes and helper
+/// Leases, one watch each, shared by the controller's triggers and every reconcile.
+pub async fn run_repair_controller(base: Arc<Base>, stop: CancellationToken) {
+    let Some(Started {
+        caches,
+        repair_changes,
+        node_changes,
+        lease_changes,
+        drive,
+    }) = caches::start(&base.client, &base.config.env.namespace)
+    else {
+        warn!("cannot subscribe to the reflector stores; SnapshotRepair controller not started");
+        return;
+    };
+    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(Context::new(
+        base.client.clone(),
+        base.config.clone(),
+        base.metrics.clone(),
+        caches.clone(),
+        wake,
+    ));
+    let node_mapper = NodeMapper::new(caches.repairs.clone());
+    let lease_repairs = caches.repairs.clone();
     info!("starting SnapshotRepair controller");
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let controller = Controller::for_shared_stream(repair_changes, caches.repairs.clone())
+        .watches_shared_stream(node_changes, move |node| node_mapper.map(&node))
+        .watches_shared_stream(lease_changes, move |lease| {
+            repairs_for_lease(&lease_repairs, &lease)
+        })
+        .reconcile_on(futures::stream::poll_fn(move |cx| woken.poll_recv(cx)))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -115,8 +152,22 @@ pub async fn run_repair_controller(ctx: Arc<Context>, stop: CancellationToken) {
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
                 Err(error) => warn!(%error, "SnapshotRepair controller"),
             }
-        })
-        .await;
+        });
+    let metrics = base.metrics.clone();
+    let gauges = async move {
+        let mut tick = tokio::time::interval(STORE_GAUGE_EVERY);
+        loop {
+            tick.tick().await;
+            metrics.set_store_size("snapshotrepairs", caches.repairs.len());
+            metrics.set_store_size("nodes", caches.nodes.len());
+            metrics.set_store_size("leases", caches.leases.len());
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = drive => warn!("reflectors ended"),
+        () = gauges => {}
+    }
     info!("SnapshotRepair controller stopped");
 }
 
@@ -138,7 +189,17 @@ async fn make_client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
             .await
             .map_err(|e| Error::ClientConfig(e.to_string()))?,
     };
-    Client::try_from(config).map_err(|e| Error::ClientConfig(e.to_string()))
+    Client::try_from(with_user_agent(config)).map_err(|e| Error::ClientConfig(e.to_string()))
+}
+
+/// Names the operator in every request (`snapmend-operator/<version>`), as kubectl and
+/// kube-controller-manager do, so API server audit logs and request metrics can tell it apart.
+pub fn with_user_agent(mut config: kube::Config) -> kube::Config {
+    let agent = format!("{CONTROLLER_NAME}/{}", env!("CARGO_PKG_VERSION"));
+    if let Ok(value) = axum::http::HeaderValue::from_str(&agent) {
+        config.headers.push((axum::http::header::USER_AGENT, value));
+    }
+    config
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

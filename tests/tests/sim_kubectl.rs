@@ -414,6 +414,56 @@ fn project_crd_shows_its_columns() {
         r#"{"spec":{"nodeName":"node-b"}}"#,
     ]);
     assert!(moved.contains("nodeName is immutable"), "{moved}");
+    // The target is immutable too: a change while the repair waits for a cordon slot would
+    // have it repair an image it never verified.
+    k.apply("img.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: app-on-a\nspec:\n  nodeName: node-a\n  image: registry.example/app:1\n");
+    let retargeted = k.fails(&[
+        "patch",
+        "sr",
+        "app-on-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":"registry.example/app:2"}}"#,
+    ]);
+    assert!(retargeted.contains("image is immutable"), "{retargeted}");
+    let to_sandbox = k.fails(&[
+        "patch",
+        "sr",
+        "app-on-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":null,"sandboxImage":true}}"#,
+    ]);
+    assert!(to_sandbox.contains("is immutable"), "{to_sandbox}");
+    let from_sandbox = k.fails(&[
+        "patch",
+        "sr",
+        "pause-on-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"image":"registry.example/app:1","sandboxImage":false}}"#,
+    ]);
+    assert!(from_sandbox.contains("is immutable"), "{from_sandbox}");
+    // Other fields stay editable (e.g. turning a repair into a verification).
+    k.ok(&[
+        "patch",
+        "sr",
+        "app-on-a",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"action":"Verify"}}"#,
+    ]);
+    let huge = format!(
+        "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: huge\nspec:\n  nodeName: node-a\n  image: registry.example/{}:1\n",
+        "a".repeat(5000)
+    );
+    let too_long = k.fails(&["apply", "-f", &k.file("huge.yaml", &huge)]);
+    assert!(too_long.contains("spec.image"), "{too_long}");
+    assert!(
+        too_long.len() < 2000,
+        "the error does not echo the 5,000-character image: {} bytes",
+        too_long.len()
+    );
     assert_eq!(
         k.ok(&[
             "get",

@@ -1,27 +1,24 @@
-//! The one write the agent makes: `status.report` of a SnapshotRepair, as a JSON merge patch
-//! on the status subresource that names no other status field (the operator owns those).
+//! The one write the agent makes: `status.report` of a SnapshotRepair, by server-side apply on
+//! the status subresource under its own field manager, naming no other status field (the
+//! operator owns those and applies them as `snapmend-operator`).
 
-use serde_json::{Map, Value, json};
-use snapmend_crds::{Outcome, Report, RequestReport};
+use serde_json::{Value, json};
+use snapmend_crds::{Outcome, Report, RequestReport, SnapshotRepair};
 
-/// Merge patch that makes `status.report` equal to `new`.
-///
-/// A merge patch merges objects key by key, so a key the previous report had and the new one
-/// lacks (an optional `message`, say) would survive; such keys are set to null to remove them.
-pub fn report_merge_patch(previous: Option<&RequestReport>, new: &RequestReport) -> Value {
-    let mut report = match serde_json::to_value(new) {
-        Ok(Value::Object(map)) => map,
-        // A struct of strings, numbers and vectors always serializes to an object.
-        _ => Map::new(),
-    };
-    if let Some(Value::Object(old)) = previous.and_then(|p| serde_json::to_value(p).ok()) {
-        for key in old.keys() {
-            if !report.contains_key(key) {
-                report.insert(key.clone(), Value::Null);
-            }
-        }
-    }
-    json!({ "status": { "report": Value::Object(report) } })
+/// The agent's field manager: owner of `status.report` and nothing else.
+pub const FIELD_MANAGER: &str = "snapmend-node-helper";
+
+/// Apply configuration that makes `status.report` of `name` equal to `report`. The API
+/// server removes keys the agent applied before and leaves out now (an optional `message`,
+/// say), so no previous report has to be known.
+pub fn report_apply(name: &str, report: &RequestReport) -> Value {
+    use kube::Resource;
+    json!({
+        "apiVersion": SnapshotRepair::api_version(&()),
+        "kind": SnapshotRepair::kind(&()),
+        "metadata": { "name": name },
+        "status": { "report": report },
+    })
 }
 
 /// The Error report for a request the agent cannot run as specified.
@@ -54,10 +51,8 @@ mod tests {
     }
 
     #[test]
-    fn patch_touches_only_status_report() {
-        let p = report_merge_patch(None, &report("7", Outcome::Healthy, None));
-        let top: Vec<_> = p.as_object().expect("object").keys().cloned().collect();
-        assert_eq!(top, ["status"]);
+    fn apply_names_only_status_report() {
+        let p = report_apply("sr-1", &report("7", Outcome::Healthy, None));
         let status: Vec<_> = p["status"]
             .as_object()
             .expect("object")
@@ -65,42 +60,19 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(status, ["report"]);
+        assert_eq!(p["metadata"]["name"], "sr-1");
+        assert_eq!(p["kind"], "SnapshotRepair");
+        assert_eq!(p["apiVersion"], "snapmend.io/v1alpha1");
         assert_eq!(p["status"]["report"]["requestId"], "7");
         assert_eq!(p["status"]["report"]["outcome"], "Healthy");
         assert_eq!(p["status"]["report"]["image"], "registry.k8s.io/pause:3.10");
-    }
-
-    #[test]
-    fn keys_of_the_previous_report_that_are_gone_are_nulled() {
-        let old = report("6", Outcome::Error, Some("image unknown"));
-        let p = report_merge_patch(Some(&old), &report("7", Outcome::Healthy, None));
-        assert_eq!(p["status"]["report"]["message"], Value::Null);
         assert!(
-            p["status"]["report"]
+            !p["status"]["report"]
                 .as_object()
                 .expect("object")
-                .contains_key("message")
+                .contains_key("message"),
+            "absent keys are left out; the server prunes them"
         );
-        assert_eq!(p["status"]["report"]["outcome"], "Healthy");
-    }
-
-    #[test]
-    fn applying_the_patch_yields_exactly_the_new_report() {
-        let old = report("6", Outcome::Error, Some("image unknown"));
-        let new = report("7", Outcome::Corrupted, None);
-        let mut object = json!({
-            "status": {"phase": "Verifying", "request": {"id": "7", "action": "Verify"},
-                       "report": serde_json::to_value(&old).expect("json")}
-        });
-        merge(&mut object, &report_merge_patch(Some(&old), &new));
-        let written: RequestReport =
-            serde_json::from_value(object["status"]["report"].clone()).expect("report");
-        assert_eq!(written, new);
-        assert_eq!(
-            object["status"]["phase"], "Verifying",
-            "operator fields untouched"
-        );
-        assert_eq!(object["status"]["request"]["id"], "7");
     }
 
     #[test]
@@ -109,24 +81,5 @@ mod tests {
         assert_eq!(r.request_id, "9");
         assert_eq!(r.report.outcome, Outcome::Error);
         assert_eq!(r.report.message.as_deref(), Some("spec sets both"));
-    }
-
-    /// RFC 7386 merge, as an API server applies it.
-    fn merge(target: &mut Value, patch: &Value) {
-        let Value::Object(patch) = patch else {
-            *target = patch.clone();
-            return;
-        };
-        if !target.is_object() {
-            *target = json!({});
-        }
-        let Value::Object(map) = target else { return };
-        for (k, v) in patch {
-            if v.is_null() {
-                map.remove(k);
-            } else {
-                merge(map.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
     }
 }

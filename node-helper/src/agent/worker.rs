@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::decision::{Decision, Work, decide, queue_order};
 use super::metrics::Metrics;
-use super::report_patch::{refusal, report_merge_patch};
+use super::report_patch::{FIELD_MANAGER, refusal, report_apply};
 use super::shutdown::Shutdown;
 use crate::error::{Error, Result};
 use crate::job::{self, JobOptions, Target};
@@ -111,7 +111,6 @@ impl Worker {
         let Some(current) = current else {
             return true; // deleted meanwhile
         };
-        let previous = current.status.as_ref().and_then(|s| s.report.clone());
         match decide(&self.node, &current) {
             Decision::Idle(why) => {
                 debug!(sr = name, ?why, "nothing to do after re-reading");
@@ -127,7 +126,7 @@ impl Worker {
                 async {
                     warn!(%reason, "refusing request");
                     let report = refusal(&request_id, current.spec.target(), reason);
-                    self.deliver(&name, previous, report).await
+                    self.deliver(&name, report).await
                 }
                 .instrument(span)
                 .await
@@ -142,7 +141,7 @@ impl Worker {
                 );
                 async {
                     let report = self.run_job(&work).await;
-                    self.deliver(&work.name, previous, report).await
+                    self.deliver(&work.name, report).await
                 }
                 .instrument(span)
                 .await
@@ -212,16 +211,11 @@ impl Worker {
 
     /// Writes the report, retrying through API outages for as long as the request is still the
     /// current one. True when written or no longer wanted; false on shutdown.
-    async fn deliver(
-        &mut self,
-        name: &str,
-        mut previous: Option<RequestReport>,
-        mut report: RequestReport,
-    ) -> bool {
+    async fn deliver(&mut self, name: &str, mut report: RequestReport) -> bool {
         let mut retry = RETRY_FIRST;
         let mut minimal = false;
         loop {
-            match self.patch_report(name, previous.as_ref(), &report).await {
+            match self.apply_report(name, &report).await {
                 Ok(()) => {
                     info!(outcome = ?report.report.outcome, "report written");
                     return true;
@@ -267,26 +261,27 @@ impl Worker {
                         info!(still_wanted, answered, "request superseded; report dropped");
                         return true;
                     }
-                    previous = sr.status.and_then(|s| s.report);
                 }
                 Err(error) => debug!(%error, "re-reading before retrying the report failed"),
             }
         }
     }
 
-    async fn patch_report(
-        &self,
-        name: &str,
-        previous: Option<&RequestReport>,
-        report: &RequestReport,
-    ) -> Result<()> {
-        let patch = report_merge_patch(previous, report);
+    /// Server-side apply of `status.report` under the agent's own field manager: the API
+    /// server replaces exactly the report (dropping keys the previous one had) and never
+    /// touches the operator's fields.
+    async fn apply_report(&self, name: &str, report: &RequestReport) -> Result<()> {
+        let body = report_apply(name, report);
         self.api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
             .map_err(|source| {
                 Error::kube(
-                    format!("patch status.report of SnapshotRepair {name}"),
+                    format!("apply status.report of SnapshotRepair {name}"),
                     source,
                 )
             })?;

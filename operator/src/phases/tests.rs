@@ -1449,3 +1449,12 @@ fn damage_found_but_helper_gone_fails_before_cordoning() {
         "the findings stay visible"
     );
 }
+
+#[test]
+fn helper_text_is_bounded_on_a_character_boundary() {
+    assert_eq!(bounded("short", 10), "short");
+    let long = "é".repeat(400);
+    let cut = bounded(&long, HELPER_TEXT_MAX);
+    assert!(cut.len() <= HELPER_TEXT_MAX + "…".len());
+    assert!(cut.ends_with('…'));
+}

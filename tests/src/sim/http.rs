@@ -33,6 +33,8 @@ pub struct App {
     pub controllers: CancellationToken,
     pub bookmark_interval: Duration,
     pub server_address: String,
+    /// Every answered request, for tests that count LISTs, WATCHes and bytes.
+    pub requests: super::audit::RequestLog,
 }
 
 impl App {
@@ -220,8 +222,54 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    tracing::debug!(%method, path = %path, query = uri.query().unwrap_or(""), status = resp.status().as_u16(), "request");
+    let record = request_record(&app, &method, &path, &query, &headers, &resp);
+    tracing::debug!(%method, path = %path, query = uri.query().unwrap_or(""), status = resp.status().as_u16(), verb = %record.verb, user_agent = record.user_agent.as_deref().unwrap_or(""), "request");
+    app.requests.record(record);
     resp
+}
+
+/// What the request log keeps about an answered request.
+fn request_record(
+    app: &App,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    resp: &Response,
+) -> super::audit::RequestRecord {
+    use axum::body::HttpBody;
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let target = resolve(app, &segs).ok().flatten();
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match &target {
+        Some(t) => super::audit::verb(method, t.name.is_some(), watch),
+        None => method.as_str().to_ascii_lowercase(),
+    };
+    super::audit::RequestRecord {
+        verb,
+        group: target
+            .as_ref()
+            .map(|t| t.def.group.clone())
+            .unwrap_or_default(),
+        resource: target
+            .as_ref()
+            .map(|t| t.def.plural.clone())
+            .unwrap_or_default(),
+        subresource: target.as_ref().and_then(|t| t.subresource.clone()),
+        namespace: target.as_ref().and_then(|t| t.namespace.clone()),
+        name: target.as_ref().and_then(|t| t.name.clone()),
+        path: path.to_string(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        status: resp.status().as_u16(),
+        response_bytes: resp.body().size_hint().exact(),
+    }
 }
 
 async fn route(

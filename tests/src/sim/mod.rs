@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod cluster;
 pub mod convert;
 pub mod crd;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::TestError;
 
+pub use audit::{RequestRecord, count_by_key};
 pub use cluster::{Cluster, ClusterConfig};
 
 /// Tunables of a simulated API server.
@@ -120,6 +122,7 @@ impl SimServer {
             controllers: CancellationToken::new(),
             bookmark_interval: config.bookmark_interval,
             server_address: addr.to_string(),
+            requests: audit::RequestLog::default(),
         });
         let task = serve(app.clone(), listener);
         spawn_namespace_controller(app.cluster.clone(), app.controllers.clone());
@@ -181,6 +184,17 @@ impl SimServer {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// Every request answered since start (or the last [`SimServer::clear_requests`]), with
+    /// its verb (`list` and `watch` apart), resource, User-Agent, status and response size.
+    pub fn requests(&self) -> Vec<audit::RequestRecord> {
+        self.app.requests.snapshot()
+    }
+
+    /// Forgets the logged requests, e.g. once clients have started and listed.
+    pub fn clear_requests(&self) {
+        self.app.requests.clear();
     }
 
     /// Shrinks the watch history, so resuming from older versions yields 410 Expired.

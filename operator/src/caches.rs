@@ -1,0 +1,279 @@
+//! Reflector stores of everything a reconcile reads, started once per leadership term and
+//! shared through the Context: SnapshotRepairs, Nodes (status and managedFields stripped, so
+//! 5,000 Nodes with their image lists cost little memory), and the helpers' Leases in the
+//! operator's namespace. Reconciles read them instead of GETting and LISTing; their watch
+//! streams also trigger the reconciles of the SnapshotRepairs a change affects.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Client, Resource, ResourceExt};
+use snapmend_crds::labels::{CORDONED_BY_ANNOTATION, HELPER_LEASE_PREFIX};
+use snapmend_crds::{Phase, SnapshotRepair};
+use tracing::warn;
+
+use crate::conditions::{self, READY};
+use crate::phases::reason::WAITING_FOR_CORDON_SLOT;
+
+/// Events buffered per subscriber before a reflector waits for the controller to catch up.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Read handles of the three stores.
+#[derive(Clone)]
+pub struct Caches {
+    pub repairs: Store<SnapshotRepair>,
+    pub nodes: Store<Node>,
+    pub leases: Store<Lease>,
+    pub lease_namespace: String,
+}
+
+/// What starting the stores gives the controller: the stores, the change streams of each, and
+/// the stream that keeps all three up to date (it must be polled for anything to happen).
+pub struct Started {
+    pub caches: Caches,
+    pub repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
+    pub node_changes: BoxStream<'static, Arc<Node>>,
+    pub lease_changes: BoxStream<'static, Arc<Lease>>,
+    pub drive: BoxFuture<'static, ()>,
+}
+
+/// Starts the reflectors (nothing is requested until `drive` is polled).
+pub fn start(client: &Client, lease_namespace: &str) -> Option<Started> {
+    let (repairs, repairs_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let (nodes, nodes_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let (leases, leases_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let repair_changes = repairs_writer.subscribe()?;
+    let node_changes = nodes_writer.subscribe()?;
+    let lease_changes = leases_writer.subscribe()?;
+    let drive_repairs = reflect(
+        Api::<SnapshotRepair>::all(client.clone()),
+        repairs_writer,
+        |sr: &mut SnapshotRepair| sr.managed_fields_mut().clear(),
+    );
+    let drive_nodes = reflect(Api::<Node>::all(client.clone()), nodes_writer, slim_node);
+    let drive_leases = reflect(
+        Api::<Lease>::namespaced(client.clone(), lease_namespace),
+        leases_writer,
+        |l: &mut Lease| l.managed_fields_mut().clear(),
+    );
+    let drive = async move {
+        tokio::join!(drive_repairs, drive_nodes, drive_leases);
+    };
+    Some(Started {
+        caches: Caches {
+            repairs,
+            nodes,
+            leases,
+            lease_namespace: lease_namespace.to_string(),
+        },
+        repair_changes: repair_changes.boxed(),
+        node_changes: node_changes.boxed(),
+        lease_changes: lease_changes.boxed(),
+        drive: drive.boxed(),
+    })
+}
+
+/// One watch (one LIST at start, then WATCH, resuming from the last resourceVersion) feeding
+/// a store; `slim` drops what no reconcile reads before it is kept.
+async fn reflect<K>(api: Api<K>, writer: Writer<K>, slim: fn(&mut K))
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: Send + Sync + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(slim)
+        .reflect_shared(writer)
+        .for_each(|event| {
+            if let Err(error) = event {
+                warn!(%kind, %error, "watch failed; retrying");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// A Node as the store keeps it: metadata without managedFields, and spec. The status (images,
+/// conditions, addresses: most of a real Node's size) is never read by the operator.
+pub fn slim_node(node: &mut Node) {
+    node.status = None;
+    node.metadata.managed_fields = None;
+}
+
+impl Caches {
+    /// Waits until every store has its first full list. Reconciles decide nothing before,
+    /// so the cordon cap is always counted from the whole cluster.
+    pub async fn wait_until_ready(&self) -> bool {
+        self.repairs.wait_until_ready().await.is_ok()
+            && self.nodes.wait_until_ready().await.is_ok()
+            && self.leases.wait_until_ready().await.is_ok()
+    }
+
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.get(&ObjectRef::new(name))
+    }
+
+    pub fn lease(&self, name: &str) -> Option<Arc<Lease>> {
+        self.leases
+            .get(&ObjectRef::new(name).within(&self.lease_namespace))
+    }
+
+    pub fn repairs(&self) -> Vec<Arc<SnapshotRepair>> {
+        self.repairs.state()
+    }
+
+    /// Nodes snapmend holds cordoned now: unschedulable and annotated. A node a person
+    /// uncordoned by hand no longer counts, even if the annotation is still there.
+    pub fn cordoned_nodes(&self) -> BTreeSet<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter(|n| is_cordoned_by_snapmend(n))
+            .map(|n| n.name_any())
+            .collect()
+    }
+}
+
+pub fn is_cordoned_by_snapmend(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+        && node.annotations().contains_key(CORDONED_BY_ANNOTATION)
+}
+
+fn unfinished(sr: &SnapshotRepair) -> bool {
+    !sr.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(Phase::is_terminal)
+}
+
+/// Whether `sr` waits in Pending for a free cordon slot.
+pub fn waits_for_slot(sr: &SnapshotRepair) -> bool {
+    sr.status.as_ref().is_some_and(|s| {
+        s.phase == Some(Phase::Pending)
+            && conditions::get(&s.conditions, READY)
+                .is_some_and(|c| c.reason == WAITING_FOR_CORDON_SLOT)
+    })
+}
+
+/// The SnapshotRepairs of `node` that a change of it (or of its helper's Lease) can move on.
+/// Finished repairs are included only while the node is annotated for them (a leftover cordon).
+pub fn repairs_on_node(
+    repairs: &Store<SnapshotRepair>,
+    node: &str,
+) -> Vec<ObjectRef<SnapshotRepair>> {
+    repairs
+        .state()
+        .iter()
+        .filter(|sr| sr.spec.node_name == node)
+        .map(|sr| ObjectRef::from_obj(sr.as_ref()))
+        .collect()
+}
+
+/// Repairs waiting for a cordon slot, woken when one may have been freed.
+pub fn repairs_waiting_for_slot(repairs: &Store<SnapshotRepair>) -> Vec<ObjectRef<SnapshotRepair>> {
+    repairs
+        .state()
+        .iter()
+        .filter(|sr| waits_for_slot(sr))
+        .map(|sr| ObjectRef::from_obj(sr.as_ref()))
+        .collect()
+}
+
+/// Maps Node changes to the repairs they affect: the node's own repairs, and, when the node
+/// stopped being cordoned by snapmend, the repairs waiting for a slot.
+pub struct NodeMapper {
+    repairs: Store<SnapshotRepair>,
+    cordoned: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl NodeMapper {
+    pub fn new(repairs: Store<SnapshotRepair>) -> Self {
+        NodeMapper {
+            repairs,
+            cordoned: std::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn map(&self, node: &Node) -> Vec<ObjectRef<SnapshotRepair>> {
+        let name = node.name_any();
+        let now = is_cordoned_by_snapmend(node);
+        let freed = {
+            let mut cordoned = self.cordoned.lock().unwrap_or_else(|p| p.into_inner());
+            if now {
+                cordoned.insert(name.clone());
+                false
+            } else {
+                cordoned.remove(&name)
+            }
+        };
+        let mut out = repairs_on_node(&self.repairs, &name);
+        if freed {
+            out.extend(repairs_waiting_for_slot(&self.repairs));
+        }
+        out
+    }
+}
+
+/// Maps a helper Lease change to the unfinished repairs of its node.
+pub fn repairs_for_lease(
+    repairs: &Store<SnapshotRepair>,
+    lease: &Lease,
+) -> Vec<ObjectRef<SnapshotRepair>> {
+    let name = lease.name_any();
+    let Some(node) = name.strip_prefix(HELPER_LEASE_PREFIX) else {
+        return Vec::new();
+    };
+    repairs
+        .state()
+        .iter()
+        .filter(|sr| sr.spec.node_name == node && unfinished(sr))
+        .map(|sr| ObjectRef::from_obj(sr.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ContainerImage, NodeSpec, NodeStatus};
+    use kube::api::ObjectMeta;
+
+    #[test]
+    fn slim_nodes_keep_what_the_operator_reads() {
+        let mut node = Node {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                annotations: Some([(CORDONED_BY_ANNOTATION.to_string(), "sr".to_string())].into()),
+                managed_fields: Some(vec![Default::default()]),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable: Some(true),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                images: Some(vec![ContainerImage {
+                    names: Some(vec!["registry.k8s.io/pause:3.10".into()]),
+                    size_bytes: Some(1),
+                }]),
+                ..Default::default()
+            }),
+        };
+        slim_node(&mut node);
+        assert!(node.status.is_none());
+        assert!(node.metadata.managed_fields.is_none());
+        assert!(is_cordoned_by_snapmend(&node));
+    }
+}
