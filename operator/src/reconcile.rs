@@ -121,14 +121,19 @@ impl Context {
 
 /// The operator-owned status this operator last applied to each repair, until the store shows
 /// it: a reconcile woken by another watch (a Lease renewal, say) must not decide on a copy
-/// older than its own last write.
+/// older than its own last write. Kept as JSON, the form the store's copy went through
+/// (timestamps keep whole seconds there).
 #[derive(Default)]
-struct WrittenStatus(Mutex<HashMap<String, (SnapshotRepairStatus, Instant)>>);
+struct WrittenStatus(Mutex<HashMap<String, (serde_json::Value, Instant)>>);
+
+fn as_written(status: &SnapshotRepairStatus) -> serde_json::Value {
+    serde_json::to_value(operator_fields(status)).unwrap_or_default()
+}
 
 impl WrittenStatus {
-    fn record(&self, name: &str, status: SnapshotRepairStatus) {
+    fn record(&self, name: &str, status: &SnapshotRepairStatus) {
         self.lock()
-            .insert(name.to_string(), (status, Instant::now()));
+            .insert(name.to_string(), (as_written(status), Instant::now()));
     }
 
     /// Whether the store's copy of `name` predates this operator's last status write.
@@ -137,7 +142,7 @@ impl WrittenStatus {
         let Some((status, at)) = written.get(name) else {
             return false;
         };
-        if *status == operator_fields(stored) || at.elapsed() > STALE_GIVE_UP {
+        if *status == as_written(stored) || at.elapsed() > STALE_GIVE_UP {
             written.remove(name);
             return false;
         }
@@ -148,7 +153,7 @@ impl WrittenStatus {
         self.lock().remove(name);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SnapshotRepairStatus, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (serde_json::Value, Instant)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -253,7 +258,7 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
             &step.status,
         )
         .await?;
-        ctx.written.record(&name, operator_fields(&step.status));
+        ctx.written.record(&name, &step.status);
     }
     record_transition(ctx, &name, &status, &step);
     for notice in &step.events {
@@ -628,7 +633,7 @@ mod tests {
         let old = status_with_report();
         let mut new = old.clone();
         new.phase = Some(Phase::Repairing);
-        written.record("sr", operator_fields(&new));
+        written.record("sr", &new);
         assert!(written.is_behind("sr", &old));
         assert!(!written.is_behind("other", &old));
         // The agent's report does not matter; the operator's fields do.
@@ -636,6 +641,15 @@ mod tests {
         caught_up.report = None;
         assert!(!written.is_behind("sr", &caught_up));
         assert!(!written.is_behind("sr", &old), "forgotten once caught up");
+        // Sub-second timestamps are compared as stored (whole seconds).
+        let mut precise = new.clone();
+        precise.start_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::from_second(1_800_000_000).unwrap() + std::time::Duration::from_millis(300),
+        ));
+        written.record("sr", &precise);
+        let stored: SnapshotRepairStatus =
+            serde_json::from_value(serde_json::to_value(&precise).unwrap()).unwrap();
+        assert!(!written.is_behind("sr", &stored));
     }
 
     #[test]

@@ -19,7 +19,8 @@ use snapmend_tests::sim::SimServer;
 
 /// Every status field set (the report too, though the operator never sends it).
 fn full_status() -> SnapshotRepairStatus {
-    let t = Time(Timestamp::now());
+    // metav1.Time keeps whole seconds.
+    let t = Time(Timestamp::from_second(Timestamp::now().as_second()).expect("time"));
     SnapshotRepairStatus {
         phase: Some(Phase::Repairing),
         observed_generation: Some(1),

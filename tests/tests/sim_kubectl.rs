@@ -416,7 +416,7 @@ fn project_crd_shows_its_columns() {
     assert!(moved.contains("nodeName is immutable"), "{moved}");
     // The target is immutable too: a change while the repair waits for a cordon slot would
     // have it repair an image it never verified.
-    k.apply("img.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: app-on-a\nspec:\n  nodeName: node-a\n  image: registry.example/app:1\n");
+    k.apply("img.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: app-on-a\nspec:\n  nodeName: node-b\n  image: registry.example/app:1\n");
     let retargeted = k.fails(&[
         "patch",
         "sr",

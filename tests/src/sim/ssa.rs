@@ -87,6 +87,23 @@ fn remove_path(v: &mut Value, path: &[String]) {
     }
 }
 
+/// After `path` was removed: a nested map it leaves empty goes too, as the API server drops a
+/// map the manager owned (`.` in FieldsV1) once none of its fields remain. Top-level fields
+/// (`spec`, `status`) are never removed.
+fn prune_emptied_parents(v: &mut Value, path: &[String]) {
+    for depth in (2..path.len()).rev() {
+        let parent = &path[..depth];
+        if get_path(v, parent)
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.is_empty())
+        {
+            remove_path(v, parent);
+        } else {
+            return;
+        }
+    }
+}
+
 /// Whether two paths overlap (one is a prefix of the other).
 fn overlaps(a: &[String], b: &[String]) -> bool {
     a.iter().zip(b.iter()).all(|(x, y)| x == y)
@@ -340,6 +357,7 @@ pub fn apply(
             .any(|e| e.fields.iter().any(|p| overlaps(p, path)));
         if !owned_by_other {
             remove_path(&mut out, path);
+            prune_emptied_parents(&mut out, path);
         }
     }
     let mut body = config.clone();
@@ -492,6 +510,30 @@ mod tests {
         assert_eq!(forced["spec"]["replicas"], 2);
         let dropped = apply(&forced, &json!({"spec": {}}), "alice", "v1", false, None).unwrap();
         assert_eq!(dropped["spec"], json!({"replicas": 2}));
+    }
+
+    #[test]
+    fn a_nested_map_left_empty_by_pruning_is_removed() {
+        let live = json!({"metadata": {"name": "x"}});
+        let a = apply(
+            &live,
+            &json!({"status": {"phase": "A", "request": {"id": "1", "action": "Verify"}}}),
+            "op",
+            "v1",
+            false,
+            Some("status"),
+        )
+        .unwrap();
+        let b = apply(
+            &a,
+            &json!({"status": {"phase": "B"}}),
+            "op",
+            "v1",
+            false,
+            Some("status"),
+        )
+        .unwrap();
+        assert_eq!(b["status"], json!({"phase": "B"}));
     }
 
     #[test]
