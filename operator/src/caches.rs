@@ -112,7 +112,8 @@ pub fn slim_node(node: &mut Node) {
 
 impl Caches {
     /// Waits until every store has its first full list. Reconciles decide nothing before,
-    /// so the cordon cap is always counted from the whole cluster.
+    /// so the cordon cap is always counted from the whole cluster. Call from one task only:
+    /// kube-runtime's readiness future wakes just the last of concurrent waiters.
     pub async fn wait_until_ready(&self) -> bool {
         self.repairs.wait_until_ready().await.is_ok()
             && self.nodes.wait_until_ready().await.is_ok()

@@ -161,11 +161,8 @@ impl WrittenStatus {
 /// Entry point for the Controller: the finalizer helper around apply and cleanup.
 #[instrument(skip_all, fields(repair = %sr.name_any(), node = %sr.spec.node_name))]
 pub async fn reconcile(sr: Arc<SnapshotRepair>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The controller starts only once every store holds the whole cluster (run.rs).
     let started = Instant::now();
-    // Decide nothing before every store holds the whole cluster (the cordon cap counts it).
-    if !ctx.caches.wait_until_ready().await {
-        return Ok(Action::await_change());
-    }
     let name = sr.name_any();
     let api = ctx.repairs();
     let result = finalizer(&api, FINALIZER, sr, |event| {

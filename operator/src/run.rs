@@ -126,6 +126,24 @@ pub async fn run_repair_controller(base: Arc<Base>, stop: CancellationToken) {
         warn!("cannot subscribe to the reflector stores; SnapshotRepair controller not started");
         return;
     };
+    // The reflectors run in their own task from now on; the controller starts once every store
+    // holds its first full list, so no reconcile decides (or counts the cordon cap) on a
+    // partial cluster. Waiting here, once per store, also keeps to one waiter at a time:
+    // kube-runtime's readiness future wakes only the last of several concurrent waiters.
+    let reflectors = AbortOnDrop(tokio::spawn(drive));
+    tokio::select! {
+        () = stop.cancelled() => return,
+        ready = caches.wait_until_ready() => if !ready {
+            warn!("reflectors stopped before the caches were filled");
+            return;
+        },
+    }
+    info!(
+        repairs = caches.repairs.len(),
+        nodes = caches.nodes.len(),
+        leases = caches.leases.len(),
+        "caches filled"
+    );
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(
         base.client.clone(),
@@ -165,10 +183,19 @@ pub async fn run_repair_controller(base: Arc<Base>, stop: CancellationToken) {
     };
     tokio::select! {
         () = controller => {}
-        () = drive => warn!("reflectors ended"),
         () = gauges => {}
     }
+    drop(reflectors);
     info!("SnapshotRepair controller stopped");
+}
+
+/// Aborts the task when dropped, so a leadership term's reflectors end with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn make_client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
