@@ -4,18 +4,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use crate::duration::parse_duration;
+pub use crate::events::decide::AutoRemediate;
 use crate::phases::FailurePolicy;
 
-/// What the operator does on its own about FailedCreatePodSandBox events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
-pub enum AutoRemediate {
-    #[default]
-    Off,
-    Verify,
-    Repair,
+/// The pure modules (`phases`, `events::decide`) own these enums; only this module knows clap.
+fn auto_remediate_parser() -> impl TypedValueParser<Value = AutoRemediate> {
+    PossibleValuesParser::new(["off", "verify", "repair"]).map(|s| match s.as_str() {
+        "verify" => AutoRemediate::Verify,
+        "repair" => AutoRemediate::Repair,
+        _ => AutoRemediate::Off,
+    })
+}
+
+fn failure_policy_parser() -> impl TypedValueParser<Value = FailurePolicy> {
+    PossibleValuesParser::new(["keep-cordoned", "uncordon"]).map(|s| match s.as_str() {
+        "uncordon" => FailurePolicy::Uncordon,
+        _ => FailurePolicy::KeepCordoned,
+    })
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -29,7 +38,7 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
     /// Create SnapshotRepairs from FailedCreatePodSandBox events: off, verify or repair.
-    #[arg(long, value_enum, default_value = "off")]
+    #[arg(long, default_value = "off", value_parser = auto_remediate_parser())]
     pub auto_remediate: AutoRemediate,
     /// At most this many nodes are cordoned by snapmend at a time; more repairs wait in Pending.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -41,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub cooldown: Duration,
     /// What a failed repair does with the node it cordoned.
-    #[arg(long, value_enum, default_value = "keep-cordoned")]
+    #[arg(long, default_value = "keep-cordoned", value_parser = failure_policy_parser())]
     pub failure_policy: FailurePolicy,
     /// Kubeconfig file; otherwise KUBECONFIG, ~/.kube/config or the in-cluster config.
     #[arg(long)]

@@ -18,7 +18,8 @@ use crate::conditions::{self, CORDONED, READY, REPAIRED, Status, VERIFIED};
 use crate::duration::format_duration;
 
 /// What `--failure-policy` says to do with a node this repair cordoned when it fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+/// (config.rs parses the flag; this module stays free of the command line.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FailurePolicy {
     #[default]
     KeepCordoned,

@@ -27,8 +27,15 @@ pub const TRIGGER_SIGNATURE_ANNOTATION: &str = "snapmend.io/trigger-signature";
 /// Annotation on a repair created because an automatic verification found damage.
 pub const ESCALATED_FROM_ANNOTATION: &str = "snapmend.io/escalated-from";
 
-/// `--auto-remediate off|verify|repair`: one type for the flag and the decisions.
-pub use crate::config::AutoRemediate;
+/// What the operator does on its own about FailedCreatePodSandBox events
+/// (`--auto-remediate off|verify|repair`; config.rs parses the flag into it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AutoRemediate {
+    #[default]
+    Off,
+    Verify,
+    Repair,
+}
 
 /// The action for a classified event in a mode, or none.
 pub fn action_for(mode: AutoRemediate, verdict: Verdict) -> Option<RepairAction> {
