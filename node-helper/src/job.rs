@@ -318,6 +318,8 @@ fn blob_notes(layers: &[LayerReport]) -> Vec<String> {
 
 /// Per-layer result of a repair attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// One per layer of one image, built once and read in place: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum LayerAttempt {
     Done(LayerRepair),
     /// The repair stopped with an error; the snapshot may be partly restored.
