@@ -56,6 +56,10 @@ pub struct LayerReport {
     /// Entries rewritten by a repair (absent for a verification).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_restored: Option<u64>,
+    /// A staging directory that an interrupted repair left beside `fs` (its path and size);
+    /// `repair` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leftover_staging: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -221,6 +225,7 @@ mod tests {
             findings_total: total,
             findings,
             entries_restored: None,
+            leftover_staging: None,
         }
     }
 
