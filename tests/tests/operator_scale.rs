@@ -350,6 +350,12 @@ async fn two_thousand_nodes_repairs_issue_no_list_and_run_in_parallel() {
     )
     .await;
     assert!(op.metric("snapmend_reconciles_total").await > 0.0);
+    if let Some(kib) = op.peak_rss_kib() {
+        eprintln!(
+            "operator peak RSS with {CLUSTER_NODES} Nodes cached: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
     // Sequential repairs (1.5 s each) would take 30 s.
     assert!(took < Duration::from_secs(20), "{took:?}");
 }

@@ -594,6 +594,16 @@ impl OperatorProcess {
         self.signal(libc::SIGTERM, within)
     }
 
+    /// Peak resident set size of the running operator (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
         self.signal(libc::SIGKILL, Duration::from_secs(5));
