@@ -350,6 +350,16 @@ async fn two_thousand_nodes_repairs_issue_no_list_and_run_in_parallel() {
     )
     .await;
     assert!(op.metric("snapmend_reconciles_total").await > 0.0);
+    // The same counts from outside, as kube-apiserver's apiserver_request_total on /metrics
+    // (the test's own polling LISTs SnapshotRepairs).
+    let (code, text) = http_get(sim.addr(), "/metrics")
+        .await
+        .expect("sim /metrics");
+    assert_eq!(code, 200);
+    assert!(
+        text.contains(r#"resource="snapshotrepairs",subresource="",verb="LIST"}"#),
+        "{text}"
+    );
     if let Some(kib) = op.peak_rss_kib() {
         eprintln!(
             "operator peak RSS with {CLUSTER_NODES} Nodes cached: {:.1} MiB",

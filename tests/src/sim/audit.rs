@@ -100,6 +100,32 @@ pub fn count_by_key<'a>(
     out
 }
 
+/// `apiserver_request_total` in the Prometheus text format, as kube-apiserver serves it on
+/// `/metrics` (verb in upper case, `LIST` and `WATCH` apart; `APPLY` for server-side apply is
+/// not told apart from `PATCH` here). Watches count when they start.
+pub fn request_metrics(records: &[RequestRecord]) -> String {
+    let mut counts: BTreeMap<(String, String, String, String, u16), usize> = BTreeMap::new();
+    for r in records.iter().filter(|r| !r.resource.is_empty()) {
+        let key = (
+            r.verb.to_ascii_uppercase(),
+            r.group.clone(),
+            r.resource.clone(),
+            r.subresource.clone().unwrap_or_default(),
+            r.status,
+        );
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    let mut out = String::from(
+        "# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, group, resource, subresource and HTTP response code.\n# TYPE apiserver_request_total counter\n",
+    );
+    for ((verb, group, resource, subresource, code), n) in counts {
+        out.push_str(&format!(
+            "apiserver_request_total{{code=\"{code}\",group=\"{group}\",resource=\"{resource}\",subresource=\"{subresource}\",verb=\"{verb}\"}} {n}\n"
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +169,13 @@ mod tests {
         assert_eq!(counts["patch snapshotrepairs/status"], 1);
         assert!(log[0].from_agent("snapmend-operator"));
         assert!(!log[0].from_agent("kubectl"));
+        let text = request_metrics(&log);
+        assert!(text.contains(
+            "apiserver_request_total{code=\"200\",group=\"\",resource=\"nodes\",subresource=\"\",verb=\"LIST\"} 2\n"
+        ), "{text}");
+        assert!(
+            text.contains("subresource=\"status\",verb=\"PATCH\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -290,6 +290,15 @@ async fn route(
     match segs.as_slice() {
         ["version"] => return ok(discovery::version()),
         ["healthz"] | ["readyz"] | ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["metrics"] => {
+            let text = super::audit::request_metrics(&app.requests.snapshot());
+            let mut resp = (StatusCode::OK, text).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return Ok(resp);
+        }
         ["api"] => return ok(discovery::core_versions(&app.server_address)),
         ["apis"] => return ok(discovery::group_list(&reg)),
         ["api", v] => {
