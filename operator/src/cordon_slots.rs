@@ -3,7 +3,10 @@
 //! Slots in use are the nodes the Node store shows cordoned by snapmend (unschedulable and
 //! annotated), plus reservations: nodes a reconcile decided to cordon whose cordon the store does
 //! not show yet. Checking for room and reserving happen under one short, synchronous lock, so two
-//! reconciles can never both take the last slot; nothing is awaited while it is held. A new
+//! reconciles can never both take the last slot; nothing is awaited while it is held. The
+//! store is read under that lock too: a reservation is dropped only when a store newer than the
+//! reservation shows the cordon (a snapshot taken earlier could still show an old cordon of the
+//! same node and drop a reservation the store does not yet count). A new
 //! leader starts with no reservations and counts from its freshly listed store, so the cap is
 //! recomputed from the cluster on every start.
 
@@ -45,14 +48,15 @@ impl CordonSlots {
 
     /// Slots held by nodes other than `node`: cordoned in the store or reserved. Reservations
     /// the store has caught up with are dropped (the store counts them now).
-    pub fn held_elsewhere(&self, node: &str, cordoned_in_store: &BTreeSet<String>) -> u32 {
+    pub fn held_elsewhere(&self, node: &str, store: impl FnOnce() -> BTreeSet<String>) -> u32 {
         let mut reserved = self.lock();
-        count_elsewhere(&mut reserved, node, cordoned_in_store)
+        count_elsewhere(&mut reserved, node, &store())
     }
 
     /// All slots in use (for the `snapmend_nodes_cordoned` gauge).
-    pub fn in_use(&self, cordoned_in_store: &BTreeSet<String>) -> u32 {
+    pub fn in_use(&self, store: impl FnOnce() -> BTreeSet<String>) -> u32 {
         let mut reserved = self.lock();
+        let cordoned_in_store = store();
         reserved.retain(|n, _| !cordoned_in_store.contains(n));
         to_u32(cordoned_in_store.len() + reserved.len())
     }
@@ -63,10 +67,11 @@ impl CordonSlots {
         &self,
         node: &str,
         repair: &str,
-        cordoned_in_store: &BTreeSet<String>,
+        store: impl FnOnce() -> BTreeSet<String>,
     ) -> Reservation {
         let mut reserved = self.lock();
-        let elsewhere = count_elsewhere(&mut reserved, node, cordoned_in_store);
+        let cordoned_in_store = store();
+        let elsewhere = count_elsewhere(&mut reserved, node, &cordoned_in_store);
         if cordoned_in_store.contains(node) || reserved.contains_key(node) {
             return Reservation::Granted;
         }
@@ -79,8 +84,8 @@ impl CordonSlots {
         Reservation::Granted
     }
 
-    /// Gives back `node`'s reservation if `repair` made it (its cordon failed, was not needed,
-    /// or was undone before the store showed it).
+    /// Gives back `node`'s reservation if `repair` made it (the cordon was not needed, or was
+    /// undone before the store showed it).
     pub fn release(&self, node: &str, repair: &str) {
         let mut reserved = self.lock();
         if reserved.get(node).is_some_and(|r| r == repair) {
@@ -117,14 +122,20 @@ mod tests {
     fn the_last_slot_goes_to_exactly_one_reconcile() {
         let slots = CordonSlots::new(1);
         let none = set(&[]);
-        assert_eq!(slots.try_reserve("a", "sr-a", &none), Reservation::Granted);
         assert_eq!(
-            slots.try_reserve("b", "sr-b", &none),
+            slots.try_reserve("a", "sr-a", || none.clone()),
+            Reservation::Granted
+        );
+        assert_eq!(
+            slots.try_reserve("b", "sr-b", || none.clone()),
             Reservation::Full { held_elsewhere: 1 }
         );
         // The holder asking again (a retry) keeps its slot.
-        assert_eq!(slots.try_reserve("a", "sr-a", &none), Reservation::Granted);
-        assert_eq!(slots.in_use(&none), 1);
+        assert_eq!(
+            slots.try_reserve("a", "sr-a", || none.clone()),
+            Reservation::Granted
+        );
+        assert_eq!(slots.in_use(|| none.clone()), 1);
     }
 
     #[test]
@@ -136,7 +147,7 @@ mod tests {
                     .map(|i| {
                         let slots = slots.clone();
                         s.spawn(move || {
-                            slots.try_reserve(&format!("n{i}"), &format!("sr{i}"), &set(&[]))
+                            slots.try_reserve(&format!("n{i}"), &format!("sr{i}"), || set(&[]))
                                 == Reservation::Granted
                         })
                     })
@@ -154,34 +165,40 @@ mod tests {
     fn the_store_counts_cordons_and_takes_over_reservations() {
         let slots = CordonSlots::new(2);
         assert_eq!(
-            slots.try_reserve("a", "sr-a", &set(&[])),
+            slots.try_reserve("a", "sr-a", || set(&[])),
             Reservation::Granted
         );
         // The store now shows a cordoned (by this repair) and c (cordoned before a restart).
         let store = set(&["a", "c"]);
-        assert_eq!(slots.in_use(&store), 2);
+        assert_eq!(slots.in_use(|| store.clone()), 2);
         assert_eq!(
-            slots.try_reserve("b", "sr-b", &store),
+            slots.try_reserve("b", "sr-b", || store.clone()),
             Reservation::Full { held_elsewhere: 2 }
         );
         // A person uncordons c by hand: its slot is free again.
         assert_eq!(
-            slots.try_reserve("b", "sr-b", &set(&["a"])),
+            slots.try_reserve("b", "sr-b", || set(&["a"])),
             Reservation::Granted
         );
-        assert_eq!(slots.held_elsewhere("b", &set(&["a"])), 1);
-        assert_eq!(slots.held_elsewhere("z", &set(&["a"])), 2);
+        assert_eq!(slots.held_elsewhere("b", || set(&["a"])), 1);
+        assert_eq!(slots.held_elsewhere("z", || set(&["a"])), 2);
     }
 
     #[test]
     fn only_the_reserving_repair_releases() {
         let slots = CordonSlots::new(1);
         let none = set(&[]);
-        assert_eq!(slots.try_reserve("a", "sr-a", &none), Reservation::Granted);
+        assert_eq!(
+            slots.try_reserve("a", "sr-a", || none.clone()),
+            Reservation::Granted
+        );
         slots.release("a", "sr-other");
-        assert_eq!(slots.in_use(&none), 1);
+        assert_eq!(slots.in_use(|| none.clone()), 1);
         slots.release("a", "sr-a");
-        assert_eq!(slots.in_use(&none), 0);
-        assert_eq!(slots.try_reserve("b", "sr-b", &none), Reservation::Granted);
+        assert_eq!(slots.in_use(|| none.clone()), 0);
+        assert_eq!(
+            slots.try_reserve("b", "sr-b", || none.clone()),
+            Reservation::Granted
+        );
     }
 }

@@ -113,9 +113,8 @@ impl Context {
     }
 
     fn update_cordon_gauge(&self) {
-        let cordoned = self.caches.cordoned_nodes();
-        self.metrics
-            .set_nodes_cordoned(self.slots.in_use(&cordoned));
+        let in_use = self.slots.in_use(|| self.caches.cordoned_nodes());
+        self.metrics.set_nodes_cordoned(in_use);
     }
 }
 
@@ -212,7 +211,6 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     let facts = node.as_deref().map(node_facts);
     let lease = ctx.caches.lease(&helper_lease_name(node_name));
     let successor = successor_of(sr, &ctx.caches.repairs());
-    let cordoned = ctx.caches.cordoned_nodes();
     let max = ctx.slots.max();
     let now = Timestamp::now();
     let observed = Observed {
@@ -223,7 +221,9 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
         node: facts.as_ref(),
         helper: helper_presence(lease.as_deref(), now),
         budget: CordonBudget {
-            cordoned_now: ctx.slots.held_elsewhere(node_name, &cordoned),
+            cordoned_now: ctx
+                .slots
+                .held_elsewhere(node_name, || ctx.caches.cordoned_nodes()),
             max,
         },
         now,
@@ -234,7 +234,8 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     let mut step = phases::next_step(&observed);
     if step.node == NodeIntent::Cordon
         && let Reservation::Full { held_elsewhere } =
-            ctx.slots.try_reserve(node_name, &name, &cordoned)
+            ctx.slots
+                .try_reserve(node_name, &name, || ctx.caches.cordoned_nodes())
     {
         // Another reconcile took the last slot since the budget was counted: wait instead.
         step = phases::next_step(&Observed {
@@ -244,6 +245,12 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
             },
             ..observed.clone()
         });
+    }
+    if step.node != NodeIntent::Cordon
+        && !facts.as_ref().is_some_and(|f| f.cordoned_by_repair(&name))
+    {
+        // No cordon of this repair is pending or held: nothing to reserve a slot for.
+        ctx.slots.release(node_name, &name);
     }
     apply_node_intent(ctx, &name, node_name, node.as_deref(), &step.node).await?;
     ctx.update_cordon_gauge();
@@ -315,18 +322,15 @@ async fn apply_node_intent(
                 ctx.slots.release(node_name, name);
             }
         }
-        (NodeIntent::Cordon, Some(node)) => match cordon::cordon(&api, node, name).await {
-            Ok(true) => {}
-            Ok(false) => {
+        (NodeIntent::Cordon, Some(node)) => {
+            // On an error the reservation stays: the patch may have landed (a 409 from a stale
+            // store often means it did), and the next reconcile sees what the node is.
+            if !cordon::cordon(&api, node, name).await? {
+                // Someone else's unschedulable node: no slot of ours is used.
                 ctx.slots.release(node_name, name);
                 ctx.wake_slot_waiters();
             }
-            Err(error) => {
-                ctx.slots.release(node_name, name);
-                ctx.wake_slot_waiters();
-                return Err(error);
-            }
-        },
+        }
         (NodeIntent::Uncordon, Some(node)) => {
             cordon::uncordon(&api, node, name).await?;
             ctx.slots.release(node_name, name);
