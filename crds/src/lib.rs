@@ -5,7 +5,9 @@ pub mod labels;
 pub mod report;
 pub mod snapshot_repair;
 
-pub use report::{BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report};
+pub use report::{
+    BlobSource, BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report,
+};
 pub use snapshot_repair::{
     ContentCheck, Phase, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod image;
 pub mod job;
 pub mod layer;
+pub mod registry;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -88,6 +88,7 @@ fn empty_report(layer: &ResolvedLayer) -> LayerReport {
         findings_total: 0,
         findings: Vec::new(),
         entries_restored: None,
+        ..Default::default()
     }
 }
 

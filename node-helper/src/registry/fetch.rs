@@ -1,0 +1,223 @@
+//! Getting a layer blob that the content store lacks (or has corrupt): snapmend's cache first,
+//! then every source of the image (its name, then the `distribution.source` labels) through
+//! every pull-capable host containerd would use, in containerd's order. The bytes land in
+//! the cache (or a private temp file) with their digest checked; the layer pass then reads
+//! them exactly as it reads a local blob, so the diffID is checked before anything is written.
+
+use std::path::{Path, PathBuf};
+
+use snapmend_crds::BlobSource;
+
+use super::auth::DockerConfig;
+use super::cache::BlobCache;
+use super::client::{BlobRequest, HostClient, HostFailure};
+use super::containerd_config::{HostsSource, hosts_source};
+use super::hosts::{RegistryHost, legacy_mirror_hosts, resolve_hosts};
+use super::reference::Source;
+use super::{FetchMode, FetchOptions};
+use crate::error::{Error, Result};
+
+/// Blob bytes ready for the layer pass.
+#[derive(Debug)]
+pub struct Obtained {
+    pub path: PathBuf,
+    pub source: BlobSource,
+    /// `host/repository` contacted (Registry) or recorded (Cache).
+    pub fetched_from: Option<String>,
+    /// What failed on earlier hosts before this one answered.
+    pub notes: Vec<String>,
+    /// A download kept outside any cache; removed when dropped.
+    _temp: Option<TempBlob>,
+}
+
+/// Why no source could supply the blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unobtainable {
+    /// Some registry served other bytes (the report says DigestMismatch).
+    pub digest_mismatch: bool,
+    /// `host: what it answered`, per host tried, `; `-joined.
+    pub detail: String,
+}
+
+#[derive(Debug)]
+struct TempBlob(PathBuf);
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Per job: where to look and with which credentials.
+pub struct BlobFetcher {
+    sources: Vec<Source>,
+    hosts: std::result::Result<HostsSource, String>,
+    auth: std::result::Result<DockerConfig, String>,
+    cache: Option<BlobCache>,
+}
+
+impl BlobFetcher {
+    /// `None` when fetching is off. Configuration errors do not fail the job: they become the
+    /// blob detail of any layer that needs a fetch.
+    pub fn new(
+        opts: &FetchOptions,
+        containerd_config: &Path,
+        sources: Vec<Source>,
+    ) -> Option<BlobFetcher> {
+        if opts.mode == FetchMode::Never {
+            return None;
+        }
+        let hosts = load_hosts_source(containerd_config, opts.registry_config.as_deref())
+            .map_err(|e| e.to_string());
+        let auth_files: Vec<(PathBuf, bool)> = if opts.auth_files.is_empty() {
+            vec![(PathBuf::from(super::DEFAULT_AUTH_FILE), true)]
+        } else {
+            opts.auth_files.iter().map(|f| (f.clone(), false)).collect()
+        };
+        let auth = DockerConfig::load(&auth_files).map_err(|e| e.to_string());
+        let cache = opts.cache_dir.as_ref().map(|dir| BlobCache {
+            dir: dir.clone(),
+            max_bytes: opts.cache_max_bytes,
+        });
+        Some(BlobFetcher {
+            sources,
+            hosts,
+            auth,
+            cache,
+        })
+    }
+
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// A cached copy of the blob, if any.
+    pub fn cached(&self, digest: &str) -> Option<Obtained> {
+        let path = self.cache.as_ref()?.lookup(digest)?;
+        Some(Obtained {
+            path,
+            source: BlobSource::Cache,
+            fetched_from: None,
+            notes: Vec::new(),
+            _temp: None,
+        })
+    }
+
+    /// Drops a cached copy that the layer pass found unusable.
+    pub fn forget(&self, digest: &str) {
+        if let Some(c) = &self.cache {
+            c.forget(digest);
+        }
+    }
+
+    /// Downloads the blob from the first host that serves exactly its bytes.
+    #[tracing::instrument(skip_all, fields(digest))]
+    pub fn fetch(&self, digest: &str, size: u64) -> std::result::Result<Obtained, Unobtainable> {
+        let setup = |detail: String| Unobtainable {
+            digest_mismatch: false,
+            detail,
+        };
+        let hosts_source = self.hosts.as_ref().map_err(|e| setup(e.clone()))?;
+        let auth = self.auth.as_ref().map_err(|e| setup(e.clone()))?;
+        if self.sources.is_empty() {
+            return Err(setup(
+                "the image name and its content labels name no registry to fetch from".into(),
+            ));
+        }
+        let mut notes: Vec<String> = Vec::new();
+        let mut mismatch = false;
+        for source in &self.sources {
+            let hosts = match hosts_for(hosts_source, &source.host) {
+                Ok(h) => h,
+                Err(e) => {
+                    notes.push(format!("{}: {e}", source.host));
+                    continue;
+                }
+            };
+            for host in hosts.iter().filter(|h| h.serves_blobs()) {
+                let place = format!("{}/{}", host.host, source.repository);
+                let request = BlobRequest {
+                    image_host: &source.host,
+                    repository: &source.repository,
+                    digest,
+                    size,
+                };
+                // Credentials of the host contacted; a mirror never gets the upstream's.
+                let creds = auth.find(&host.host, &source.repository);
+                match self.fetch_from(host, &request, creds) {
+                    Ok((path, temp)) => {
+                        tracing::info!(from = %place, bytes = size, "fetched layer blob");
+                        return Ok(Obtained {
+                            path,
+                            source: BlobSource::Registry,
+                            fetched_from: Some(place),
+                            notes,
+                            _temp: temp,
+                        });
+                    }
+                    Err(failure) => {
+                        mismatch |= matches!(failure, HostFailure::Digest { .. });
+                        tracing::info!(host = %place, error = %failure, "blob not fetched from this host");
+                        notes.push(format!("{}: {failure}", host.host));
+                    }
+                }
+            }
+        }
+        Err(Unobtainable {
+            digest_mismatch: mismatch,
+            detail: notes.join("; "),
+        })
+    }
+
+    fn fetch_from(
+        &self,
+        host: &RegistryHost,
+        request: &BlobRequest<'_>,
+        creds: Option<&super::auth::Credentials>,
+    ) -> std::result::Result<(PathBuf, Option<TempBlob>), HostFailure> {
+        let client = HostClient::new(host)?;
+        let local = |e: Error| HostFailure::Local(e.to_string());
+        match &self.cache {
+            Some(cache) => {
+                let (tmp, mut file) = cache.temp_file(request.digest).map_err(local)?;
+                let guard = TempBlob(tmp.clone());
+                client.download(request, creds, &mut file)?;
+                let path = cache.commit(&tmp, &file, request.digest).map_err(local)?;
+                std::mem::forget(guard);
+                Ok((path, None))
+            }
+            None => {
+                let dir = std::env::temp_dir();
+                let hex =
+                    crate::store::content::parse_sha256_digest(request.digest).unwrap_or("blob");
+                let path = dir.join(format!("snapmend-blob-{hex}-{}", std::process::id()));
+                let guard = TempBlob(path.clone());
+                let mut file = std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(|e| local(Error::io(&path, e)))?;
+                client.download(request, creds, &mut file)?;
+                Ok((path, Some(guard)))
+            }
+        }
+    }
+}
+
+fn load_hosts_source(config: &Path, explicit: Option<&Path>) -> Result<HostsSource> {
+    let doc = if config.exists() {
+        crate::store::config::load_with_imports(config)?
+    } else {
+        toml::Table::new()
+    };
+    hosts_source(config, &doc, explicit)
+}
+
+fn hosts_for(source: &HostsSource, image_host: &str) -> Result<Vec<RegistryHost>> {
+    match source {
+        HostsSource::Dirs(roots) => resolve_hosts(roots, image_host),
+        HostsSource::Legacy(legacy) => Ok(legacy_mirror_hosts(legacy, image_host)),
+    }
+}
