@@ -189,16 +189,14 @@ pub struct HostClient {
 
 impl HostClient {
     pub fn new(host: &RegistryHost) -> Result<HostClient, HostFailure> {
-        let mut builder = reqwest::blocking::Client::builder()
+        // TLS even for a plain-http host: a registry may redirect blob downloads to https storage.
+        let http = reqwest::blocking::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(None)
             .tcp_keepalive(Duration::from_secs(15))
-            .no_proxy();
-        if host.scheme == "https" {
-            builder = builder.use_preconfigured_tls(tls_config(host).map_err(HostFailure::Setup)?);
-        }
-        let http = builder
+            .no_proxy()
+            .use_preconfigured_tls(tls_config(host).map_err(HostFailure::Setup)?)
             .build()
             .map_err(|e| HostFailure::Setup(error_chain(&e)))?;
         Ok(HostClient {
