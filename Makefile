@@ -18,9 +18,12 @@ lint:
 # The test command: lint, then every unit, integration and end-to-end test.
 # The binaries are built first: end-to-end tests run the real snapmend-operator and
 # snapmend-node-helper, and `cargo test` only builds binaries of packages with integration tests.
+# The crash tests abort the helper at chosen points: only test builds have that knob.
+TEST_FEATURES := --features snapmend-node-helper/fault-injection
+
 test: deps lint
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) build --workspace --bins $(TEST_FEATURES)
+	$(CARGO) test --workspace --no-fail-fast $(TEST_FEATURES)
 
 # Regenerate the CRD YAML from the Rust types.
 crds:

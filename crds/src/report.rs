@@ -56,6 +56,10 @@ pub struct LayerReport {
     /// Entries rewritten by a repair (absent for a verification).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_restored: Option<u64>,
+    /// A staging directory that an interrupted repair left beside `fs` (its path and size);
+    /// `repair` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leftover_staging: Option<String>,
     /// Where the blob's bytes came from: the content store, a registry, or snapmend's cache
     /// of verified fetched blobs (absent when no blob was read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,6 +245,7 @@ mod tests {
             findings_total: total,
             findings,
             entries_restored: None,
+            leftover_staging: None,
             ..Default::default()
         }
     }

@@ -152,8 +152,18 @@ impl TargetArgs {
     }
 }
 
+/// Runs one command line; returns the process exit status.
+pub fn run(cli: Cli) -> i32 {
+    init_logging();
+    match &cli.command {
+        Command::Verify(args) => run_job(args, false, false),
+        Command::Repair(args) => run_job(&args.verify, true, args.dry_run),
+        Command::Agent(args) => crate::agent::main(args),
+    }
+}
+
 /// Builds the job from arguments; the root follows `--root`, then config.toml, then the default.
-pub fn job_options(args: &VerifyArgs, dry_run: bool) -> crate::Result<JobOptions> {
+fn job_options(args: &VerifyArgs, dry_run: bool) -> crate::Result<JobOptions> {
     Ok(JobOptions {
         root: job::root_from(args.store.root.as_deref(), &args.store.config)?,
         namespace: args.store.namespace.clone(),
@@ -166,7 +176,7 @@ pub fn job_options(args: &VerifyArgs, dry_run: bool) -> crate::Result<JobOptions
 }
 
 /// Runs a verify or repair command, prints its result, returns the exit status.
-pub fn run_job(args: &VerifyArgs, repair: bool, dry_run: bool) -> i32 {
+fn run_job(args: &VerifyArgs, repair: bool, dry_run: bool) -> i32 {
     let report = match job_options(args, dry_run) {
         Ok(opts) if repair => job::repair(&opts),
         Ok(opts) => job::verify(&opts),
@@ -264,6 +274,12 @@ fn layer_summary(s: &mut String, l: &LayerReport) {
         };
         let _ = writeln!(s, "         {:?} {}{detail}", f.kind, f.path);
     }
+    if let Some(staging) = &l.leftover_staging {
+        let _ = writeln!(
+            s,
+            "         leftover staging from an interrupted repair: {staging}"
+        );
+    }
     let shown = l.findings.len().min(SUMMARY_FINDINGS) as u64;
     if l.findings_total > shown {
         let _ = writeln!(
@@ -275,7 +291,7 @@ fn layer_summary(s: &mut String, l: &LayerReport) {
 }
 
 /// Logs go to stderr so that `--json` output stays the only thing on stdout.
-pub fn init_logging() {
+fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()

@@ -21,12 +21,36 @@ pub enum Error {
     },
     #[error("image {reference:?}: {reason}")]
     Image { reference: String, reason: String },
+    /// A file given on the command line or found in the store that cannot be used as it is.
+    #[error("{path}: {what}: {reason}")]
+    InputInvalid {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
     #[error("{path}: invalid containerd config: {reason}")]
     Config { path: PathBuf, reason: String },
     #[error("layer {digest}: {reason}")]
     Layer { digest: String, reason: String },
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    /// A snapshot's recorded parent disagrees with the image's layer order.
+    #[error(
+        "{db}: snapshot {snapshot} of layer {index} records parent {recorded}, but the image's layer order needs {expected}; snapmend neither verifies nor repairs against inconsistent snapshot metadata and wrote nothing (restore the database from a backup, or remove the image and its snapshots and pull it again)"
+    )]
+    SnapshotChain {
+        db: PathBuf,
+        /// Snapshot id and backend key.
+        snapshot: String,
+        index: u32,
+        expected: String,
+        recorded: String,
+    },
+    /// Another repair holds the snapshot's lock.
+    #[error(
+        "snapshot {path}: another repair of this snapshot is running; nothing was done, rerun when it has finished"
+    )]
+    Busy { path: PathBuf },
     /// A Kubernetes API call of the agent; `what` names the verb and object.
     #[error("{what}: {source}")]
     Kube {
@@ -43,11 +67,48 @@ pub enum Error {
     },
 }
 
+/// Longest piece of outside input copied into a message.
+const MESSAGE_INPUT_CAP: usize = 256;
+
+/// `text` cut to a length fit for a message (input from disk or a user is unbounded).
+pub fn bounded_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MESSAGE_INPUT_CAP {
+        return text.into();
+    }
+    let mut end = MESSAGE_INPUT_CAP;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A bolt decoding error with where in the file it happened put in front.
+    pub(crate) fn within(self, at: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Bolt { path, reason } => Error::Bolt {
+                path,
+                reason: format!("{at}: {reason}"),
+            },
+            other => other,
+        }
+    }
+
+    /// A bolt decoding error, now naming the file it came from.
+    pub(crate) fn in_file(self, file: &std::path::Path) -> Self {
+        match self {
+            Error::Bolt { reason, .. } => Error::Bolt {
+                path: file.to_path_buf(),
+                reason,
+            },
+            other => other,
         }
     }
 

@@ -13,12 +13,13 @@ use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState, Outcome, R
 
 use crate::error::{Error, Result};
 use crate::image::{Platform, ResolvedImage, ResolvedLayer};
-use crate::layer::{LayerRepair, RepairOptions};
+use crate::layer::{self, LayerRepair, RepairOptions};
 use crate::registry::layer_blob;
 use crate::registry::{BlobFetcher, FetchOptions};
 use crate::store::config::ContainerdConfig;
 use crate::store::mountinfo::{self, SnapshotFs};
 use crate::store::{Store, StoreLayout};
+use crate::workers::run_workers;
 
 pub const DEFAULT_ROOT: &str = "/var/lib/containerd";
 pub const DEFAULT_NAMESPACE: &str = "k8s.io";
@@ -76,7 +77,8 @@ pub fn verify(opts: &JobOptions) -> Report {
     timed(opts, |image, fetcher| {
         let layers = verify_layers(&image.layers, opts.content, fetcher);
         let outcome = verify_outcome(&layers);
-        let message = verify_message(&layers, opts);
+        let refusals: Vec<Option<String>> = image.layers.iter().map(layer::refusal).collect();
+        let message = verify_message(&layers, &refusals, opts);
         (layers, outcome, message)
     })
 }
@@ -229,24 +231,18 @@ fn for_each_layer<T: Send>(
     layers: &[ResolvedLayer],
     work: impl Fn(&ResolvedLayer) -> T + Sync,
 ) -> Vec<T> {
-    let threads = layers.len().clamp(1, MAX_PARALLEL_LAYERS);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<T>>> = Mutex::new((0..layers.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(layer) = layers.get(i) else { break };
-                    let _span =
-                        tracing::info_span!("layer", index = layer.index, digest = %layer.digest)
-                            .entered();
-                    let result = work(layer);
-                    if let Ok(mut slots) = results.lock() {
-                        slots[i] = Some(result);
-                    }
-                }
-            });
+    run_workers(layers.len().clamp(1, MAX_PARALLEL_LAYERS), |_| {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(layer) = layers.get(i) else { break };
+            let _span =
+                tracing::info_span!("layer", index = layer.index, digest = %layer.digest).entered();
+            let result = work(layer);
+            if let Ok(mut slots) = results.lock() {
+                slots[i] = Some(result);
+            }
         }
     });
     results
@@ -270,23 +266,50 @@ pub fn verify_outcome(layers: &[LayerReport]) -> Outcome {
     }
 }
 
-/// What a person should read next to a verification result.
-fn verify_message(layers: &[LayerReport], opts: &JobOptions) -> Option<String> {
+/// What a person should read next to a verification result. `refusals[i]` is why a repair
+/// would not touch layer i (`layer::refusal`), so verify promises only what repair does.
+fn verify_message(
+    layers: &[LayerReport],
+    refusals: &[Option<String>],
+    opts: &JobOptions,
+) -> Option<String> {
     if layers.is_empty() {
         return Some("the image has no layers".into());
     }
     let mut notes = blob_notes(layers);
-    let damaged = layers
+    for l in layers {
+        if let Some(staging) = &l.leftover_staging {
+            notes.push(format!(
+                "layer {}: an interrupted repair left {staging}; `{}` finishes the repair and removes it",
+                l.index,
+                repair_hint(opts)
+            ));
+        }
+    }
+    let damaged: Vec<(&LayerReport, Option<&String>)> = layers
         .iter()
-        .filter(|l| l.state != LayerState::Healthy)
-        .count();
-    if damaged > 0 {
-        let repairable = layers
+        .zip(
+            refusals
+                .iter()
+                .map(Option::as_ref)
+                .chain(std::iter::repeat(None)),
+        )
+        .filter(|(l, _)| l.state != LayerState::Healthy)
+        .collect();
+    for (l, refusal) in &damaged {
+        if let Some(why) = refusal
+            && l.blob == BlobState::Verified
+        {
+            notes.push(format!("layer {}: {why}", l.index));
+        }
+    }
+    if !damaged.is_empty() {
+        let repairable = damaged
             .iter()
-            .filter(|l| l.state != LayerState::Healthy)
-            .all(|l| l.blob == BlobState::Verified);
+            .all(|(l, refusal)| l.blob == BlobState::Verified && refusal.is_none());
         notes.push(format!(
-            "{damaged} of {} layers differ from their blobs{}",
+            "{} of {} layers differ from their blobs{}",
+            damaged.len(),
             layers.len(),
             if repairable {
                 format!("; `{}` restores them", repair_hint(opts))
@@ -335,12 +358,17 @@ fn blob_notes(layers: &[LayerReport]) -> Vec<String> {
 
 /// Per-layer result of a repair attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
-// One per layer and short-lived: boxing the larger variant would buy nothing.
+// One per layer of one image, built once and read in place: boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum LayerAttempt {
     Done(LayerRepair),
     /// The repair stopped with an error; the snapshot may be partly restored.
     Failed {
+        report: LayerReport,
+        error: String,
+    },
+    /// Another repair holds the snapshot: this one could not run and touched nothing.
+    Busy {
         report: LayerReport,
         error: String,
     },
@@ -350,7 +378,7 @@ impl LayerAttempt {
     fn report(&self) -> &LayerReport {
         match self {
             LayerAttempt::Done(r) => &r.report,
-            LayerAttempt::Failed { report, .. } => report,
+            LayerAttempt::Failed { report, .. } | LayerAttempt::Busy { report, .. } => report,
         }
     }
 }
@@ -364,6 +392,13 @@ pub fn repair_outcome(
 ) -> Outcome {
     if attempts.is_empty() {
         return Outcome::Corrupted;
+    }
+    // Could not run (the contract's exit 2), not "still corrupted".
+    if attempts
+        .iter()
+        .any(|a| matches!(a, LayerAttempt::Busy { .. }))
+    {
+        return Outcome::Error;
     }
     if attempts
         .iter()
@@ -425,6 +460,7 @@ fn repair_image(
                 Ok(done) => LayerAttempt::Done(done),
                 Err(e) => {
                     tracing::warn!(index = layer.index, error = %e, "layer repair failed");
+                    let busy = matches!(e, Error::Busy { .. });
                     let report = LayerReport {
                         index: layer.index,
                         digest: layer.digest.clone(),
@@ -435,9 +471,11 @@ fn repair_image(
                         state: LayerState::Corrupted,
                         ..Default::default()
                     };
-                    LayerAttempt::Failed {
-                        report,
-                        error: e.to_string(),
+                    let error = e.to_string();
+                    if busy {
+                        LayerAttempt::Busy { report, error }
+                    } else {
+                        LayerAttempt::Failed { report, error }
                     }
                 }
             }
@@ -497,11 +535,15 @@ fn repair_message(
             }
             other => notes.extend(blob_notes(std::slice::from_ref(other.report()))),
         }
-        if let LayerAttempt::Failed { report, error } = a {
-            notes.push(format!(
+        match a {
+            LayerAttempt::Failed { report, error } => notes.push(format!(
                 "layer {} repair stopped: {error}. Every entry is either as it was or restored; rerun the repair when the cause is fixed",
                 report.index
-            ));
+            )),
+            LayerAttempt::Busy { report, error } => {
+                notes.push(format!("layer {}: {error}", report.index))
+            }
+            LayerAttempt::Done(_) => {}
         }
     }
     match outcome {
@@ -514,7 +556,7 @@ fn repair_message(
                 .iter()
                 .filter_map(|a| match a {
                     LayerAttempt::Done(r) => Some(&r.plan),
-                    LayerAttempt::Failed { .. } => None,
+                    LayerAttempt::Failed { .. } | LayerAttempt::Busy { .. } => None,
                 })
                 .flatten()
                 .collect();
@@ -695,6 +737,43 @@ mod tests {
         let msg = repair_message(&planned, &[], Outcome::Corrupted, true).unwrap();
         assert!(
             msg.contains("dry run, nothing written; 1 actions planned: restore /pause"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn verify_promises_a_repair_only_where_repair_would_act() {
+        let root = Path::new("/r");
+        let opts = options(root, Target::Image("img".into()));
+        let layers = [
+            layer(0, Verified, Healthy),
+            layer(1, Verified, SnapshotMissing),
+        ];
+        let recorded = verify_message(&layers, &[None, None], &opts).unwrap();
+        assert!(recorded.contains("restores them"), "{recorded}");
+        let unrecorded = [
+            None,
+            Some("containerd has no snapshot for chain x; pull".into()),
+        ];
+        let m = verify_message(&layers, &unrecorded, &opts).unwrap();
+        assert!(!m.contains("restores them"), "{m}");
+        assert!(
+            m.contains("layer 1: containerd has no snapshot for chain x"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_repair_that_lost_the_lock_could_not_run() {
+        let busy = LayerAttempt::Busy {
+            report: layer(1, Verified, LayerState::Corrupted),
+            error: "snapshot /s/2: another repair of this snapshot is running".into(),
+        };
+        let a = [done(layer(0, Verified, Healthy)), busy];
+        assert_eq!(repair_outcome(&a, &[], false), Outcome::Error);
+        let msg = repair_message(&a, &[], Outcome::Error, false).unwrap();
+        assert!(
+            msg.contains("layer 1: snapshot /s/2: another repair"),
             "{msg}"
         );
     }

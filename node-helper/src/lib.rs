@@ -3,16 +3,26 @@
 //!
 //! The pipeline reads like the folder tree:
 //! `store` (bolt, content, config, mountinfo) → `image` (manifest, chain ids, snapshots)
-//! → `layer` (expected entries; verify and repair one layer) → `report` / `cli`;
-//! `agent` runs the same code for SnapshotRepair requests on its node.
+//! → `layer` (expected entries; verify and repair one layer) → `job` (one image, the Report)
+//! → `cli`; `agent` runs the same jobs for SnapshotRepair requests on its node.
+//!
+//! Only what the binary and the crate's own integration tests use is public, so that rustc
+//! flags whatever nothing calls.
 
-pub mod agent;
+mod agent;
 pub mod cli;
-pub mod error;
-pub mod image;
-pub mod job;
-pub mod layer;
-pub mod registry;
-pub mod store;
+mod error;
+mod image;
+mod job;
+mod layer;
+mod registry;
+mod store;
+mod workers;
 
 pub use error::{Error, Result};
+
+/// The bolt reader, for the integration test that reads a live containerd's databases.
+pub mod bolt {
+    pub use crate::store::bolt::{BoltDb, Bucket};
+    pub use crate::store::meta_db::MetaDb;
+}

@@ -10,8 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use snapmend_node_helper::store::bolt::{BoltDb, Bucket};
-use snapmend_node_helper::store::meta_db::MetaDb;
+use snapmend_node_helper::bolt::{BoltDb, Bucket, MetaDb};
 
 struct Containerd {
     child: Child,

@@ -107,6 +107,11 @@ fn abort_after_each_rename_then_rerun_heals() {
             .output()
             .unwrap();
         if out.status.success() {
+            assert!(
+                n > 1,
+                "the helper ignored {FAULT_ENV}: build it with \
+                 `--features snapmend-node-helper/fault-injection` (`make test` does)"
+            );
             // n is past the last rename: the repair completed.
             break;
         }
@@ -199,11 +204,19 @@ fn two_repairs_at_once_leave_one_correct_result() {
         .collect();
     for out in &outputs {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // The loser could not run: exit 2 (the contract's "could not run"), never 1.
         assert!(
-            matches!(out.status.code(), Some(0..=2)),
-            "{:?}: {stderr}",
+            matches!(out.status.code(), Some(0 | 2)),
+            "{:?}: {stdout}\n{stderr}",
             out.status
         );
+        if out.status.code() == Some(2) {
+            assert!(
+                stdout.contains("another repair of this snapshot is running"),
+                "{stdout}"
+            );
+        }
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     assert!(

@@ -188,6 +188,7 @@ mod tests {
                 findings_total: 3,
                 findings: vec![],
                 entries_restored: None,
+                leftover_staging: None,
                 ..Default::default()
             }],
             ..Default::default()

@@ -394,6 +394,7 @@ mod tests {
                     findings_total: 1,
                     findings: vec![],
                     entries_restored: Some(1),
+                    leftover_staging: None,
                     ..Default::default()
                 }],
                 ..Default::default()

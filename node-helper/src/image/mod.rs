@@ -4,6 +4,7 @@
 pub mod chain_id;
 pub mod platform;
 pub mod resolve;
+pub mod snapshot_chain;
 
 pub use platform::Platform;
 

@@ -5,8 +5,11 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest}
 
 use super::chain_id::chain_ids;
 use super::platform::Platform;
+use super::snapshot_chain::{
+    ChainMismatch, RecordedChain, check_chain_length, check_recorded_parents,
+};
 use super::{ResolvedImage, ResolvedLayer, SnapshotRef};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, bounded_text};
 use crate::store::Store;
 use crate::store::meta_db::ImageRecord;
 
@@ -174,7 +177,9 @@ impl Store {
             ));
         }
         let chains = chain_ids(&diff_ids);
-        let mut layers = Vec::with_capacity(diff_ids.len());
+        let mut layers: Vec<ResolvedLayer> = Vec::with_capacity(diff_ids.len());
+        // meta.db's backend key of the layer below, which the snapshotter must record as parent.
+        let mut below_backend_key: Option<String> = None;
         for (i, (desc, (diff_id, chain_id))) in manifest
             .layers()
             .iter()
@@ -183,6 +188,17 @@ impl Store {
         {
             let digest = desc.digest().to_string();
             let parent_chain = i.checked_sub(1).map(|p| chains[p].as_str());
+            let snapshot = self.snapshot_for(
+                namespace,
+                i,
+                chain_id,
+                parent_chain,
+                below_backend_key.as_deref(),
+            )?;
+            below_backend_key = self
+                .meta
+                .snapshot(namespace, SNAPSHOTTER, chain_id)
+                .map(|m| m.backend_key);
             layers.push(ResolvedLayer {
                 index: i as u32,
                 blob_path: self.content.blob_path(&digest)?,
@@ -191,7 +207,7 @@ impl Store {
                 size: desc.size(),
                 diff_id: diff_id.clone(),
                 chain_id: chain_id.clone(),
-                snapshot: self.snapshot_for(namespace, chain_id, parent_chain)?,
+                snapshot,
             });
         }
         Ok(ResolvedImage {
@@ -284,31 +300,46 @@ impl Store {
             .map_err(|e| image_error(reference, format!("config {digest}: {e}")))
     }
 
-    /// The committed snapshot keyed by `chain_id`, if both databases record it.
+    /// The committed snapshot keyed by `chain_id`, if both databases record it. Its recorded
+    /// parents must agree with the image's layer order (`snapshot_chain`).
     fn snapshot_for(
         &self,
         namespace: &str,
+        index: usize,
         chain_id: &str,
         parent_chain: Option<&str>,
+        parent_backend_key: Option<&str>,
     ) -> Result<Option<SnapshotRef>> {
         let Some(meta) = self.meta.snapshot(namespace, SNAPSHOTTER, chain_id) else {
             tracing::debug!(chain_id, "no snapshot recorded in meta.db");
             return Ok(None);
         };
-        if meta.parent.as_deref() != parent_chain {
-            tracing::warn!(chain_id, recorded = ?meta.parent, expected = ?parent_chain, "snapshot parent differs from the image's layer order");
-        }
         let Some(record) = self.snapshots.get(&meta.backend_key) else {
             tracing::debug!(backend_key = %meta.backend_key, "snapshot not in the snapshotter's metadata.db");
             return Ok(None);
         };
+        let mismatch = |m: ChainMismatch| Error::SnapshotChain {
+            db: if m.in_snapshotter_db {
+                self.snapshots.path.clone()
+            } else {
+                self.layout.meta_db()
+            },
+            snapshot: format!("{} ({})", record.id, bounded_text(&meta.backend_key)),
+            index: index as u32,
+            expected: m.expected,
+            recorded: m.recorded,
+        };
+        check_recorded_parents(&RecordedChain {
+            parent_chain_id: parent_chain,
+            meta_parent: &meta.parent,
+            parent_backend_key,
+            backend_parent: &record.parent,
+        })
+        .map_err(mismatch)?;
+        let lowers = self.snapshots.parent_chain(&meta.backend_key)?;
+        check_chain_length(index, lowers.len()).map_err(mismatch)?;
         let dir_of = |id: u64| self.layout.snapshots_dir().join(id.to_string());
-        let lower_fs = self
-            .snapshots
-            .parent_chain(&meta.backend_key)?
-            .iter()
-            .map(|r| dir_of(r.id).join("fs"))
-            .collect();
+        let lower_fs = lowers.iter().map(|r| dir_of(r.id).join("fs")).collect();
         let dir = dir_of(record.id);
         Ok(Some(SnapshotRef {
             id: record.id.to_string(),

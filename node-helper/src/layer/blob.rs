@@ -211,15 +211,7 @@ where
         Err(e) => return Err(StreamError::Io(e)),
     };
     let mut magic = [0u8; 8];
-    let mut got = 0;
-    while got < magic.len() {
-        match file.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(StreamError::Io(e)),
-        }
-    }
+    let got = super::header::read_full(&mut file, &mut magic).map_err(StreamError::Io)?;
     let compression = compression_for(media_type, &magic[..got]);
     let file = {
         use std::io::Seek;
@@ -252,10 +244,10 @@ where
         }
         let uncompressed = hex_digest(std::mem::take(&mut reader.hasher));
         drop(reader);
-        let compressed = match producer.join() {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::other("blob reader thread panicked")),
-        };
+        // The engine's one panic policy (`workers`): re-raise, never report as a bad blob.
+        let compressed = producer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         match (walked, compressed) {
             (Err(WalkError::Visitor(e)), _) => Err(StreamError::Visitor(e)),
             (Ok(()), Ok(compressed)) => Ok(BlobDigests {

@@ -4,6 +4,7 @@
 //! by the repair's own pass, under the snapshot lock, so only what changed is looked at again;
 //! when most of the tree was rebuilt, the whole tree is walked instead.
 
+use crate::workers::{map_chunks, workers_for};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
@@ -98,37 +99,22 @@ fn content_verdicts(
         })
         .map(|(p, id)| (id, p))
         .collect();
-    let workers = super::workers_for(jobs.len(), 256);
-    let chunk = jobs.len().div_ceil(workers).max(1);
-    let mut verdicts: HashMap<InodeId, ContentVerdict> = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|(id, path)| {
-                            let same = sha256_of(fs, path).ok().as_ref() == written.get(id);
-                            let verdict = if same {
-                                ContentVerdict::Same
-                            } else {
-                                ContentVerdict::Differs
-                            };
-                            (*id, verdict)
-                        })
-                        .collect::<Vec<_>>()
-                })
+    map_chunks(&jobs, workers_for(jobs.len(), 256), |part| {
+        part.iter()
+            .map(|(id, path)| {
+                let same = sha256_of(fs, path).ok().as_ref() == written.get(id);
+                let verdict = if same {
+                    ContentVerdict::Same
+                } else {
+                    ContentVerdict::Differs
+                };
+                (*id, verdict)
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    // A reader that panicked confirmed nothing: its files count as different.
-    for (id, _) in &jobs {
-        verdicts.entry(*id).or_insert(ContentVerdict::Differs);
-    }
-    verdicts
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The findings that remain after a repair among what it touched (all of them when the whole
@@ -156,7 +142,7 @@ pub fn confirm_repair(
     };
     let content = content_verdicts(&fs, model, touched, written);
     if touched.walk_whole_tree(model) {
-        let obs = observe_tree(fs_path, super::io_threads())?.unwrap_or_default();
+        let obs = observe_tree(fs_path, crate::workers::io_threads())?.unwrap_or_default();
         Ok(diff_scoped(model, &obs, &content, anchors, None))
     } else {
         let obs = observe_touched(&fs, touched)?;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::header::{HeaderType, TarHeader, Timestamp};
+use super::root_path::{SymlinkLoop, resolve_root_path};
 
 pub type InodeId = usize;
 
@@ -17,7 +18,6 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// A uid or gid of -1 in the tar: `lchown` leaves that id as it is.
 const UNCHANGED_ID: u32 = u32::MAX;
 /// Go's continuity `RootPath` gives up after this many symlinks.
-const MAX_SYMLINKS: usize = 255;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
@@ -229,10 +229,6 @@ impl LayerModel {
         }
     }
 
-    pub fn is_base(&self) -> bool {
-        self.opts.base
-    }
-
     /// `trusted.overlay.opaque=y` on the `fs` directory itself.
     pub fn root_opaque(&self) -> bool {
         self.root_opaque
@@ -246,21 +242,12 @@ impl LayerModel {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn get(&self, path: &[u8]) -> Option<(InodeId, &Inode)> {
         self.entries.get(path).map(|&i| (i, &self.inodes[i]))
     }
 
     pub fn inode(&self, id: InodeId) -> &Inode {
         &self.inodes[id]
-    }
-
-    /// Mutable access for the I/O side that fills in implicit-dir attributes from lowers.
-    pub fn inode_mut(&mut self, id: InodeId) -> &mut Inode {
-        &mut self.inodes[id]
     }
 
     /// Dirs `mkparent` made in this (non-base) layer that still exist, in path order
@@ -346,42 +333,14 @@ impl LayerModel {
     /// continuity's `RootPath`: follow symlinks of this layer chroot-style (absolute targets
     /// and `..` are clamped at the layer root), every component including the last.
     fn root_path(&self, comps: &[&[u8]]) -> Result<Vec<u8>, String> {
-        let mut resolved: Vec<Vec<u8>> = Vec::new();
-        let mut queue: std::collections::VecDeque<Vec<u8>> =
-            comps.iter().map(|c| c.to_vec()).collect();
-        let mut links = 0usize;
-        while let Some(c) = queue.pop_front() {
-            match c.as_slice() {
-                b"" | b"." => continue,
-                b".." => {
-                    resolved.pop();
-                    continue;
-                }
-                _ => {}
+        resolve_root_path(comps.iter().copied(), |p| {
+            let &i = self.entries.get(p)?;
+            match &self.inodes[i].kind {
+                EntryKind::Symlink(target) => Some(target.clone()),
+                _ => None,
             }
-            let mut candidate = resolved.join(&b'/');
-            if !candidate.is_empty() {
-                candidate.push(b'/');
-            }
-            candidate.extend_from_slice(&c);
-            if let Some(&i) = self.entries.get(&candidate)
-                && let EntryKind::Symlink(target) = &self.inodes[i].kind
-            {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err("too many levels of symbolic links".into());
-                }
-                if target.first() == Some(&b'/') {
-                    resolved.clear();
-                }
-                for t in target.split(|&b| b == b'/').rev() {
-                    queue.push_front(t.to_vec());
-                }
-                continue;
-            }
-            resolved.push(c);
-        }
-        Ok(resolved.join(&b'/'))
+        })
+        .map_err(|SymlinkLoop| "too many levels of symbolic links".to_string())
     }
 
     fn remove_all(&mut self, path: &[u8]) {
@@ -841,7 +800,7 @@ mod tests {
                 .unwrap(),
             Applied::Skipped
         );
-        assert!(m.is_empty());
+        assert_eq!(m.len(), 0);
     }
 
     #[test]

@@ -446,7 +446,7 @@ pub struct TarReader<R> {
 }
 
 /// Reads until `buf` is full or EOF; returns how much was read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(super) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -466,11 +466,6 @@ impl<R: Read> TarReader<R> {
             cur: Current::default(),
             done: false,
         }
-    }
-
-    /// The underlying reader (to drain what follows the end of the archive).
-    pub fn into_inner(self) -> R {
-        self.r
     }
 
     fn io_err(e: std::io::Error) -> TarError {

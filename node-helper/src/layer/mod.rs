@@ -20,6 +20,7 @@ pub mod header;
 pub mod observe;
 pub mod pass;
 pub mod repair;
+mod root_path;
 pub mod safe_fs;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use snapmend_crds::report::FINDINGS_CAP;
 use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState};
 
 use crate::image::ResolvedLayer;
+use pass::{BlobCheck, FsWalk};
 
 /// How a repair runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,20 +57,6 @@ pub struct LayerRepair {
     pub confirmation: Option<LayerReport>,
 }
 
-/// Threads for parallel filesystem work: one per CPU, at least 2 (their I/O waits overlap),
-/// at most 4.
-pub(crate) fn io_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 4)
-}
-
-/// Workers for `items` jobs: `io_threads`, but none with fewer than `per_worker` items.
-pub(crate) fn workers_for(items: usize, per_worker: usize) -> usize {
-    io_threads().min(items.div_ceil(per_worker).max(1))
-}
-
 /// Puts every finding's count and the first `FINDINGS_CAP` findings into a report.
 pub(crate) fn set_findings(r: &mut LayerReport, findings: &[snapmend_crds::Finding]) {
     r.findings_total = findings.len() as u64;
@@ -88,6 +76,7 @@ fn empty_report(layer: &ResolvedLayer) -> LayerReport {
         findings_total: 0,
         findings: Vec::new(),
         entries_restored: None,
+        leftover_staging: None,
         ..Default::default()
     }
 }
@@ -98,42 +87,37 @@ pub(crate) fn report_from_pass(
     p: &pass::Pass,
 ) -> (LayerReport, Option<compare::Diff>, Option<String>) {
     let mut r = empty_report(layer);
-    r.blob = p.blob;
+    r.blob = p.blob.state();
     if layer.snapshot.is_none() {
         r.state = LayerState::SnapshotMissing;
-        return (
-            r,
-            None,
-            Some(format!(
-                "containerd has no snapshot for chain {}; pull or import the image again",
-                layer.chain_id
-            )),
-        );
+        return (r, None, Some(repair::no_snapshot_reason(layer)));
     }
-    if p.blob != BlobState::Verified {
-        r.state = LayerState::Unrepairable;
-        let why = p
-            .blob_reason
-            .clone()
-            .unwrap_or_else(|| format!("blob {:?}", p.blob));
-        let what = "the snapshot cannot be checked or rebuilt from it; pull the image again (remove it first)";
-        return (r, None, Some(format!("{why}: {what}")));
-    }
-    if let Some(e) = &p.model_error {
-        r.state = LayerState::Unrepairable;
-        return (r, None, Some(e.to_string()));
-    }
-    if let Some(e) = &p.walk_error {
-        r.state = LayerState::Unrepairable;
-        return (r, None, Some(format!("cannot read the snapshot: {e}")));
-    }
-    let (Some(model), Some(obs)) = (&p.model, &p.observation) else {
-        r.state = LayerState::SnapshotMissing;
-        return (
-            r,
-            None,
-            Some("the snapshot's fs directory is missing".into()),
-        );
+    let model = match (&p.blob, &p.model) {
+        (BlobCheck::Unusable { reason, .. }, _) => {
+            r.state = LayerState::Unrepairable;
+            let what = "the snapshot cannot be checked or rebuilt from it; pull the image again (remove it first)";
+            return (r, None, Some(format!("{reason}: {what}")));
+        }
+        (BlobCheck::Verified, Err(e)) => {
+            r.state = LayerState::Unrepairable;
+            return (r, None, Some(e.to_string()));
+        }
+        (BlobCheck::Verified, Ok(model)) => model,
+    };
+    let obs = match &p.fs {
+        FsWalk::Unreadable(e) => {
+            r.state = LayerState::Unrepairable;
+            return (r, None, Some(format!("cannot read the snapshot: {e}")));
+        }
+        FsWalk::Absent => {
+            r.state = LayerState::SnapshotMissing;
+            return (
+                r,
+                None,
+                Some("the snapshot's fs directory is missing".into()),
+            );
+        }
+        FsWalk::Walked(obs) => obs,
     };
     let d = compare::diff(model, obs, &p.content, &p.compared_at);
     set_findings(&mut r, &d.findings);
@@ -145,15 +129,40 @@ pub(crate) fn report_from_pass(
     (r, Some(d), None)
 }
 
+/// `<dir>/snapmend-staging` with its size, when an interrupted repair left it behind.
+fn leftover_staging(snapshot_dir: &std::path::Path) -> Option<String> {
+    let path = snapshot_dir.join(repair::STAGING_DIR);
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    let bytes: u64 = if meta.is_dir() {
+        std::fs::read_dir(&path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        meta.len()
+    };
+    Some(format!("{} ({bytes} bytes)", path.display()))
+}
+
 /// Verifies one layer's snapshot against its blob. Never fails: problems are states.
 #[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, content = ?content))]
 pub fn verify_layer(layer: &ResolvedLayer, content: ContentCheck) -> LayerReport {
     let started = std::time::Instant::now();
     let p = pass::run_pass(layer, content, None);
-    let (report, _, reason) = report_from_pass(layer, &p);
+    let (mut report, _, reason) = report_from_pass(layer, &p);
+    report.leftover_staging = layer
+        .snapshot
+        .as_ref()
+        .and_then(|s| leftover_staging(&s.dir));
     tracing::info!(blob = ?report.blob, state = ?report.state, findings = report.findings_total, reason = reason.as_deref().unwrap_or(""), ms = started.elapsed().as_millis() as u64, "layer verified");
     report
 }
+
+pub use repair::refusal;
 
 /// Repairs one layer's snapshot in place from its verified blob.
 pub fn repair_layer(layer: &ResolvedLayer, opts: &RepairOptions) -> crate::Result<LayerRepair> {

@@ -1,6 +1,7 @@
 //! The snapshot side: what is actually in `fs`. A small pool of threads walks the tree
 //! (lstat, readlink, xattrs) while the blob is being streamed on other threads.
 
+use crate::workers::run_workers;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -8,7 +9,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use super::header::Timestamp;
 
@@ -154,47 +154,35 @@ pub fn observe_tree(fs: &Path, threads: usize) -> std::io::Result<Option<Observa
             entries: HashMap::new(),
         }));
     }
-    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let threads = threads.max(1);
+    let (tx, rx) = crossbeam_channel::unbounded::<WalkJob>();
+    // Directories queued or being read; the worker that takes it to 0 releases the others.
     let pending = AtomicUsize::new(1);
     let first_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
-    let _ = tx.send(Vec::new());
-    let results: Vec<HashMap<Vec<u8>, Observed>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                let tx = tx.clone();
-                let rx = rx.clone();
-                let pending = &pending;
-                let first_error = &first_error;
-                s.spawn(move || {
-                    let mut found: HashMap<Vec<u8>, Observed> = HashMap::new();
-                    loop {
-                        match rx.recv_timeout(Duration::from_millis(2)) {
-                            Ok(dir) => {
-                                let abs: PathBuf = if dir.is_empty() {
-                                    fs.to_path_buf()
-                                } else {
-                                    fs.join(OsStr::from_bytes(&dir))
-                                };
-                                if let Err(e) = walk_dir(&abs, &dir, &tx, pending, &mut found)
-                                    && let Ok(mut slot) = first_error.lock()
-                                    && slot.is_none()
-                                {
-                                    *slot = Some(e);
-                                }
-                                pending.fetch_sub(1, Ordering::AcqRel);
-                            }
-                            Err(_) => {
-                                if pending.load(Ordering::Acquire) == 0 {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    found
-                })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    let _ = tx.send(WalkJob::Dir(Vec::new()));
+    let results = run_workers(threads, |_| {
+        let _wake = ReleaseOnPanic {
+            tx: &tx,
+            workers: threads,
+        };
+        let mut found: HashMap<Vec<u8>, Observed> = HashMap::new();
+        while let Ok(WalkJob::Dir(dir)) = rx.recv() {
+            let abs: PathBuf = if dir.is_empty() {
+                fs.to_path_buf()
+            } else {
+                fs.join(OsStr::from_bytes(&dir))
+            };
+            if let Err(e) = walk_dir(&abs, &dir, &tx, &pending, &mut found)
+                && let Ok(mut slot) = first_error.lock()
+                && slot.is_none()
+            {
+                *slot = Some(e);
+            }
+            if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                release(&tx, threads);
+            }
+        }
+        found
     });
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
@@ -209,10 +197,37 @@ pub fn observe_tree(fs: &Path, threads: usize) -> std::io::Result<Option<Observa
     }))
 }
 
+/// Work for the walkers: a directory (relative to `fs`) to read, or the end of the walk.
+enum WalkJob {
+    Dir(Vec<u8>),
+    Stop,
+}
+
+fn release(tx: &crossbeam_channel::Sender<WalkJob>, workers: usize) {
+    for _ in 0..workers {
+        let _ = tx.send(WalkJob::Stop);
+    }
+}
+
+/// A walker that panics still releases the others, so the panic reaches the caller
+/// (`run_workers`) instead of leaving them waiting for directories that never come.
+struct ReleaseOnPanic<'a> {
+    tx: &'a crossbeam_channel::Sender<WalkJob>,
+    workers: usize,
+}
+
+impl Drop for ReleaseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            release(self.tx, self.workers);
+        }
+    }
+}
+
 fn walk_dir(
     abs: &Path,
     rel: &[u8],
-    tx: &crossbeam_channel::Sender<Vec<u8>>,
+    tx: &crossbeam_channel::Sender<WalkJob>,
     pending: &AtomicUsize,
     found: &mut HashMap<Vec<u8>, Observed>,
 ) -> std::io::Result<()> {
@@ -236,7 +251,7 @@ fn walk_dir(
         };
         if o.file_type() == libc::S_IFDIR {
             pending.fetch_add(1, Ordering::AcqRel);
-            let _ = tx.send(child_rel.clone());
+            let _ = tx.send(WalkJob::Dir(child_rel.clone()));
         }
         found.insert(child_rel, o);
     }

@@ -17,7 +17,9 @@ use super::compare::ContentVerdict;
 use super::expected::{
     Applied, EntryKind, InodeId, LayerModel, LowerDir, ModelError, ModelOptions,
 };
+use super::header::read_full;
 use super::observe::{Observation, observe_path, observe_tree};
+use super::root_path::resolve_root_path;
 use super::safe_fs::Beneath;
 use crate::image::ResolvedLayer;
 
@@ -75,33 +77,43 @@ impl StageDir<'_> {
     }
 }
 
+/// What the stream made of the blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// Digest and diffID both matched.
+    Verified,
+    /// Not usable as the reference; `reason` is for people.
+    Unusable { state: BlobState, reason: String },
+}
+
+impl BlobCheck {
+    pub fn state(&self) -> BlobState {
+        match self {
+            BlobCheck::Verified => BlobState::Verified,
+            BlobCheck::Unusable { state, .. } => *state,
+        }
+    }
+}
+
+/// What the walk found of the snapshot's `fs`.
+#[derive(Debug)]
+pub enum FsWalk {
+    Walked(Observation),
+    /// No `fs` (or no snapshot at all, or `fs` is not a directory).
+    Absent,
+    /// `fs` exists but could not be read.
+    Unreadable(String),
+}
+
 pub struct Pass {
-    pub blob: BlobState,
-    /// Why the blob is not `Verified`, for people.
-    pub blob_reason: Option<String>,
-    pub model: Option<LayerModel>,
-    pub model_error: Option<ModelError>,
-    /// `None`: `fs` does not exist (or there is no snapshot).
-    pub observation: Option<Observation>,
-    /// The snapshot exists but could not be walked.
-    pub walk_error: Option<String>,
+    pub blob: BlobCheck,
+    /// The expected entries, or why the tar cannot be applied.
+    pub model: Result<LayerModel, ModelError>,
+    pub fs: FsWalk,
     pub content: HashMap<InodeId, ContentVerdict>,
     /// Inode -> (path its content was compared at, staged data file if any).
     pub compared_at: HashMap<InodeId, Vec<u8>>,
     pub staged: HashMap<InodeId, StagedFile>,
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// `io::copy` with our 256 KiB buffer: its own is 8 KiB, which means four times the write
@@ -218,50 +230,41 @@ impl FileCompare<'_> {
     }
 }
 
-fn blob_state(
+fn blob_check(
     layer: &ResolvedLayer,
     r: &Result<super::blob::BlobDigests, StreamError>,
-) -> (BlobState, Option<String>) {
+) -> BlobCheck {
+    let unusable = |state, reason: String| BlobCheck::Unusable { state, reason };
+    let blob = layer.blob_path.display();
     match r {
-        Ok(d) if d.compressed != layer.digest => (
+        Ok(d) if d.compressed != layer.digest => unusable(
             BlobState::DigestMismatch,
-            Some(format!(
-                "blob {} hashes to {}",
-                layer.blob_path.display(),
-                d.compressed
-            )),
+            format!("blob {blob} hashes to {}", d.compressed),
         ),
-        Ok(d) if d.uncompressed != layer.diff_id => (
+        Ok(d) if d.uncompressed != layer.diff_id => unusable(
             BlobState::DiffIdMismatch,
-            Some(format!(
+            format!(
                 "uncompressed layer hashes to {}, not diffID {}",
                 d.uncompressed, layer.diff_id
-            )),
+            ),
         ),
-        Ok(_) => (BlobState::Verified, None),
-        Err(StreamError::Missing) => (
+        Ok(_) => BlobCheck::Verified,
+        Err(StreamError::Missing) => unusable(
             BlobState::Missing,
-            Some(format!(
-                "layer blob {} is not in the content store",
-                layer.blob_path.display()
-            )),
+            format!("layer blob {blob} is not in the content store"),
         ),
-        Err(StreamError::Io(e)) => (
-            BlobState::Unreadable,
-            Some(format!("{}: {e}", layer.blob_path.display())),
-        ),
+        Err(StreamError::Io(e)) => unusable(BlobState::Unreadable, format!("{blob}: {e}")),
         Err(StreamError::Unreadable {
             compressed: Some(c),
             ..
-        }) if *c != layer.digest => (
+        }) if *c != layer.digest => unusable(
             BlobState::DigestMismatch,
-            Some(format!("blob {} hashes to {c}", layer.blob_path.display())),
+            format!("blob {blob} hashes to {c}"),
         ),
-        Err(StreamError::Unreadable { reason, .. }) => (
-            BlobState::Unreadable,
-            Some(format!("{}: {reason}", layer.blob_path.display())),
-        ),
-        Err(StreamError::Visitor(e)) => (BlobState::Unreadable, Some(e.to_string())),
+        Err(StreamError::Unreadable { reason, .. }) => {
+            unusable(BlobState::Unreadable, format!("{blob}: {reason}"))
+        }
+        Err(StreamError::Visitor(e)) => unusable(BlobState::Unreadable, e.to_string()),
     }
 }
 
@@ -311,41 +314,14 @@ fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
     }
 }
 
-/// continuity's `RootPath` on a real directory: every symlink below `root` is followed
-/// chroot-style (absolute targets and `..` stay inside `root`). `None` on a symlink loop.
+/// [`resolve_root_path`] on a real directory; `None` on a symlink loop.
 pub fn root_path_in(root: &Path, rel: &[u8]) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
-    let mut resolved: Vec<Vec<u8>> = Vec::new();
-    let mut queue: std::collections::VecDeque<Vec<u8>> =
-        rel.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
-    let mut links = 0;
-    while let Some(c) = queue.pop_front() {
-        match c.as_slice() {
-            b"" | b"." => continue,
-            b".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        resolved.push(c);
-        let here = root.join(std::ffi::OsStr::from_bytes(&resolved.join(&b'/')));
-        if let Ok(target) = std::fs::read_link(&here) {
-            links += 1;
-            if links > 255 {
-                return None;
-            }
-            resolved.pop();
-            let t = target.as_os_str().as_bytes();
-            if t.first() == Some(&b'/') {
-                resolved.clear();
-            }
-            for part in t.split(|&b| b == b'/').rev() {
-                queue.push_front(part.to_vec());
-            }
-        }
-    }
-    Some(resolved.join(&b'/'))
+    resolve_root_path(rel.split(|&b| b == b'/'), |p| {
+        let target = std::fs::read_link(root.join(std::ffi::OsStr::from_bytes(p))).ok()?;
+        Some(target.as_os_str().as_bytes().to_vec())
+    })
+    .ok()
 }
 
 /// Runs one pass. `stage` (repair only) receives the correct bytes of every file that differs.
@@ -354,14 +330,13 @@ pub fn run_pass(
     content: ContentCheck,
     stage: Option<&StageDir<'_>>,
 ) -> Pass {
-    let base = layer
-        .snapshot
-        .as_ref()
-        .map(|s| s.is_base())
-        .unwrap_or(layer.index == 0);
+    // The layer's place in the image decides the whiteout rules, never the snapshot records
+    // alone (resolve has checked that the two agree).
+    let base = layer.index == 0;
+    debug_assert!(layer.snapshot.as_ref().is_none_or(|s| s.is_base() == base));
     let fs = layer.snapshot.as_ref().map(|s| s.fs.clone());
     let beneath = fs.as_deref().and_then(|p| Beneath::open(p).ok());
-    let threads = super::io_threads();
+    let threads = crate::workers::io_threads();
 
     let mut model = LayerModel::new(ModelOptions::new(base));
     let mut model_error = None;
@@ -405,7 +380,7 @@ pub fn run_pass(
         (streamed, observed)
     });
 
-    let (mut blob, mut blob_reason) = blob_state(layer, &streamed);
+    let mut blob = blob_check(layer, &streamed);
     if model_error.is_none()
         && let Err(e) = model.finish()
     {
@@ -418,7 +393,7 @@ pub fn run_pass(
     // Such an inode may still live on through a hardlink (`a`, `b` -> `a`, then `a` again):
     // its data already streamed by, so compare (and stage) it at a surviving path in a second
     // stream. Rare; only then is the blob read twice.
-    if model_error.is_none() && blob == BlobState::Verified {
+    if model_error.is_none() && blob == BlobCheck::Verified {
         let orphans = orphaned_files(&model, &compared_at);
         if !orphans.is_empty() {
             tracing::debug!(
@@ -442,33 +417,32 @@ pub fn run_pass(
                 Ok(())
             });
             // The same bytes must come back; anything else makes the blob unusable now.
-            let (state, reason) = blob_state(layer, &again);
-            if state != BlobState::Verified {
-                (blob, blob_reason) = (state, reason);
+            let again = blob_check(layer, &again);
+            if again != BlobCheck::Verified {
+                blob = again;
             }
         }
     }
     if !base && let Some(s) = &layer.snapshot {
         resolve_implicit_dirs(&mut model, &s.lower_fs);
     }
-    let (observation, walk_error) = match observed {
+    let fs_walk = match observed {
         // An `fs` that is not a directory (e.g. a planted symlink) is as good as missing.
         Some(Ok(Some(o)))
             if o.root
                 .as_ref()
                 .is_some_and(|r| r.file_type() != libc::S_IFDIR) =>
         {
-            (None, None)
+            FsWalk::Absent
         }
-        Some(Ok(o)) => (o, None),
+        Some(Ok(Some(o))) => FsWalk::Walked(o),
+        Some(Ok(None)) | None => FsWalk::Absent,
         Some(Err(e)) => {
             let shown = fs.as_deref().unwrap_or(Path::new("")).display().to_string();
             tracing::warn!(fs = %shown, error = %e, "cannot walk snapshot");
-            (None, Some(format!("{shown}: {e}")))
+            FsWalk::Unreadable(format!("{shown}: {e}"))
         }
-        None => (None, None),
     };
-    let model_ok = model_error.is_none();
     debug_assert!(
         model
             .entries()
@@ -477,11 +451,11 @@ pub fn run_pass(
     );
     Pass {
         blob,
-        blob_reason,
-        model: model_ok.then_some(model),
-        model_error,
-        observation,
-        walk_error,
+        model: match model_error {
+            None => Ok(model),
+            Some(e) => Err(e),
+        },
+        fs: fs_walk,
         content: content_verdicts,
         compared_at,
         staged,

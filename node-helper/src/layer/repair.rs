@@ -4,8 +4,8 @@
 //! confirmed at the end of the stream. Every path inside `fs` is opened beneath it without
 //! following symlinks (`safe_fs`). Directory times are re-applied last.
 //!
-//! Crash tests: `SNAPMEND_FAULT_AFTER_RENAMES=N` aborts the process right after the N-th
-//! rename into `fs`.
+//! Crash tests: built with the `fault-injection` feature (never in release images),
+//! `SNAPMEND_FAULT_AFTER_RENAMES=N` aborts the process right after the N-th rename into `fs`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -32,22 +32,33 @@ use super::confirm::{Touched, confirm_repair};
 use super::expected::{EntryKind, Inode, InodeId, LayerModel, display_path};
 use super::header::Timestamp;
 use super::observe::{Observation, observe_path};
-use super::pass::{ContentDigest, HashingWriter, Pass, StageDir, run_pass};
-use super::safe_fs::{Beneath, fd_child_path, lremovexattr, lsetxattr};
+use super::pass::{BlobCheck, ContentDigest, FsWalk, HashingWriter, Pass, StageDir, run_pass};
+use super::safe_fs::{Beneath, errno, fd_child_path, lremovexattr, lsetxattr};
 use super::{LayerRepair, RepairOptions, report_from_pass};
 use crate::image::{ResolvedLayer, SnapshotKind, SnapshotRef};
+use crate::workers::{map_chunks, workers_for};
 use crate::{Error, Result};
 
 /// Environment knob for crash tests: abort after this many renames into `fs`.
+#[cfg(any(test, feature = "fault-injection"))]
 pub const FAULT_ENV: &str = "SNAPMEND_FAULT_AFTER_RENAMES";
+
+/// The crash tests' abort point; only builds with the `fault-injection` feature read it.
+#[cfg(any(test, feature = "fault-injection"))]
+fn fault_after_from_env() -> Option<u64> {
+    std::env::var(FAULT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+#[cfg(not(any(test, feature = "fault-injection")))]
+fn fault_after_from_env() -> Option<u64> {
+    None
+}
 pub const STAGING_DIR: &str = "snapmend-staging";
 /// Inside staging: the snapshot directory's times from before the first (maybe interrupted)
 /// repair, restored when staging goes away so nothing outside `fs` looks touched.
 const PARENT_TIMES: &str = "snapshot-dir-times";
-
-fn nix_io(e: nix::errno::Errno) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
 
 /// An exclusive, non-blocking `flock` on the snapshot directory itself, held for the repair.
 /// No file is created; the CLI and the agent (another mount namespace, same inode) exclude
@@ -66,9 +77,8 @@ pub fn lock_snapshot(dir: &Path) -> Result<SnapshotLock> {
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Snapshot {
+            return Err(Error::Busy {
                 path: dir.to_path_buf(),
-                reason: "another repair of this snapshot is running".into(),
             });
         }
         return Err(Error::io(dir, e));
@@ -122,9 +132,13 @@ fn parse_times(text: &str) -> Option<(Timestamp, Timestamp)> {
 /// snapshot directory times it recorded), and creates it afresh.
 pub fn fresh_staging(dir: &Path) -> Result<Staging> {
     let p = dir.join(STAGING_DIR);
-    let recorded = std::fs::read_to_string(p.join(PARENT_TIMES))
-        .ok()
-        .and_then(|t| parse_times(&t));
+    let recorded = crate::store::bounded::read_text_capped(
+        &p.join(PARENT_TIMES),
+        "staging record",
+        crate::store::bounded::OWN_RECORD_CAP,
+    )
+    .ok()
+    .and_then(|t| parse_times(&t));
     match std::fs::symlink_metadata(&p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?,
         Ok(_) => std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?,
@@ -228,6 +242,34 @@ fn plan_lines(
     plan
 }
 
+/// Why a repair will not touch this layer's snapshot whatever it holds; `None` when it may.
+/// Verify gives the same advice, so the two never disagree.
+pub fn refusal(layer: &ResolvedLayer) -> Option<String> {
+    let Some(snap) = &layer.snapshot else {
+        return Some(no_snapshot_reason(layer));
+    };
+    (snap.kind != SnapshotKind::Committed).then(|| {
+        format!(
+            "snapshot {} ({}) is {:?}, not committed: containerd is still unpacking it, or \
+             it is a container's writable layer. snapmend repairs only committed snapshots \
+             and wrote nothing; let the unpack finish (or remove the image and pull it \
+             again), then rerun",
+            snap.id,
+            snap.dir.display(),
+            snap.kind
+        )
+    })
+}
+
+/// The advice for a layer whose snapshot containerd does not record.
+pub fn no_snapshot_reason(layer: &ResolvedLayer) -> String {
+    format!(
+        "containerd has no snapshot for chain {}, and snapmend repairs only snapshots containerd \
+         records; pull or import the image again",
+        layer.chain_id
+    )
+}
+
 /// Repairs one layer. See the module docs for the rules.
 #[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, dry_run = opts.dry_run))]
 pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair> {
@@ -241,21 +283,13 @@ pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair
             confirmation: None,
         });
     };
-    if snap.kind != SnapshotKind::Committed {
+    if let Some(reason) = refusal(layer) {
         let mut report = super::empty_report(layer);
         report.state = LayerState::Unrepairable;
         return Ok(LayerRepair {
             report,
             plan: Vec::new(),
-            reason: Some(format!(
-                "snapshot {} ({}) is {:?}, not committed: containerd is still unpacking it, or \
-                 it is a container's writable layer. snapmend repairs only committed snapshots \
-                 and wrote nothing; let the unpack finish (or remove the image and pull it \
-                 again), then rerun",
-                snap.id,
-                snap.dir.display(),
-                snap.kind
-            )),
+            reason: Some(reason),
             confirmation: None,
         });
     }
@@ -287,19 +321,13 @@ fn repair_locked(
     let p = run_pass(layer, ContentCheck::Full, stage.as_ref());
     let pass_ms = started.elapsed().as_millis() as u64;
     let (mut report, diff, reason) = report_from_pass(layer, &p);
-    let fs_missing = report.state == LayerState::SnapshotMissing
-        && p.blob == snapmend_crds::BlobState::Verified
-        && p.model.is_some();
-    let (diff, obs) = match (diff, report.state) {
-        (Some(d), _) => (d, p.observation.as_ref()),
-        (None, LayerState::SnapshotMissing) if fs_missing => {
-            let empty = Observation::default();
-            let model = p.model.as_ref().ok_or_else(|| Error::Layer {
-                digest: layer.digest.clone(),
-                reason: "no model".into(),
-            })?;
+    let empty = Observation::default();
+    let (model, diff, obs, fs_missing) = match (&p.blob, &p.model, &p.fs, diff) {
+        (BlobCheck::Verified, Ok(model), FsWalk::Walked(obs), Some(d)) => (model, d, obs, false),
+        // `fs` is gone: rebuild every entry.
+        (BlobCheck::Verified, Ok(model), FsWalk::Absent, _) => {
             let d = super::compare::diff(model, &empty, &p.content, &p.compared_at);
-            (d, None)
+            (model, d, &empty, true)
         }
         _ => {
             if report.state != LayerState::Healthy {
@@ -316,20 +344,12 @@ fn repair_locked(
             });
         }
     };
-    let model = p.model.as_ref().ok_or_else(|| Error::Layer {
-        digest: layer.digest.clone(),
-        reason: "no model".into(),
-    })?;
-    let empty = Observation::default();
-    let obs = obs.unwrap_or(&empty);
     if fs_missing {
         // Report what a rebuild restores, entry by entry.
         super::set_findings(&mut report, &diff.findings);
     }
     let plan = plan_lines(model, &diff, obs, fs_missing);
-    let fault_after = std::env::var(FAULT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let fault_after = fault_after_from_env();
     if plan.is_empty() {
         // Nothing differs, but an interrupted repair may not have re-applied directory times.
         let mut plan = plan;
@@ -449,7 +469,7 @@ impl<'a> Applier<'a> {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Error::io(staging, nix_io(e)))?;
+        .map_err(|e| Error::io(staging, errno(e)))?;
         let beneath = if fs_missing {
             None
         } else {
@@ -489,10 +509,13 @@ impl<'a> Applier<'a> {
 
     fn renamed(&self) {
         let n = self.renames.fetch_add(1, Ordering::SeqCst) + 1;
+        #[cfg(any(test, feature = "fault-injection"))]
         if self.fault_after == Some(n) {
             tracing::error!(renames = n, "{FAULT_ENV} reached: aborting");
             std::process::abort();
         }
+        #[cfg(not(any(test, feature = "fault-injection")))]
+        let _ = (n, self.fault_after);
     }
 
     fn apply(&mut self, diff: &super::compare::Diff) -> Result<()> {
@@ -537,25 +560,9 @@ impl<'a> Applier<'a> {
         }
         drop(cache);
         // Then every other entry: each worker takes a contiguous run (siblings together).
-        let workers = super::workers_for(work.len(), 64);
-        let chunk = work.len().div_ceil(workers).max(1);
         let this = &*self;
-        let results: Vec<Result<()>> = std::thread::scope(|s| {
-            let handles: Vec<_> = work
-                .chunks(chunk)
-                .map(|part| s.spawn(move || this.restore_entries(part)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Snapshot {
-                            path: this.snap.fs.clone(),
-                            reason: "a restore worker panicked".into(),
-                        })
-                    })
-                })
-                .collect()
+        let results = map_chunks(&work, workers_for(work.len(), 64), |part| {
+            this.restore_entries(part)
         });
         for r in results {
             r?;
@@ -586,7 +593,7 @@ impl<'a> Applier<'a> {
             name.as_str(),
             Mode::from_bits_truncate(0o755),
         )
-        .map_err(|e| Error::io(self.staging.join(&name), nix_io(e)))?;
+        .map_err(|e| Error::io(self.staging.join(&name), errno(e)))?;
         // Owner: root for a base layer, else the parent's fs owner (containerd chowns it so).
         let (uid, gid) = match self.snap.lower_fs.first() {
             Some(parent) => observe_path(parent)
@@ -602,14 +609,14 @@ impl<'a> Applier<'a> {
             Some(Gid::from_raw(gid)),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| Error::io(&staged, nix_io(e)))?;
+        .map_err(|e| Error::io(&staged, errno(e)))?;
         fchmodat(
             &self.staging_fd,
             name.as_str(),
             Mode::from_bits_truncate(0o755),
             FchmodatFlags::FollowSymlink,
         )
-        .map_err(|e| Error::io(&staged, nix_io(e)))?;
+        .map_err(|e| Error::io(&staged, errno(e)))?;
         if self.model.root_opaque() {
             lsetxattr(&staged, OPAQUE_XATTR, b"y").map_err(|e| Error::io(&staged, e))?;
         }
@@ -618,7 +625,7 @@ impl<'a> Applier<'a> {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Error::io(&self.snap.dir, nix_io(e)))?;
+        .map_err(|e| Error::io(&self.snap.dir, errno(e)))?;
         // Something that is not a directory (say a planted symlink) sits where fs belongs:
         // swap the new fs in atomically, never following it, and delete the old thing.
         let in_the_way = match fstatat(&snap_fd, "fs", AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -630,7 +637,7 @@ impl<'a> Applier<'a> {
             }
             Ok(_) => true,
             Err(nix::errno::Errno::ENOENT) => false,
-            Err(e) => return Err(Error::io(&self.snap.fs, nix_io(e))),
+            Err(e) => return Err(Error::io(&self.snap.fs, errno(e))),
         };
         let flags = if in_the_way {
             RenameFlags::RENAME_EXCHANGE
@@ -638,7 +645,7 @@ impl<'a> Applier<'a> {
             RenameFlags::RENAME_NOREPLACE
         };
         renameat2(&self.staging_fd, name.as_str(), &snap_fd, "fs", flags)
-            .map_err(|e| Error::io(&self.snap.fs, nix_io(e)))?;
+            .map_err(|e| Error::io(&self.snap.fs, errno(e)))?;
         self.renamed();
         if in_the_way {
             self.discard(&name);
@@ -658,7 +665,7 @@ impl<'a> Applier<'a> {
         match nix::fcntl::renameat(&parent, base, &self.staging_fd, name.as_str()) {
             Ok(()) => {}
             Err(nix::errno::Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(self.err(path, nix_io(e))),
+            Err(e) => return Err(self.err(path, errno(e))),
         }
         self.renamed();
         self.discard(&name);
@@ -734,11 +741,11 @@ impl<'a> Applier<'a> {
                 return (Ok(()), true);
             }
             Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return (Err(self.err(path, nix_io(e))), false),
+            Err(e) => return (Err(self.err(path, errno(e))), false),
         }
         let existing_is_dir = match fstatat(parent, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
-            Err(e) => return (Err(self.err(path, nix_io(e))), false),
+            Err(e) => return (Err(self.err(path, errno(e))), false),
         };
         if existing_is_dir || staged_is_dir {
             if let Err(e) = renameat2(
@@ -748,14 +755,14 @@ impl<'a> Applier<'a> {
                 base,
                 RenameFlags::RENAME_EXCHANGE,
             ) {
-                return (Err(self.err(path, nix_io(e))), false);
+                return (Err(self.err(path, errno(e))), false);
             }
             self.renamed();
             self.discard(name);
             (Ok(()), false)
         } else {
             if let Err(e) = nix::fcntl::renameat(&self.staging_fd, name, parent, base) {
-                return (Err(self.err(path, nix_io(e))), false);
+                return (Err(self.err(path, errno(e))), false);
             }
             self.renamed();
             (Ok(()), true)
@@ -812,13 +819,13 @@ impl<'a> Applier<'a> {
                     n.as_str(),
                     Mode::from_bits_truncate(0o700),
                 )
-                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                .map_err(|e| Error::io(self.staging.join(&n), errno(e)))?;
                 n
             }
             EntryKind::Symlink(target) => {
                 let n = self.temp_name("link");
                 symlinkat(OsStr::from_bytes(target), &self.staging_fd, n.as_str())
-                    .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                    .map_err(|e| Error::io(self.staging.join(&n), errno(e)))?;
                 n
             }
             EntryKind::Char { major, minor } | EntryKind::Block { major, minor } => {
@@ -835,7 +842,7 @@ impl<'a> Applier<'a> {
                     Mode::empty(),
                     libc::makedev(*major, *minor),
                 )
-                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                .map_err(|e| Error::io(self.staging.join(&n), errno(e)))?;
                 n
             }
             EntryKind::Fifo => {
@@ -847,7 +854,7 @@ impl<'a> Applier<'a> {
                     Mode::empty(),
                     0,
                 )
-                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                .map_err(|e| Error::io(self.staging.join(&n), errno(e)))?;
                 n
             }
             EntryKind::Whiteout => {
@@ -859,7 +866,7 @@ impl<'a> Applier<'a> {
                     Mode::empty(),
                     0,
                 )
-                .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+                .map_err(|e| Error::io(self.staging.join(&n), errno(e)))?;
                 n
             }
         };
@@ -879,7 +886,7 @@ impl<'a> Applier<'a> {
             Some(Gid::from_raw(inode.gid)),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| io_err(nix_io(e)))?;
+        .map_err(|e| io_err(errno(e)))?;
         for (k, v) in &inode.xattrs {
             lsetxattr(&staged, k, v).map_err(io_err)?;
         }
@@ -893,7 +900,7 @@ impl<'a> Applier<'a> {
                 Mode::from_bits_truncate(inode.mode),
                 FchmodatFlags::FollowSymlink,
             )
-            .map_err(|e| io_err(nix_io(e)))?;
+            .map_err(|e| io_err(errno(e)))?;
         }
         if let Some(mtime) = inode.mtime {
             let atime = inode.atime.unwrap_or(mtime);
@@ -904,7 +911,7 @@ impl<'a> Applier<'a> {
                 &timespec(mtime),
                 UtimensatFlags::NoFollowSymlink,
             )
-            .map_err(|e| io_err(nix_io(e)))?;
+            .map_err(|e| io_err(errno(e)))?;
         }
         Ok(())
     }
@@ -929,7 +936,7 @@ impl<'a> Applier<'a> {
                 n.as_str(),
                 AtFlags::empty(),
             )
-            .map_err(|e| Error::io(self.staging.join(&n), nix_io(e)))?;
+            .map_err(|e| Error::io(self.staging.join(&n), errno(e)))?;
             names.push(n);
         }
         for (name, path) in names.iter().zip(paths) {
@@ -958,7 +965,7 @@ impl<'a> Applier<'a> {
                 Some(Uid::from_raw(inode.uid)),
                 Some(Gid::from_raw(inode.gid)),
             )
-            .map_err(|e| err(nix_io(e)))?;
+            .map_err(|e| err(errno(e)))?;
         }
         if xattr_difference(&current, &inode.xattrs).is_some() {
             for (k, v) in &inode.xattrs {
@@ -979,7 +986,7 @@ impl<'a> Applier<'a> {
         }
         if !inode.mode_ok(current.mode & 0o7777) {
             nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(inode.mode))
-                .map_err(|e| err(nix_io(e)))?;
+                .map_err(|e| err(errno(e)))?;
         }
         Ok(())
     }
@@ -998,7 +1005,7 @@ impl<'a> Applier<'a> {
                 .map_err(|e| self.err(&path, e))?;
             let st = match fstatat(&parent, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
-                Err(e) => return Err(self.err(&path, nix_io(e))),
+                Err(e) => return Err(self.err(&path, errno(e))),
             };
             if (st.st_mtime, st.st_mtime_nsec as u32) != (mtime.sec, mtime.nsec) {
                 let atime = inode.atime.unwrap_or(mtime);
@@ -1009,7 +1016,7 @@ impl<'a> Applier<'a> {
                     &timespec(mtime),
                     UtimensatFlags::NoFollowSymlink,
                 )
-                .map_err(|e| self.err(&path, nix_io(e)))?;
+                .map_err(|e| self.err(&path, errno(e)))?;
                 changed += 1;
             }
         }

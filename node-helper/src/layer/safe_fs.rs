@@ -5,7 +5,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,8 @@ pub struct Beneath {
     path: PathBuf,
 }
 
-fn errno(e: nix::errno::Errno) -> io::Error {
+/// nix's errno as the `io::Error` the rest of the engine speaks.
+pub fn errno(e: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
@@ -58,10 +59,6 @@ impl Beneath {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    pub fn root_fd(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
     }
 
     /// Opens `rel` (a model path; empty = `fs` itself) without following any symlink.

@@ -7,7 +7,7 @@ use std::path::Path;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::bounded::read_bounded;
+use crate::store::bounded::read_capped;
 use super::reference::strip_port;
 use crate::error::{Error, Result};
 
@@ -19,6 +19,7 @@ pub const MAX_AUTH_FILE: u64 = 4 << 20;
 pub struct Secret(String);
 
 impl Secret {
+    #[cfg(test)]
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())
     }
@@ -83,7 +84,7 @@ impl DockerConfig {
     pub fn load(files: &[(std::path::PathBuf, bool)]) -> Result<DockerConfig> {
         let mut config = DockerConfig::default();
         for (file, optional) in files {
-            let bytes = match read_bounded(file, MAX_AUTH_FILE) {
+            let bytes = match read_capped(file, "docker config.json", MAX_AUTH_FILE) {
                 Ok(b) => b,
                 Err(Error::Io { source, .. })
                     if *optional && source.kind() == std::io::ErrorKind::NotFound =>

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 use super::auth::{Credentials, basic_header, parse_www_authenticate, token_from_response};
-use super::bounded::read_bounded;
+use crate::store::bounded::read_capped;
 use super::hosts::RegistryHost;
 
 /// Attempts per host for transport failures (each restarts the blob from byte zero).
@@ -82,7 +82,7 @@ fn system_roots() -> &'static Vec<CertificateDer<'static>> {
 }
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = read_bounded(path, MAX_PEM).map_err(|e| e.to_string())?;
+    let bytes = read_capped(path, "PEM file", MAX_PEM).map_err(|e| e.to_string())?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -93,7 +93,7 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = read_bounded(path, MAX_PEM).map_err(|e| e.to_string())?;
+    let bytes = read_capped(path, "PEM file", MAX_PEM).map_err(|e| e.to_string())?;
     PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|e| format!("{}: no usable private key ({e})", path.display()))
 }

@@ -87,10 +87,6 @@ impl BlobFetcher {
         })
     }
 
-    pub fn sources(&self) -> &[Source] {
-        &self.sources
-    }
-
     /// A cached copy of the blob, if any.
     pub fn cached(&self, digest: &str) -> Option<Obtained> {
         let path = self.cache.as_ref()?.lookup(digest)?;

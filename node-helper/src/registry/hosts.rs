@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
-use super::bounded::read_bounded;
+use crate::store::bounded::read_capped;
 use super::reference::is_localhost;
 use crate::error::{Error, Result};
 
@@ -374,7 +374,7 @@ pub fn resolve_hosts(roots: &[PathBuf], image_host: &str) -> Result<Vec<Registry
         return Ok(finish_hosts(image_host, None));
     };
     let file = dir.join("hosts.toml");
-    let entries = match read_bounded(&file, MAX_HOSTS_TOML) {
+    let entries = match read_capped(&file, "registry hosts.toml", MAX_HOSTS_TOML) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|_| Error::Config {
                 path: file.clone(),

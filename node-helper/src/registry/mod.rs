@@ -13,7 +13,6 @@
 //! ```
 
 pub mod auth;
-pub mod bounded;
 pub mod cache;
 pub mod client;
 pub mod containerd_config;
@@ -24,7 +23,7 @@ pub mod reference;
 
 use std::path::PathBuf;
 
-pub use fetch::{BlobFetcher, Obtained, Unobtainable};
+pub use fetch::BlobFetcher;
 
 /// kubelet's node-wide docker config, read when no `--auth` is given (skipped if absent).
 pub const DEFAULT_AUTH_FILE: &str = "/var/lib/kubelet/config.json";

@@ -75,6 +75,49 @@ impl Bucket {
     pub fn get_str(&self, key: &[u8]) -> Option<&str> {
         self.get(key).and_then(|v| std::str::from_utf8(v).ok())
     }
+
+    /// The value under `key`, telling an absent key from one whose bytes are not text.
+    pub fn get_recorded(&self, key: &[u8]) -> Recorded {
+        match self.get(key) {
+            None => Recorded::Absent,
+            Some(v) => match std::str::from_utf8(v) {
+                Ok(text) => Recorded::Text(text.to_string()),
+                Err(_) => Recorded::NotText(v.to_vec()),
+            },
+        }
+    }
+}
+
+/// A value as a database records it. Kept apart from `Option<String>` so that a damaged
+/// value is never mistaken for an absent one (a snapshot whose parent became unreadable is
+/// not a base layer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Absent,
+    Text(String),
+    NotText(Vec<u8>),
+}
+
+impl Recorded {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Recorded::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// For messages: `none`, the text quoted, or the first bytes in hex.
+    pub fn describe(&self) -> String {
+        match self {
+            Recorded::Absent => "none".into(),
+            Recorded::Text(t) => format!("{:?}", crate::error::bounded_text(t)),
+            Recorded::NotText(b) => format!(
+                "bytes that are not UTF-8 ({}{})",
+                hex::encode(&b[..b.len().min(32)]),
+                if b.len() > 32 { "…" } else { "" }
+            ),
+        }
+    }
 }
 
 /// A consistent, decoded copy of a bolt file.
@@ -91,32 +134,25 @@ impl BoltDb {
     #[tracing::instrument(level = "debug", fields(path = %path.display()))]
     pub fn read(path: &Path) -> Result<BoltDb> {
         let mut backoff = FIRST_BACKOFF;
-        let mut last = String::new();
-        for attempt in 1..=READ_ATTEMPTS {
-            match read_once(path)? {
+        let mut attempt = 1;
+        loop {
+            match read_once(path) {
                 Ok(db) => return Ok(db),
-                Err(reason) => {
-                    tracing::debug!(attempt, %reason, "bolt copy rejected, retrying");
-                    last = reason;
+                // An inconsistent copy: a writer raced us, or the file is damaged.
+                Err(e @ Error::Bolt { .. }) if attempt < READ_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "bolt copy rejected, retrying");
                 }
+                Err(e) => return Err(e),
             }
-            if attempt < READ_ATTEMPTS {
-                std::thread::sleep(backoff);
-                backoff *= 2;
-            }
+            std::thread::sleep(backoff);
+            backoff *= 2;
+            attempt += 1;
         }
-        Err(Error::Bolt {
-            path: path.to_path_buf(),
-            reason: last,
-        })
     }
 
     /// Decodes an in-memory copy (no stability check: the caller owns the bytes).
     pub fn from_bytes(path: &Path, data: &[u8]) -> Result<BoltDb> {
-        let db = decode(data).map_err(|reason| Error::Bolt {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        let db = decode(data).map_err(|e| e.in_file(path))?;
         Ok(BoltDb {
             path: path.to_path_buf(),
             ..db
@@ -124,33 +160,36 @@ impl BoltDb {
     }
 }
 
-/// One attempt. Outer error: the file cannot be read at all. Inner error: the copy is
-/// inconsistent or invalid (retry).
-fn read_once(path: &Path) -> Result<std::result::Result<BoltDb, String>> {
+/// One attempt: `Error::Bolt` when the copy is inconsistent or invalid (worth a retry), any
+/// other error when the file cannot be read at all.
+fn read_once(path: &Path) -> Result<BoltDb> {
     let io = |e| Error::io(path, e);
     let before = read_head(path).map_err(io)?;
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io)?;
+    let data = super::bounded::read_capped(path, "bolt database", super::bounded::BOLT_CAP)?;
     let after = read_head(path).map_err(io)?;
 
     let txid_before = max_valid_txid(&before);
     let txid_after = max_valid_txid(&after);
-    let db = match decode(&data) {
-        Ok(root) => root,
-        Err(reason) => return Ok(Err(reason)),
-    };
+    let db = decode(&data).map_err(|e| e.in_file(path))?;
     if txid_before != Some(db.txid) || txid_after != Some(db.txid) {
-        return Ok(Err(format!(
+        return Err(invalid(format!(
             "database changed while it was read (txid {:?} → copy {} → {:?})",
             txid_before, db.txid, txid_after
-        )));
+        ))
+        .in_file(path));
     }
-    Ok(Ok(BoltDb {
+    Ok(BoltDb {
         path: path.to_path_buf(),
         ..db
-    }))
+    })
+}
+
+/// A decoding error; [`Error::in_file`] names the file at the boundary.
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::Bolt {
+        path: PathBuf::new(),
+        reason: reason.into(),
+    }
 }
 
 /// The first bytes of the file: enough for both meta pages at the largest page size we accept.
@@ -244,16 +283,18 @@ fn max_valid_txid(head: &[u8]) -> Option<u64> {
 
 /// Decodes a whole bolt file from the valid meta with the highest txid (a torn newest meta is
 /// invalid, so the other one is used, as bolt does).
-fn decode(data: &[u8]) -> std::result::Result<BoltDb, String> {
+fn decode(data: &[u8]) -> Result<BoltDb> {
     let meta = valid_metas(data)
         .into_iter()
         .max_by_key(|m| m.txid)
-        .ok_or("no valid meta page (magic 0xED0CDAED, version 2, FNV-1a checksum)")?;
+        .ok_or_else(|| {
+            invalid("no valid meta page (magic 0xED0CDAED, version 2, FNV-1a checksum)")
+        })?;
     let reader = PageReader { data, meta };
     let mut visited = HashSet::new();
     let root = reader
         .read_bucket(meta.root_pgid, meta.root_sequence, 0, &mut visited)
-        .map_err(|e| format!("txid {}: {e}", meta.txid))?;
+        .map_err(|e| e.within(format!("txid {}", meta.txid)))?;
     Ok(BoltDb {
         path: PathBuf::new(),
         txid: meta.txid,
@@ -274,32 +315,38 @@ struct Page<'a> {
 }
 
 impl<'a> PageReader<'a> {
-    fn page(&self, pgid: u64) -> std::result::Result<Page<'a>, String> {
+    fn page(&self, pgid: u64) -> Result<Page<'a>> {
         if pgid < 2 || pgid >= self.meta.high_water {
-            return Err(format!("page {pgid} outside 2..{}", self.meta.high_water));
+            return Err(invalid(format!(
+                "page {pgid} outside 2..{}",
+                self.meta.high_water
+            )));
         }
         let ps = self.meta.page_size as u64;
-        let start = pgid.checked_mul(ps).ok_or("page offset overflows")?;
+        let start = pgid
+            .checked_mul(ps)
+            .ok_or_else(|| invalid("page offset overflows"))?;
         let head = self
             .data
             .get(start as usize..(start + PAGE_HEADER as u64) as usize)
-            .ok_or_else(|| format!("page {pgid} beyond end of file"))?;
+            .ok_or_else(|| invalid(format!("page {pgid} beyond end of file")))?;
         let id = u64_at(head, 0).unwrap_or(u64::MAX);
         if id != pgid {
-            return Err(format!("page {pgid} carries id {id}"));
+            return Err(invalid(format!("page {pgid} carries id {id}")));
         }
         let overflow = u64::from(u32_at(head, 12).unwrap_or(u32::MAX));
         if pgid + overflow >= self.meta.high_water {
-            return Err(format!(
+            return Err(invalid(format!(
                 "page {pgid} overflow {overflow} passes the high-water mark"
-            ));
+            )));
         }
         let end = (pgid + overflow + 1) * ps;
-        let bytes = self
-            .data
-            .get(start as usize..end as usize)
-            .ok_or_else(|| format!("page {pgid} (+{overflow} overflow) beyond end of file"))?;
-        page_from_bytes(bytes).map_err(|e| format!("page {pgid}: {e}"))
+        let bytes = self.data.get(start as usize..end as usize).ok_or_else(|| {
+            invalid(format!(
+                "page {pgid} (+{overflow} overflow) beyond end of file"
+            ))
+        })?;
+        page_from_bytes(bytes).map_err(|e| e.within(format!("page {pgid}")))
     }
 
     /// Reads the bucket rooted at `root` (0 = inline, handled by the caller).
@@ -309,7 +356,7 @@ impl<'a> PageReader<'a> {
         sequence: u64,
         depth: usize,
         visited: &mut HashSet<u64>,
-    ) -> std::result::Result<Bucket, String> {
+    ) -> Result<Bucket> {
         let mut bucket = Bucket {
             sequence,
             entries: BTreeMap::new(),
@@ -324,29 +371,29 @@ impl<'a> PageReader<'a> {
         depth: usize,
         visited: &mut HashSet<u64>,
         into: &mut Bucket,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         if depth > MAX_DEPTH {
-            return Err("tree deeper than any bolt file (cycle?)".into());
+            return Err(invalid("tree deeper than any bolt file (cycle?)"));
         }
         if !visited.insert(pgid) {
-            return Err(format!("page {pgid} reached twice"));
+            return Err(invalid(format!("page {pgid} reached twice")));
         }
         let page = self.page(pgid)?;
         match page.flags {
             FLAG_BRANCH => {
                 for i in 0..page.count {
-                    let (_, child) =
-                        branch_element(page.bytes, i).map_err(|e| format!("page {pgid}: {e}"))?;
+                    let (_, child) = branch_element(page.bytes, i)
+                        .map_err(|e| e.within(format!("page {pgid}")))?;
                     self.read_tree(child, depth + 1, visited, into)?;
                 }
                 Ok(())
             }
             FLAG_LEAF => self
                 .read_leaf(&page, depth, visited, into)
-                .map_err(|e| format!("page {pgid}: {e}")),
-            other => Err(format!(
+                .map_err(|e| e.within(format!("page {pgid}"))),
+            other => Err(invalid(format!(
                 "page {pgid} has flags {other:#x}, expected branch or leaf"
-            )),
+            ))),
         }
     }
 
@@ -356,7 +403,7 @@ impl<'a> PageReader<'a> {
         depth: usize,
         visited: &mut HashSet<u64>,
         into: &mut Bucket,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         for i in 0..page.count {
             let (flags, key, value) = leaf_element(page.bytes, i)?;
             let node = if flags & LEAF_BUCKET != 0 {
@@ -375,9 +422,11 @@ impl<'a> PageReader<'a> {
         value: &[u8],
         depth: usize,
         visited: &mut HashSet<u64>,
-    ) -> std::result::Result<Bucket, String> {
-        let root = u64_at(value, 0).ok_or("bucket header shorter than 16 bytes")?;
-        let sequence = u64_at(value, 8).ok_or("bucket header shorter than 16 bytes")?;
+    ) -> Result<Bucket> {
+        let root =
+            u64_at(value, 0).ok_or_else(|| invalid("bucket header shorter than 16 bytes"))?;
+        let sequence =
+            u64_at(value, 8).ok_or_else(|| invalid("bucket header shorter than 16 bytes"))?;
         if root != 0 {
             return self.read_bucket(root, sequence, depth + 1, visited);
         }
@@ -389,16 +438,19 @@ impl<'a> PageReader<'a> {
         if inline.is_empty() {
             return Ok(bucket);
         }
-        let page = page_from_bytes(inline).map_err(|e| format!("inline bucket: {e}"))?;
+        let page = page_from_bytes(inline).map_err(|e| e.within("inline bucket"))?;
         if page.flags != FLAG_LEAF {
-            return Err(format!("inline bucket page has flags {:#x}", page.flags));
+            return Err(invalid(format!(
+                "inline bucket page has flags {:#x}",
+                page.flags
+            )));
         }
         for i in 0..page.count {
             let (flags, key, v) =
-                leaf_element(page.bytes, i).map_err(|e| format!("inline bucket: {e}"))?;
+                leaf_element(page.bytes, i).map_err(|e| e.within("inline bucket"))?;
             if flags & LEAF_BUCKET != 0 {
                 // bolt only inlines buckets without sub-buckets
-                return Err("inline bucket contains a sub-bucket".into());
+                return Err(invalid("inline bucket contains a sub-bucket"));
             }
             bucket.entries.insert(key.to_vec(), Node::Value(v.to_vec()));
         }
@@ -406,14 +458,14 @@ impl<'a> PageReader<'a> {
     }
 }
 
-fn page_from_bytes(bytes: &[u8]) -> std::result::Result<Page<'_>, String> {
-    let flags = u16_at(bytes, 8).ok_or("page header truncated")?;
-    let count = usize::from(u16_at(bytes, 10).ok_or("page header truncated")?);
+fn page_from_bytes(bytes: &[u8]) -> Result<Page<'_>> {
+    let flags = u16_at(bytes, 8).ok_or_else(|| invalid("page header truncated"))?;
+    let count = usize::from(u16_at(bytes, 10).ok_or_else(|| invalid("page header truncated"))?);
     if PAGE_HEADER + count * ELEMENT > bytes.len() {
-        return Err(format!(
+        return Err(invalid(format!(
             "{count} elements do not fit in {} bytes",
             bytes.len()
-        ));
+        )));
     }
     Ok(Page {
         bytes,
@@ -423,38 +475,36 @@ fn page_from_bytes(bytes: &[u8]) -> std::result::Result<Page<'_>, String> {
 }
 
 /// Bytes `[start, start+len)` of the page, or an error naming what ran past the page.
-fn span(
-    page: &[u8],
-    start: usize,
-    len: usize,
-    what: &str,
-) -> std::result::Result<std::ops::Range<usize>, String> {
+fn span(page: &[u8], start: usize, len: usize, what: &str) -> Result<std::ops::Range<usize>> {
     let end = start
         .checked_add(len)
-        .ok_or_else(|| format!("{what} length overflows"))?;
+        .ok_or_else(|| invalid(format!("{what} length overflows")))?;
     if end > page.len() {
-        return Err(format!(
+        return Err(invalid(format!(
             "{what} runs past its page ({start}+{len} > {})",
             page.len()
-        ));
+        )));
     }
     Ok(start..end)
 }
 
-fn leaf_element(page: &[u8], i: usize) -> std::result::Result<(u32, &[u8], &[u8]), String> {
+fn leaf_element(page: &[u8], i: usize) -> Result<(u32, &[u8], &[u8])> {
     let at = PAGE_HEADER + i * ELEMENT;
-    let field = |o| u32_at(page, at + o).ok_or_else(|| format!("leaf element {i} truncated"));
+    let field =
+        |o| u32_at(page, at + o).ok_or_else(|| invalid(format!("leaf element {i} truncated")));
     let (flags, pos, ksize, vsize) = (field(0)?, field(4)?, field(8)?, field(12)?);
     let key = span(page, at + pos as usize, ksize as usize, "leaf key")?;
     let value = span(page, key.end, vsize as usize, "leaf value")?;
     Ok((flags, &page[key], &page[value]))
 }
 
-fn branch_element(page: &[u8], i: usize) -> std::result::Result<(&[u8], u64), String> {
+fn branch_element(page: &[u8], i: usize) -> Result<(&[u8], u64)> {
     let at = PAGE_HEADER + i * ELEMENT;
-    let pos = u32_at(page, at).ok_or_else(|| format!("branch element {i} truncated"))?;
-    let ksize = u32_at(page, at + 4).ok_or_else(|| format!("branch element {i} truncated"))?;
-    let child = u64_at(page, at + 8).ok_or_else(|| format!("branch element {i} truncated"))?;
+    let pos = u32_at(page, at).ok_or_else(|| invalid(format!("branch element {i} truncated")))?;
+    let ksize =
+        u32_at(page, at + 4).ok_or_else(|| invalid(format!("branch element {i} truncated")))?;
+    let child =
+        u64_at(page, at + 8).ok_or_else(|| invalid(format!("branch element {i} truncated")))?;
     let key = span(page, at + pos as usize, ksize as usize, "branch key")?;
     Ok((&page[key], child))
 }

@@ -66,6 +66,7 @@ impl ContainerdConfig {
     }
 
     /// One file on its own (no imports).
+    #[cfg(test)]
     pub fn parse(path: &Path, text: &str) -> Result<ContainerdConfig> {
         Self::from_doc(path, &Value::Table(parse_table(path, text)?))
     }
@@ -161,6 +162,8 @@ fn parse_table(path: &Path, text: &str) -> Result<toml::Table> {
 /// later file replaces the whole section, relative imports are relative to the importing file,
 /// and `*`/`?` patterns in the file name are expanded in lexical order.
 pub fn load_with_imports(path: &Path) -> Result<toml::Table> {
+    /// containerd configs import a handful of drop-ins; more is a runaway glob.
+    const MAX_CONFIG_FILES: usize = 256;
     let mut merged = toml::Table::new();
     let mut pending = vec![path.to_path_buf()];
     let mut seen = std::collections::HashSet::new();
@@ -169,7 +172,17 @@ pub fn load_with_imports(path: &Path) -> Result<toml::Table> {
         if !seen.insert(file.clone()) {
             continue;
         }
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        if seen.len() > MAX_CONFIG_FILES {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: format!("imports more than {MAX_CONFIG_FILES} files"),
+            });
+        }
+        let text = super::bounded::read_text_capped(
+            &file,
+            "containerd config",
+            super::bounded::CONFIG_CAP,
+        )?;
         let mut table = parse_table(&file, &text)?;
         let imports = match table.remove("imports") {
             None => Vec::new(),

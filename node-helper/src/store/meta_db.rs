@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::bolt::{BoltDb, Bucket};
+use super::bolt::{BoltDb, Bucket, Recorded};
 use super::varint::varint;
 use crate::error::{Error, Result};
 
@@ -27,8 +27,8 @@ pub struct MetaSnapshot {
     pub key: String,
     /// What the snapshotter knows it as: `<namespace>/<N>/<key>`.
     pub backend_key: String,
-    /// The parent's snapshot key (a chainID for image layers).
-    pub parent: Option<String>,
+    /// The parent's snapshot key (a chainID for image layers); `Absent` for a base layer.
+    pub parent: Recorded,
 }
 
 /// A decoded meta.db.
@@ -148,7 +148,7 @@ impl MetaDb {
         Some(MetaSnapshot {
             key: key.to_string(),
             backend_key: entry.get_str(b"name")?.to_string(),
-            parent: entry.get_str(b"parent").map(str::to_string),
+            parent: entry.get_recorded(b"parent"),
         })
     }
 }
@@ -258,9 +258,9 @@ mod tests {
         let chain = "sha256:eedaef6ad9d9eccdb4a91112defae7c6f82fb597578f28721cccbacfbd30392f";
         let base = db.snapshot("k8s.io", "overlayfs", chain).unwrap();
         assert_eq!(base.backend_key, format!("k8s.io/2/{chain}"));
-        assert_eq!(base.parent, None);
+        assert_eq!(base.parent, Recorded::Absent);
         let child = db.snapshot("k8s.io", "overlayfs", "sha256:child").unwrap();
-        assert_eq!(child.parent.as_deref(), Some(chain));
+        assert_eq!(child.parent.text(), Some(chain));
         assert_eq!(db.snapshot("k8s.io", "native", chain), None);
     }
 }

@@ -2,6 +2,7 @@
 //! bolt databases, the content store, config.toml and mountinfo.
 
 pub mod bolt;
+pub mod bounded;
 pub mod config;
 pub mod content;
 pub mod meta_db;

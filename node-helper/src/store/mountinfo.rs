@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// One line of `/proc/<pid>/mountinfo`, escapes decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,9 +173,14 @@ pub fn split_dev(dev: u64) -> (u32, u32) {
 
 /// The host's mount table: PID 1's view (the agent runs with hostPID), else our own.
 pub fn read_host_mountinfo() -> Result<String> {
-    std::fs::read_to_string("/proc/1/mountinfo")
-        .or_else(|_| std::fs::read_to_string("/proc/self/mountinfo"))
-        .map_err(|e| Error::io("/proc/self/mountinfo", e))
+    use super::bounded::{MOUNTINFO_CAP, read_text_capped};
+    read_text_capped(Path::new("/proc/1/mountinfo"), "mountinfo", MOUNTINFO_CAP).or_else(|_| {
+        read_text_capped(
+            Path::new("/proc/self/mountinfo"),
+            "mountinfo",
+            MOUNTINFO_CAP,
+        )
+    })
 }
 
 /// The device of a path, for bind-mount matching; `None` if it cannot be stat'ed.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::bolt::BoltDb;
+use super::bolt::{BoltDb, Recorded};
 use super::varint::uvarint;
 use crate::error::{Error, Result};
 use crate::image::SnapshotKind;
@@ -15,8 +15,8 @@ pub struct SnapshotRecord {
     /// Decimal id = directory name under `snapshots/`.
     pub id: u64,
     pub kind: SnapshotKind,
-    /// Parent's backend key.
-    pub parent: Option<String>,
+    /// Parent's backend key; `Absent` only for a base layer's snapshot.
+    pub parent: Recorded,
 }
 
 /// All snapshot records of a metadata.db, by backend key.
@@ -59,7 +59,7 @@ impl SnapshotterDb {
                     .and_then(|k| k.first().copied())
                     .map(kind_from_byte)
                     .unwrap_or(SnapshotKind::Unknown);
-                let parent = entry.get_str(b"parent").map(str::to_string);
+                let parent = entry.get_recorded(b"parent");
                 snapshots.insert(
                     backend_key.clone(),
                     SnapshotRecord {
@@ -82,25 +82,38 @@ impl SnapshotterDb {
     }
 
     /// Parent records of `backend_key`, immediate parent first (containerd's lowerdir order).
-    /// Errors on a missing parent or a cycle.
+    /// Errors on a missing or unreadable parent, or a cycle.
     pub fn parent_chain(&self, backend_key: &str) -> Result<Vec<&SnapshotRecord>> {
-        let mut chain = Vec::new();
-        let mut current = self.get(backend_key).and_then(|r| r.parent.as_deref());
-        while let Some(parent) = current {
-            let record = self.get(parent).ok_or_else(|| Error::Bolt {
-                path: self.path.clone(),
-                reason: format!("snapshot {backend_key:?}: parent {parent:?} is not recorded"),
-            })?;
+        let bad = |reason: String| Error::Bolt {
+            path: self.path.clone(),
+            reason: format!("snapshot {backend_key:?}: {reason}"),
+        };
+        let mut chain: Vec<&SnapshotRecord> = Vec::new();
+        let mut current = match self.get(backend_key) {
+            Some(record) => &record.parent,
+            None => return Ok(chain),
+        };
+        loop {
+            let parent = match current {
+                Recorded::Absent => return Ok(chain),
+                Recorded::Text(parent) => parent,
+                Recorded::NotText(_) => {
+                    let at = chain.last().map_or(backend_key, |r| r.backend_key.as_str());
+                    return Err(bad(format!(
+                        "the parent of {at:?} is {}",
+                        current.describe()
+                    )));
+                }
+            };
+            let record = self
+                .get(parent)
+                .ok_or_else(|| bad(format!("parent {parent:?} is not recorded")))?;
             if chain.len() > self.snapshots.len() {
-                return Err(Error::Bolt {
-                    path: self.path.clone(),
-                    reason: format!("snapshot {backend_key:?}: parent chain loops"),
-                });
+                return Err(bad("parent chain loops".into()));
             }
             chain.push(record);
-            current = record.parent.as_deref();
+            current = &record.parent;
         }
-        Ok(chain)
     }
 }
 

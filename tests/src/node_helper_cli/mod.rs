@@ -39,8 +39,8 @@ pub fn node_helper_binary() -> Result<PathBuf, TestError> {
         .ok_or_else(|| {
             TestError::NodeHelper(format!(
                 "{BINARY_NAME} not found (looked at {candidates:?}); build it first with \
-             `cargo build -p snapmend-node-helper` (or run `cargo test --workspace`), \
-             or point SNAPMEND_NODE_HELPER at it"
+             `cargo build -p snapmend-node-helper --features fault-injection` (`make test` \
+             does this), or point SNAPMEND_NODE_HELPER at it"
             ))
         })?;
     refuse_stale(&found)?;
@@ -73,8 +73,8 @@ fn refuse_stale(binary: &Path) -> Result<(), TestError> {
     match newest_mtime(&sources) {
         Some(changed) if changed > built => Err(TestError::NodeHelper(format!(
             "{} is older than the sources in {}; rebuild it with \
-             `cargo build -p snapmend-node-helper` (`cargo test --workspace` does this), \
-             or point SNAPMEND_NODE_HELPER at a binary to test",
+             `cargo build -p snapmend-node-helper --features fault-injection` (`make test` \
+             does this), or point SNAPMEND_NODE_HELPER at a binary to test",
             binary.display(),
             sources.display()
         ))),

@@ -329,6 +329,7 @@ pub fn report_for(state: NodeState, action: RepairAction) -> Report {
             findings,
             entries_restored: (action == RepairAction::Repair && state == NodeState::Incident)
                 .then_some(1),
+            leftover_staging: None,
             ..Default::default()
         }],
         mounts: 0,
