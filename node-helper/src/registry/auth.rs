@@ -7,9 +7,9 @@ use std::path::Path;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::store::bounded::read_capped;
 use super::reference::strip_port;
 use crate::error::{Error, Result};
+use crate::store::bounded::read_capped;
 
 /// docker config files are small; refuse anything larger.
 pub const MAX_AUTH_FILE: u64 = 4 << 20;

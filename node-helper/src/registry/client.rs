@@ -15,8 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 use super::auth::{Credentials, basic_header, parse_www_authenticate, token_from_response};
-use crate::store::bounded::read_capped;
 use super::hosts::RegistryHost;
+use crate::store::bounded::read_capped;
 
 /// Attempts per host for transport failures (each restarts the blob from byte zero).
 pub const MAX_ATTEMPTS: u32 = 3;

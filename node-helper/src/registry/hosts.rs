@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
-use crate::store::bounded::read_capped;
 use super::reference::is_localhost;
 use crate::error::{Error, Result};
+use crate::store::bounded::read_capped;
 
 /// hosts.toml files are a few lines; anything larger is not one.
 pub const MAX_HOSTS_TOML: u64 = 1 << 20;
