@@ -457,5 +457,62 @@ fn a_registry_that_tampers_or_drops_the_connection_gets_nothing_written() {
             .iter()
             .all(|p| p.ends_with("?ns=snapmend.test"))
     );
+
+    // A registry with a token service: the bearer challenge is answered with the basic
+    // credentials of the docker config; wrong ones are named as the token endpoint's 401.
+    let blobs: Vec<(String, Vec<u8>)> = s.images[0]
+        .layers
+        .iter()
+        .map(|l| (l.digest().to_string(), l.built.blob.clone()))
+        .collect();
+    let token = (
+        USER.to_string(),
+        PASSWORD.to_string(),
+        "t0ken-never-printed".to_string(),
+    );
+    let bearer = BlobServer::start_with_token(blobs, Some(token)).unwrap();
+    let hosts = write_hosts_toml(
+        &work.path().join("bearer.d"),
+        "snapmend.test",
+        &format!("server = \"http://{}\"\n", bearer.host()),
+    )
+    .unwrap();
+    let hosts = hosts.to_str().unwrap().to_string();
+    for (password, code) in [(WRONG, 1), (PASSWORD, 0)] {
+        let auth = work.path().join("bearer.json");
+        write_docker_config(&auth, &bearer.host(), USER, password).unwrap();
+        let auth = auth.to_str().unwrap().to_string();
+        let v = run(
+            &s,
+            &mut outputs,
+            "verify",
+            RICH,
+            &[
+                "--registry-config",
+                &hosts,
+                "--auth",
+                &auth,
+                "--cache-dir",
+                "none",
+            ],
+        );
+        assert_eq!(v.code, Some(code), "{v}");
+        let r = report(&v);
+        if code == 0 {
+            assert!(
+                r.layers
+                    .iter()
+                    .all(|l| l.blob_source == Some(BlobSource::Registry)),
+                "{v}"
+            );
+        } else {
+            let detail = r.layers[0].blob_detail.as_deref().unwrap_or_default();
+            assert!(
+                detail.contains(&format!("{}: token: 401 Unauthorized", bearer.host())),
+                "{v}"
+            );
+        }
+    }
+    assert!(outputs.0.iter().all(|o| !o.contains("t0ken-never-printed")));
     outputs.assert_no_credentials();
 }

@@ -263,12 +263,22 @@ pub enum BlobMode {
 /// in-memory map according to its mode; everything else is 404.
 pub struct BlobServer {
     pub addr: SocketAddr,
+    /// With a token service: blobs need `Bearer <token>`, which `/token` hands out for
+    /// these basic credentials (the challenge flow of Docker Hub and most registries).
     mode: Arc<AtomicU8>,
     pub requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl BlobServer {
     pub fn start(blobs: Vec<(String, Vec<u8>)>) -> Result<BlobServer, TestError> {
+        Self::start_with_token(blobs, None)
+    }
+
+    /// `bearer`: (user, password, token) of the token service.
+    pub fn start_with_token(
+        blobs: Vec<(String, Vec<u8>)>,
+        bearer: Option<(String, String, String)>,
+    ) -> Result<BlobServer, TestError> {
         let listener =
             TcpListener::bind("127.0.0.1:0").map_err(|e| TestError::io("127.0.0.1:0", e))?;
         let addr = listener
@@ -278,11 +288,12 @@ impl BlobServer {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (m, r) = (mode.clone(), requests.clone());
         let blobs = Arc::new(blobs);
+        let bearer = Arc::new(bearer);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (m, r, blobs) = (m.clone(), r.clone(), blobs.clone());
+                let (m, r, blobs, bearer) = (m.clone(), r.clone(), blobs.clone(), bearer.clone());
                 std::thread::spawn(move || {
-                    let _ = serve_one(stream, &m, &r, &blobs);
+                    let _ = serve_one(stream, &m, &r, &blobs, bearer.as_ref().as_ref(), addr);
                 });
             }
         });
@@ -307,6 +318,8 @@ fn serve_one(
     mode: &AtomicU8,
     requests: &Mutex<Vec<String>>,
     blobs: &[(String, Vec<u8>)],
+    bearer: Option<&(String, String, String)>,
+    addr: SocketAddr,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -320,15 +333,46 @@ fn serve_one(
             .nth(1)
             .unwrap_or_default()
             .to_string();
-        // Headers (and the Authorization a client may send) are read and dropped.
+        let mut authorization = String::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
                 break;
             }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("authorization")
+            {
+                authorization = v.trim().to_string();
+            }
         }
         if let Ok(mut r) = requests.lock() {
             r.push(path.clone());
+        }
+        if let Some((user, pass, token)) = bearer {
+            if path.starts_with("/token") {
+                let expected = format!(
+                    "Basic {}",
+                    base64_encode(format!("{user}:{pass}").as_bytes())
+                );
+                if authorization == expected && path.contains("scope=repository") {
+                    let body = format!("{{\"token\":\"{token}\"}}");
+                    write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )?;
+                } else {
+                    out.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")?;
+                }
+                continue;
+            }
+            if authorization != format!("Bearer {token}") {
+                write!(
+                    out,
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"snapmend-test\"\r\nContent-Length: 0\r\n\r\n"
+                )?;
+                continue;
+            }
         }
         let digest = path
             .split('?')
