@@ -294,6 +294,7 @@ fn blobs_come_from_a_tls_registry_with_basic_auth_through_containerds_hosts() {
     assert_eq!(denied.code, Some(1), "{denied}");
     assert_eq!(report(&denied).outcome, Outcome::Unrepairable, "{denied}");
     assert_nothing_written(&pristine_pause, &damaged_pause);
+    assert!(!Path::new(&cache).exists(), "a refused download left files in the cache");
 
     // Repair from the registry: equal to containerd's own unpack; blobs land in the cache.
     for (image, pristine) in [(PAUSE, &pristine_pause), (RICH, &pristine_rich)] {

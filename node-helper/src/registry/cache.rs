@@ -36,7 +36,7 @@ impl BlobCache {
         let tmp = self.dir.join("tmp");
         create_private_dir(&tmp)?;
         let hex = parse_sha256_digest(digest).unwrap_or("unknown");
-        for n in 0u32.. {
+        for n in 0u32..1000 {
             let path = tmp.join(format!("{hex}.{}.{n}", std::process::id()));
             match std::fs::File::options()
                 .write(true)
@@ -49,7 +49,13 @@ impl BlobCache {
                 Err(e) => return Err(Error::io(&path, e)),
             }
         }
-        unreachable!("u32 range exhausted")
+        Err(Error::io(
+            &tmp,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "no free temporary blob name",
+            ),
+        ))
     }
 
     /// Moves a verified download into place, then evicts down to the cap.

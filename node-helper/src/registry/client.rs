@@ -60,6 +60,34 @@ impl std::fmt::Display for HostFailure {
     }
 }
 
+/// The download's destination, created only once a registry answers with the blob, so a
+/// host that refuses or is unreachable leaves nothing on disk.
+pub struct LazyFile<'a> {
+    open: &'a dyn Fn() -> Result<(std::path::PathBuf, std::fs::File), HostFailure>,
+    opened: Option<(std::path::PathBuf, std::fs::File)>,
+}
+
+impl<'a> LazyFile<'a> {
+    pub fn new(
+        open: &'a dyn Fn() -> Result<(std::path::PathBuf, std::fs::File), HostFailure>,
+    ) -> Self {
+        LazyFile { open, opened: None }
+    }
+
+    fn file(&mut self) -> Result<&mut std::fs::File, HostFailure> {
+        let slot = match self.opened.take() {
+            Some(slot) => slot,
+            None => (self.open)()?,
+        };
+        Ok(&mut self.opened.insert(slot).1)
+    }
+
+    /// The path and file, if the download got as far as creating it.
+    pub fn into_opened(self) -> Option<(std::path::PathBuf, std::fs::File)> {
+        self.opened
+    }
+}
+
 /// The blob to fetch.
 #[derive(Clone, Debug)]
 pub struct BlobRequest<'a> {
@@ -292,7 +320,7 @@ impl HostClient {
         &self,
         blob: &BlobRequest<'_>,
         creds: Option<&Credentials>,
-        out: &mut std::fs::File,
+        out: &mut LazyFile<'_>,
     ) -> Result<u64, HostFailure> {
         let url = self
             .host
@@ -328,7 +356,7 @@ impl HostClient {
             if !status.is_success() {
                 return Err(HostFailure::Status(status_text(status)));
             }
-            match copy_hashing(resp, out, blob.size) {
+            match copy_hashing(resp, out.file()?, blob.size) {
                 Ok((bytes, actual)) if actual == blob.digest && bytes == blob.size => {
                     return Ok(bytes);
                 }

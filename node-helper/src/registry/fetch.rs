@@ -10,7 +10,7 @@ use snapmend_crds::BlobSource;
 
 use super::auth::DockerConfig;
 use super::cache::BlobCache;
-use super::client::{BlobRequest, HostClient, HostFailure};
+use super::client::{BlobRequest, HostClient, HostFailure, LazyFile};
 use super::containerd_config::{HostsSource, hosts_source};
 use super::hosts::{RegistryHost, legacy_mirror_hosts, resolve_hosts};
 use super::reference::Source;
@@ -173,33 +173,63 @@ impl BlobFetcher {
     ) -> std::result::Result<(PathBuf, Option<TempBlob>), HostFailure> {
         let client = HostClient::new(host)?;
         let local = |e: Error| HostFailure::Local(e.to_string());
-        match &self.cache {
-            Some(cache) => {
-                let (tmp, mut file) = cache.temp_file(request.digest).map_err(local)?;
-                let guard = TempBlob(tmp.clone());
-                client.download(request, creds, &mut file)?;
-                let path = cache.commit(&tmp, &file, request.digest).map_err(local)?;
-                std::mem::forget(guard);
-                Ok((path, None))
+        let open = || -> std::result::Result<(PathBuf, std::fs::File), HostFailure> {
+            match &self.cache {
+                Some(cache) => cache.temp_file(request.digest).map_err(local),
+                None => private_temp_file(request.digest).map_err(local),
             }
-            None => {
-                let dir = std::env::temp_dir();
-                let hex =
-                    crate::store::content::parse_sha256_digest(request.digest).unwrap_or("blob");
-                let path = dir.join(format!("snapmend-blob-{hex}-{}", std::process::id()));
-                let guard = TempBlob(path.clone());
-                let mut file = std::fs::File::options()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .map_err(|e| local(Error::io(&path, e)))?;
-                client.download(request, creds, &mut file)?;
-                Ok((path, Some(guard)))
+        };
+        let mut out = LazyFile::new(&open);
+        let downloaded = client.download(request, creds, &mut out);
+        let opened = out.into_opened();
+        match (downloaded, opened) {
+            (Ok(_), Some((tmp, file))) => match &self.cache {
+                Some(cache) => {
+                    let guard = TempBlob(tmp.clone());
+                    let path = cache.commit(&tmp, &file, request.digest).map_err(local)?;
+                    std::mem::forget(guard);
+                    Ok((path, None))
+                }
+                None => Ok((tmp.clone(), Some(TempBlob(tmp)))),
+            },
+            (Ok(_), None) => Err(HostFailure::Local("the download wrote no file".into())),
+            (Err(e), opened) => {
+                if let Some((tmp, _)) = opened {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                Err(e)
             }
         }
     }
+}
+
+/// A new file only this process can open, in the temp directory (`--cache-dir none`);
+/// `O_EXCL`, so a planted file or symlink is never followed.
+fn private_temp_file(digest: &str) -> Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    let hex = crate::store::content::parse_sha256_digest(digest).unwrap_or("blob");
+    for n in 0u32..1000 {
+        let path = dir.join(format!("snapmend-blob-{hex}-{}-{n}", std::process::id()));
+        match std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Err(Error::io(
+        dir,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "no free temporary blob name",
+        ),
+    ))
 }
 
 fn load_hosts_source(config: &Path, explicit: Option<&Path>) -> Result<HostsSource> {
