@@ -67,6 +67,12 @@ pub struct FetchArgs {
     /// [default: /var/lib/kubelet/config.json if present]
     #[arg(long = "auth", value_name = "FILE")]
     pub auth: Vec<PathBuf>,
+    /// kubelet's credential provider config (`--image-credential-provider-config`)
+    #[arg(long, value_name = "FILE", requires = "credential_provider_bin_dir")]
+    pub credential_provider_config: Option<PathBuf>,
+    /// kubelet's credential provider plugin directory (`--image-credential-provider-bin-dir`)
+    #[arg(long, value_name = "DIR", requires = "credential_provider_config")]
+    pub credential_provider_bin_dir: Option<PathBuf>,
     /// Where verified fetched blobs are kept (`none`: temporary files only)
     #[arg(long, value_name = "DIR|none", default_value = crate::registry::DEFAULT_CACHE_DIR)]
     pub cache_dir: String,
@@ -84,6 +90,10 @@ impl FetchArgs {
             },
             registry_config: self.registry_config.clone(),
             auth_files: self.auth.clone(),
+            credential_provider: self
+                .credential_provider_config
+                .clone()
+                .zip(self.credential_provider_bin_dir.clone()),
             cache_dir: (self.cache_dir != "none").then(|| PathBuf::from(&self.cache_dir)),
             cache_max_bytes: self.cache_max_bytes,
         }

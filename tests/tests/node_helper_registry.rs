@@ -166,12 +166,16 @@ fn blobs_come_from_a_tls_registry_with_basic_auth_through_containerds_hosts() {
 
     let pause = pause_image(PAUSE).unwrap();
     let rich = rich_image(RICH).unwrap();
+    // The same image under the registry's own name, for the credential provider plugin
+    // (kubelet's plugins answer for the image's own registry).
+    let by_host = format!("{}/pause:3.10", main.host());
+    let pause_by_host = pause_image(&by_host).unwrap();
     main.push(&archive(&pause, &w.join("pause.tar")), "pause:3.10", &ca)
         .unwrap();
     main.push(&archive(&rich, &w.join("rich.tar")), "rich:1", &ca)
         .unwrap();
 
-    let s = Scenario::start(&[pause, rich]).unwrap();
+    let s = Scenario::start(&[pause, rich, pause_by_host]).unwrap();
     let pristine_pause = s.capture_pristine(PAUSE).unwrap();
     let pristine_rich = s.capture_pristine(RICH).unwrap();
     remove_layer_blobs(&s);
@@ -294,7 +298,10 @@ fn blobs_come_from_a_tls_registry_with_basic_auth_through_containerds_hosts() {
     assert_eq!(denied.code, Some(1), "{denied}");
     assert_eq!(report(&denied).outcome, Outcome::Unrepairable, "{denied}");
     assert_nothing_written(&pristine_pause, &damaged_pause);
-    assert!(!Path::new(&cache).exists(), "a refused download left files in the cache");
+    assert!(
+        !Path::new(&cache).exists(),
+        "a refused download left files in the cache"
+    );
 
     // Repair from the registry: equal to containerd's own unpack; blobs land in the cache.
     for (image, pristine) in [(PAUSE, &pristine_pause), (RICH, &pristine_rich)] {
@@ -331,6 +338,72 @@ fn blobs_come_from_a_tls_registry_with_basic_auth_through_containerds_hosts() {
             .iter()
             .all(|l| l.blob_source == Some(BlobSource::Cache)),
         "{cached}"
+    );
+
+    // kubelet's credential provider exec plugin supplies the credentials (no docker config).
+    let plugins = w.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::write(
+        plugins.join("test-provider"),
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho '{{\"kind\":\"CredentialProviderResponse\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"cacheKeyType\":\"Registry\",\"cacheDuration\":\"5m\",\"auth\":{{\"{}\":{{\"username\":\"{USER}\",\"password\":\"{PASSWORD}\"}}}}}}'\n",
+            main.host()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        plugins.join("test-provider"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let provider_config = w.join("credential-providers.yaml");
+    // kubelet matches ports exactly and globs host labels.
+    std::fs::write(
+        &provider_config,
+        format!("apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: test-provider\n    matchImages: [\"*.0.0.1:{}\"]\n    defaultCacheDuration: 1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n", main.addr.port()),
+    )
+    .unwrap();
+    write_hosts_toml(
+        &w.join("certs.d"),
+        &main.host(),
+        &format!(
+            "server = \"https://{}\"\nca = \"{}\"\n",
+            main.host(),
+            ca.ca_cert().display()
+        ),
+    )
+    .unwrap();
+    let empty = w.join("empty.json");
+    std::fs::write(&empty, "{}").unwrap();
+    let plugin = run(
+        &s,
+        &mut outputs,
+        "verify",
+        &by_host,
+        &[
+            "--registry-config",
+            &hosts,
+            "--auth",
+            empty.to_str().unwrap(),
+            "--cache-dir",
+            "none",
+            "--credential-provider-config",
+            provider_config.to_str().unwrap(),
+            "--credential-provider-bin-dir",
+            plugins.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(plugin.code, Some(0), "{plugin}");
+    let r = report(&plugin);
+    assert!(
+        r.layers
+            .iter()
+            .all(|l| l.blob_source == Some(BlobSource::Registry)),
+        "{plugin}"
+    );
+    assert_eq!(
+        r.layers[0].fetched_from.as_deref(),
+        Some(format!("{}/pause", main.host()).as_str())
     );
 
     // containerd's config.toml `config_path` is found without --registry-config.

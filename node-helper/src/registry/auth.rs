@@ -19,7 +19,6 @@ pub const MAX_AUTH_FILE: u64 = 4 << 20;
 pub struct Secret(String);
 
 impl Secret {
-    #[cfg(test)]
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())
     }
@@ -189,7 +188,7 @@ fn canonical_host(host: &str) -> String {
 }
 
 /// kubelet: ports must agree; each dot-separated label may be a glob (`*`).
-fn host_matches(pattern: &str, host: &str) -> bool {
+pub fn host_matches(pattern: &str, host: &str) -> bool {
     let port = |h: &str| h.strip_prefix(strip_port(h)).unwrap_or("").to_string();
     if port(pattern) != port(host) {
         return false;
@@ -204,7 +203,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
             .all(|(p, h)| crate::store::config::wildcard_match(p, h))
 }
 
-fn path_matches(prefix: &str, repository: &str) -> bool {
+pub fn path_matches(prefix: &str, repository: &str) -> bool {
     prefix.is_empty() || repository == prefix || repository.starts_with(&format!("{prefix}/"))
 }
 

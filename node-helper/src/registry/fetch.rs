@@ -12,6 +12,7 @@ use super::auth::DockerConfig;
 use super::cache::BlobCache;
 use super::client::{BlobRequest, HostClient, HostFailure, LazyFile};
 use super::containerd_config::{HostsSource, hosts_source};
+use super::credential_provider::CredentialProviders;
 use super::hosts::{RegistryHost, legacy_mirror_hosts, resolve_hosts};
 use super::reference::Source;
 use super::{FetchMode, FetchOptions};
@@ -53,6 +54,7 @@ pub struct BlobFetcher {
     sources: Vec<Source>,
     hosts: std::result::Result<HostsSource, String>,
     auth: std::result::Result<DockerConfig, String>,
+    providers: Option<std::result::Result<CredentialProviders, String>>,
     cache: Option<BlobCache>,
 }
 
@@ -75,6 +77,9 @@ impl BlobFetcher {
             opts.auth_files.iter().map(|f| (f.clone(), false)).collect()
         };
         let auth = DockerConfig::load(&auth_files).map_err(|e| e.to_string());
+        let providers = opts.credential_provider.as_ref().map(|(config, bin_dir)| {
+            CredentialProviders::load(config, bin_dir).map_err(|e| e.to_string())
+        });
         let cache = opts.cache_dir.as_ref().map(|dir| BlobCache {
             dir: dir.clone(),
             max_bytes: opts.cache_max_bytes,
@@ -83,6 +88,7 @@ impl BlobFetcher {
             sources,
             hosts,
             auth,
+            providers,
             cache,
         })
     }
@@ -123,6 +129,19 @@ impl BlobFetcher {
         let mut notes: Vec<String> = Vec::new();
         let mut mismatch = false;
         for source in &self.sources {
+            // kubelet's exec plugins answer per image; their keys are matched like auths.
+            let plugin_auth = match &self.providers {
+                None => DockerConfig::default(),
+                Some(Err(e)) => {
+                    notes.push(e.clone());
+                    DockerConfig::default()
+                }
+                Some(Ok(p)) => {
+                    let (auth, plugin_notes) = p.credentials_for(&source.to_string());
+                    notes.extend(plugin_notes);
+                    auth
+                }
+            };
             let hosts = match hosts_for(hosts_source, &source.host) {
                 Ok(h) => h,
                 Err(e) => {
@@ -139,7 +158,9 @@ impl BlobFetcher {
                     size,
                 };
                 // Credentials of the host contacted; a mirror never gets the upstream's.
-                let creds = auth.find(&host.host, &source.repository);
+                let creds = plugin_auth
+                    .find(&host.host, &source.repository)
+                    .or_else(|| auth.find(&host.host, &source.repository));
                 match self.fetch_from(host, &request, creds) {
                     Ok((path, temp)) => {
                         tracing::info!(from = %place, bytes = size, "fetched layer blob");

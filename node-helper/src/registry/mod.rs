@@ -7,6 +7,7 @@
 //! containerd_config  config.toml's CRI registry section: config_path or legacy mirrors
 //! hosts              hosts directories and hosts.toml → ordered RegistryHost list
 //! auth               docker config.json auths, WWW-Authenticate, token responses
+//! credential_provider kubelet's exec plugins (credentialprovider.kubelet.k8s.io/v1)
 //! client             reqwest + rustls per host; streaming, hashing, Range-free retries
 //! cache              verified fetched blobs, size cap, LRU
 //! fetch              per job: cache, then every source through every host
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod containerd_config;
+pub mod credential_provider;
 pub mod fetch;
 pub mod hosts;
 pub mod layer_blob;
@@ -48,6 +50,8 @@ pub struct FetchOptions {
     pub registry_config: Option<PathBuf>,
     /// docker config.json files; empty: [`DEFAULT_AUTH_FILE`] when present.
     pub auth_files: Vec<PathBuf>,
+    /// kubelet's `--image-credential-provider-config` and `--image-credential-provider-bin-dir`.
+    pub credential_provider: Option<(PathBuf, PathBuf)>,
     /// Verified fetched blobs; `None`: a temporary file per fetch, removed afterwards.
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: u64,
@@ -59,6 +63,7 @@ impl Default for FetchOptions {
             mode: FetchMode::Never,
             registry_config: None,
             auth_files: Vec::new(),
+            credential_provider: None,
             cache_dir: None,
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
