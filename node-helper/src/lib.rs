@@ -16,6 +16,7 @@ mod image;
 mod job;
 mod layer;
 mod registry;
+mod scan;
 mod store;
 mod workers;
 

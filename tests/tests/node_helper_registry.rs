@@ -532,6 +532,39 @@ fn a_registry_that_tampers_or_drops_the_connection_gets_nothing_written() {
             .all(|p| p.ends_with("?ns=snapmend.test"))
     );
 
+    // `scan` fetches too: every image of the namespace, its blobs from the registry.
+    let out = s
+        .helper
+        .command(
+            "scan",
+            &[
+                "--json",
+                "--registry-config",
+                &hosts,
+                "--auth",
+                &none_auth,
+                "--cache-dir",
+                "none",
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    outputs
+        .0
+        .push(format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let scan: snapmend_crds::ScanReport =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(scan.images.len(), 1, "{text}");
+    assert_eq!(scan.images[0].outcome, Outcome::Healthy, "{text}");
+    assert!(
+        scan.images[0]
+            .layers
+            .iter()
+            .all(|l| l.blob_source == Some(BlobSource::Registry)),
+        "{text}"
+    );
+
     // A registry with a token service: the bearer challenge is answered with the basic
     // credentials of the docker config; wrong ones are named as the token endpoint's 401.
     let blobs: Vec<(String, Vec<u8>)> = s.images[0]
