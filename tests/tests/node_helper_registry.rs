@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use snapmend_crds::{BlobSource, BlobState, LayerState, Outcome, Report};
 use snapmend_tests::image_builder::{ImageSpec, pause_image, rich_image, write_oci_archive};
-use snapmend_tests::node_helper_cli::{HelperRun, PristineImage, Scenario};
+use snapmend_tests::node_helper_cli::{HelperRun, PristineImage, Scenario, flip_blob_byte};
 use snapmend_tests::registry::{
     BlobMode, BlobServer, Registry, TestCa, write_docker_config, write_hosts_toml,
 };
@@ -445,7 +445,6 @@ fn a_registry_that_tampers_or_drops_the_connection_gets_nothing_written() {
     let rich = rich_image(RICH).unwrap();
     let s = Scenario::start(&[rich]).unwrap();
     let pristine = s.capture_pristine(RICH).unwrap();
-    remove_layer_blobs(&s);
     let blobs: Vec<(String, Vec<u8>)> = s.images[0]
         .layers
         .iter()
@@ -473,6 +472,32 @@ fn a_registry_that_tampers_or_drops_the_connection_gets_nothing_written() {
     ];
     let mut outputs = Outputs::default();
 
+    // A corrupt blob in the content store: the registry's copy is used instead.
+    flip_blob_byte(&s.fixture.blob_path(s.images[0].layers[0].digest())).unwrap();
+    let healed = run(&s, &mut outputs, "verify", RICH, &args);
+    assert_eq!(healed.code, Some(0), "{healed}");
+    let r = report(&healed);
+    assert_eq!(
+        r.layers[0].blob_source,
+        Some(BlobSource::Registry),
+        "{healed}"
+    );
+    assert!(
+        r.layers[0]
+            .blob_detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("content store: DigestMismatch"),
+        "{healed}"
+    );
+    assert!(
+        r.layers[1..]
+            .iter()
+            .all(|l| l.blob_source == Some(BlobSource::Local)),
+        "{healed}"
+    );
+
+    remove_layer_blobs(&s);
     delete_a_file(&pristine.layers[0].fs);
     delete_a_file(&pristine.layers[1].fs);
     let damaged = pristine.differences_now().unwrap();
