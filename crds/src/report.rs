@@ -60,6 +60,26 @@ pub struct LayerReport {
     /// `repair` removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leftover_staging: Option<String>,
+    /// Where the blob's bytes came from: the content store, a registry, or snapmend's cache
+    /// of verified fetched blobs (absent when no blob was read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_source: Option<BlobSource>,
+    /// `host/repository` the blob was fetched from (never credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_from: Option<String>,
+    /// Why a blob could not be used or fetched, per source (e.g. `127.0.0.1:5443: 401 Unauthorized`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_detail: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BlobSource {
+    /// containerd's content store on the node.
+    Local,
+    /// Fetched from a registry or mirror in this run.
+    Registry,
+    /// snapmend's cache of blobs fetched and verified earlier (`--cache-dir`).
+    Cache,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -226,6 +246,7 @@ mod tests {
             findings,
             entries_restored: None,
             leftover_staging: None,
+            ..Default::default()
         }
     }
 

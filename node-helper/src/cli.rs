@@ -47,6 +47,62 @@ pub struct StoreArgs {
     pub config: PathBuf,
 }
 
+/// When to fetch a layer blob from its registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FetchArg {
+    /// When the content store lacks the blob or it fails its digest
+    Auto,
+    /// Never: a missing blob stays Missing
+    Never,
+}
+
+/// Blobs the node does not have (contract: "Layer blobs from the registry"); shared with the agent.
+#[derive(Clone, Debug, Args)]
+pub struct FetchArgs {
+    /// Fetch layer blobs the content store lacks (or holds corrupt) from the image's registry
+    #[arg(long, value_enum, default_value_t = FetchArg::Auto)]
+    pub fetch: FetchArg,
+    /// containerd's registry hosts directory (hosts.toml per host; `:`-separated list)
+    /// [default: config.toml's registry config_path, else containerd's default]
+    #[arg(long, value_name = "DIR")]
+    pub registry_config: Option<PathBuf>,
+    /// docker config.json with registry credentials (repeatable)
+    /// [default: /var/lib/kubelet/config.json if present]
+    #[arg(long = "auth", value_name = "FILE")]
+    pub auth: Vec<PathBuf>,
+    /// kubelet's credential provider config (`--image-credential-provider-config`)
+    #[arg(long, value_name = "FILE", requires = "credential_provider_bin_dir")]
+    pub credential_provider_config: Option<PathBuf>,
+    /// kubelet's credential provider plugin directory (`--image-credential-provider-bin-dir`)
+    #[arg(long, value_name = "DIR", requires = "credential_provider_config")]
+    pub credential_provider_bin_dir: Option<PathBuf>,
+    /// Where verified fetched blobs are kept (`none`: temporary files only)
+    #[arg(long, value_name = "DIR|none", default_value = crate::registry::DEFAULT_CACHE_DIR)]
+    pub cache_dir: String,
+    /// Size cap of the blob cache in bytes; least recently used blobs are evicted first
+    #[arg(long, value_name = "BYTES", default_value_t = crate::registry::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
+}
+
+impl FetchArgs {
+    pub fn options(&self) -> crate::registry::FetchOptions {
+        crate::registry::FetchOptions {
+            mode: match self.fetch {
+                FetchArg::Auto => crate::registry::FetchMode::Auto,
+                FetchArg::Never => crate::registry::FetchMode::Never,
+            },
+            registry_config: self.registry_config.clone(),
+            auth_files: self.auth.clone(),
+            credential_provider: self
+                .credential_provider_config
+                .clone()
+                .zip(self.credential_provider_bin_dir.clone()),
+            cache_dir: (self.cache_dir != "none").then(|| PathBuf::from(&self.cache_dir)),
+            cache_max_bytes: self.cache_max_bytes,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct TargetArgs {
@@ -87,6 +143,8 @@ pub struct VerifyArgs {
     /// Print the Report as JSON (the only output on stdout)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -117,6 +175,8 @@ pub struct ScanArgs {
     /// Print the ScanReport as JSON (the only output on stdout)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 impl TargetArgs {
@@ -160,6 +220,7 @@ fn run_scan(args: &ScanArgs) -> i32 {
         content: args.content.into(),
         repair: args.repair,
         dry_run: args.dry_run,
+        fetch: args.fetch.options(),
     };
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
@@ -222,6 +283,7 @@ fn job_options(args: &VerifyArgs, dry_run: bool) -> crate::Result<JobOptions> {
         target: args.target.target(),
         content: args.content.into(),
         dry_run,
+        fetch: args.fetch.options(),
     })
 }
 
@@ -305,6 +367,17 @@ fn layer_summary(s: &mut String, l: &LayerReport) {
         "         blob {:?}, state {:?}, {} finding(s){restored}",
         l.blob, l.state, l.findings_total
     );
+    if let Some(source) = l.blob_source {
+        let from = l
+            .fetched_from
+            .as_deref()
+            .map(|f| format!(" {f}"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "         blob source {source:?}{from}");
+    }
+    if let Some(detail) = &l.blob_detail {
+        let _ = writeln!(s, "         blob detail {detail}");
+    }
     for f in l.findings.iter().take(SUMMARY_FINDINGS) {
         let detail = if f.detail.is_empty() {
             String::new()

@@ -15,6 +15,7 @@ mod error;
 mod image;
 mod job;
 mod layer;
+mod registry;
 mod scan;
 mod store;
 mod workers;

@@ -449,6 +449,12 @@ fn the_agent_daemonset_runs_privileged_on_every_node_with_the_containerd_store()
     let config = mount("/etc/containerd");
     assert_eq!(host_path(&config.name).as_deref(), Some("/etc/containerd"));
     assert_eq!(config.read_only, Some(true));
+    // The fetched-blob cache is snapmend's own directory, never containerd's content store.
+    let cache = mount("/var/lib/snapmend/blobs");
+    assert_eq!(
+        host_path(&cache.name).as_deref(),
+        Some("/var/lib/snapmend/blobs")
+    );
 }
 
 #[test]

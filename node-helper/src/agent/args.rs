@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
 
 use super::{AgentOptions, StoreOptions, holder_identity};
-use crate::cli::StoreArgs;
+use crate::cli::{FetchArgs, StoreArgs};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
@@ -23,6 +23,8 @@ pub struct AgentArgs {
     pub pod_name: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 impl AgentArgs {
@@ -36,6 +38,7 @@ impl AgentArgs {
                 root: self.store.root.clone(),
                 namespace: self.store.namespace.clone(),
                 config_path: self.store.config.clone(),
+                fetch: self.fetch.options(),
             },
         }
     }

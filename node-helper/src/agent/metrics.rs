@@ -189,6 +189,7 @@ mod tests {
                 findings: vec![],
                 entries_restored: None,
                 leftover_staging: None,
+                ..Default::default()
             }],
             ..Default::default()
         };

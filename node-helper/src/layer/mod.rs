@@ -77,6 +77,7 @@ fn empty_report(layer: &ResolvedLayer) -> LayerReport {
         findings: Vec::new(),
         entries_restored: None,
         leftover_staging: None,
+        ..Default::default()
     }
 }
 
