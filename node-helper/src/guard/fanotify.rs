@@ -267,7 +267,7 @@ pub mod tests {
             body.extend_from_slice(h);
             body.extend_from_slice(name.as_bytes());
             body.push(0);
-            while (body.len() + 4) % 4 != 0 {
+            while !(body.len() + 4).is_multiple_of(4) {
                 body.push(0);
             }
             info.push(libc::FAN_EVENT_INFO_TYPE_DFID_NAME);

@@ -102,7 +102,7 @@ pub struct Overflow {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Change(Change),
+    Change(Box<Change>),
     Overflow(Overflow),
 }
 
@@ -189,7 +189,7 @@ impl Guard {
         }
         for a in self.aggregator.due(Instant::now(), all) {
             self.stats.reported_changes += a.count;
-            out.push(Output::Change(Change::from_aggregate(a)));
+            out.push(Output::Change(Box::new(Change::from_aggregate(a))));
         }
     }
 
@@ -295,7 +295,7 @@ impl Guard {
             let process = ProcessInfo::read(event.pid);
             if let Some(early) = self.aggregator.open(key, process, &path, now, wall) {
                 self.stats.reported_changes += early.count;
-                out.push(Output::Change(Change::from_aggregate(early)));
+                out.push(Output::Change(Box::new(Change::from_aggregate(early))));
             }
         }
     }
