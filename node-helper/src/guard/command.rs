@@ -99,9 +99,17 @@ pub fn main(args: &GuardArgs) -> i32 {
 }
 
 fn layout(args: &GuardArgs) -> crate::Result<StoreLayout> {
-    let config = ContainerdConfig::load(&args.config)?;
-    let root = match &args.root {
-        Some(root) => root.clone(),
+    layout_for(args.root.as_deref(), &args.config)
+}
+
+/// The store layout from `--root` (else config.toml's `root`) and config.toml's `root_path`.
+pub fn layout_for(
+    root: Option<&std::path::Path>,
+    config: &std::path::Path,
+) -> crate::Result<StoreLayout> {
+    let config = ContainerdConfig::load(config)?;
+    let root = match root {
+        Some(root) => root.to_path_buf(),
         None => job::effective_root(None, &config),
     };
     Ok(StoreLayout::new(&root, config.overlay_root.as_deref()))

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::image::SnapshotKind;
 use crate::layer::repair::STAGING_DIR;
 use aggregate::{Aggregate, Aggregator, Key, Op};
-pub use command::{GuardArgs, main};
+pub use command::{GuardArgs, layout_for, main};
 pub use fanotify::Unavailable;
 use place::{Place, SnapshotKinds, inner_path, place_of};
 use process::{ProcessInfo, SelfIdentity, Writer};
