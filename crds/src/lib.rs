@@ -3,9 +3,11 @@
 
 pub mod labels;
 pub mod report;
+pub mod scan_report;
 pub mod snapshot_repair;
 
 pub use report::{BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report};
+pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
 pub use snapshot_repair::{
     ContentCheck, Phase, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,

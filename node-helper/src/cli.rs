@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use snapmend_crds::{ContentCheck, LayerReport, Outcome, Report};
+use snapmend_crds::{ContentCheck, LayerReport, Outcome, Report, ScanReport};
 
 use crate::job::{self, DEFAULT_CONFIG, DEFAULT_NAMESPACE, JobOptions, Target};
+use crate::scan::{self, Namespaces, ScanOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Restore damaged snapshots from their verified layer blobs, then verify again.
     Repair(RepairArgs),
+    /// Verify every image of the namespace(s) and the snapshot store itself (each shared layer once).
+    Scan(ScanArgs),
     /// Run as the per-node agent: answer this node's SnapshotRepair requests, keep the presence Lease.
     Agent(crate::agent::AgentArgs),
     /// Name the processes that change committed snapshots (fanotify), in the foreground until SIGINT/SIGTERM.
@@ -97,6 +100,27 @@ pub struct RepairArgs {
     pub dry_run: bool,
 }
 
+#[derive(Clone, Debug, Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Scan every containerd namespace instead of --namespace
+    #[arg(long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// How regular files are compared
+    #[arg(long, value_enum, default_value_t = ContentArg::Full)]
+    pub content: ContentArg,
+    /// Repair what the scan finds damaged (same rules as `repair`)
+    #[arg(long)]
+    pub repair: bool,
+    /// With --repair: plan and report, write nothing
+    #[arg(long, requires = "repair")]
+    pub dry_run: bool,
+    /// Print the ScanReport as JSON (the only output on stdout)
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl TargetArgs {
     pub fn target(&self) -> Target {
         match &self.image {
@@ -112,9 +136,84 @@ pub fn run(cli: Cli) -> i32 {
     match &cli.command {
         Command::Verify(args) => run_job(args, false, false),
         Command::Repair(args) => run_job(&args.verify, true, args.dry_run),
+        Command::Scan(args) => run_scan(args),
         Command::Agent(args) => crate::agent::main(args),
         Command::Guard(args) => crate::guard::main(args),
     }
+}
+
+/// Runs `scan`, shows progress on a terminal, prints the ScanReport; returns the exit status.
+fn run_scan(args: &ScanArgs) -> i32 {
+    use std::io::IsTerminal;
+    let root = match job::root_from(args.store.root.as_deref(), &args.store.config) {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let opts = ScanOptions {
+        root,
+        namespaces: if args.all_namespaces {
+            Namespaces::All
+        } else {
+            Namespaces::One(args.store.namespace.clone())
+        },
+        config_path: args.store.config.clone(),
+        content: args.content.into(),
+        repair: args.repair,
+        dry_run: args.dry_run,
+    };
+    let show_progress = !args.json && std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut progress = |done: usize, total: usize| {
+        // Only once it takes longer than a moment, and only for a person.
+        if show_progress && started.elapsed() > std::time::Duration::from_millis(500) {
+            eprint!("\rscanning: {done}/{total} images");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let report = scan::scan(&opts, &mut progress);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("cannot encode the report: {e}");
+                return 2;
+            }
+        }
+    } else {
+        print!("{}", scan_summary(&report));
+    }
+    report.exit_code()
+}
+
+/// The human summary of a scan: the images that are not healthy, then the store.
+pub fn scan_summary(r: &ScanReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "outcome  {:?}", r.outcome);
+    if let Some(message) = &r.message {
+        let _ = writeln!(s, "summary  {message}");
+    }
+    for image in r.images.iter().filter(|i| i.outcome != Outcome::Healthy) {
+        let _ = writeln!(s, "---");
+        s.push_str(&human_summary(image));
+    }
+    let store = [
+        ("missing", &r.snapshots.missing),
+        ("orphaned", &r.snapshots.orphaned),
+        ("unreferenced", &r.snapshots.unreferenced),
+    ];
+    for (what, list) in store {
+        for snap in list {
+            let key = snap.key.as_deref().unwrap_or("no record");
+            let _ = writeln!(s, "snapshot {what}: {} ({key})", snap.path);
+        }
+    }
+    let _ = writeln!(s, "took     {} ms", r.duration_ms);
+    s
 }
 
 /// Builds the job from arguments; the root follows `--root`, then config.toml, then the default.

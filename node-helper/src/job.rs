@@ -143,7 +143,7 @@ fn requested_name(target: &Target, error: &Error) -> String {
     }
 }
 
-fn error_message(e: &Error) -> String {
+pub(crate) fn error_message(e: &Error) -> String {
     match e {
         Error::ImageNotFound { .. } => {
             format!(
@@ -192,7 +192,7 @@ fn verify_layers(layers: &[ResolvedLayer], content: ContentCheck) -> Vec<LayerRe
     for_each_layer(layers, |layer| layer::verify_layer(layer, content))
 }
 
-fn for_each_layer<T: Send>(
+pub(crate) fn for_each_layer<T: Send>(
     layers: &[ResolvedLayer],
     work: impl Fn(&ResolvedLayer) -> T + Sync,
 ) -> Vec<T> {
@@ -218,7 +218,7 @@ fn for_each_layer<T: Send>(
         .collect()
 }
 
-fn layer_ok(l: &LayerReport) -> bool {
+pub(crate) fn layer_ok(l: &LayerReport) -> bool {
     l.state == LayerState::Healthy && l.blob == BlobState::Verified
 }
 
@@ -233,7 +233,7 @@ pub fn verify_outcome(layers: &[LayerReport]) -> Outcome {
 
 /// What a person should read next to a verification result. `refusals[i]` is why a repair
 /// would not touch layer i (`layer::refusal`), so verify promises only what repair does.
-fn verify_message(
+pub(crate) fn verify_message(
     layers: &[LayerReport],
     refusals: &[Option<String>],
     opts: &JobOptions,
@@ -412,35 +412,54 @@ fn repair_image(
     let attempts: Vec<LayerAttempt> = image
         .layers
         .iter()
-        .map(|layer| {
-            let _span =
-                tracing::info_span!("layer", index = layer.index, digest = %layer.digest).entered();
-            match layer::repair_layer(layer, &ropts) {
-                Ok(done) => LayerAttempt::Done(done),
-                Err(e) => {
-                    tracing::warn!(index = layer.index, error = %e, "layer repair failed");
-                    let busy = matches!(e, Error::Busy { .. });
-                    let report = LayerReport {
-                        index: layer.index,
-                        digest: layer.digest.clone(),
-                        diff_id: layer.diff_id.clone(),
-                        chain_id: layer.chain_id.clone(),
-                        snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
-                        snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
-                        state: LayerState::Corrupted,
-                        ..Default::default()
-                    };
-                    let error = e.to_string();
-                    if busy {
-                        LayerAttempt::Busy { report, error }
-                    } else {
-                        LayerAttempt::Failed { report, error }
-                    }
-                }
-            }
-        })
+        .map(|layer| attempt_repair(layer, &ropts))
         .collect();
+    settle_repair(&attempts, opts.dry_run)
+}
 
+/// Repairs one layer; a failure to run becomes an attempt, never an early return.
+pub(crate) fn attempt_repair(layer: &ResolvedLayer, ropts: &RepairOptions) -> LayerAttempt {
+    let _span = tracing::info_span!("layer", index = layer.index, digest = %layer.digest).entered();
+    match layer::repair_layer(layer, ropts) {
+        Ok(done) => LayerAttempt::Done(done),
+        Err(e) => {
+            tracing::warn!(index = layer.index, error = %e, "layer repair failed");
+            let busy = matches!(e, Error::Busy { .. });
+            let report = LayerReport {
+                index: layer.index,
+                digest: layer.digest.clone(),
+                diff_id: layer.diff_id.clone(),
+                chain_id: layer.chain_id.clone(),
+                snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
+                snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
+                state: LayerState::Corrupted,
+                ..Default::default()
+            };
+            let error = e.to_string();
+            if busy {
+                LayerAttempt::Busy { report, error }
+            } else {
+                LayerAttempt::Failed { report, error }
+            }
+        }
+    }
+}
+
+/// A layer that verification found healthy, as a repair attempt that had nothing to do.
+pub(crate) fn nothing_to_repair(report: LayerReport) -> LayerAttempt {
+    LayerAttempt::Done(LayerRepair {
+        report,
+        plan: Vec::new(),
+        reason: None,
+        confirmation: None,
+    })
+}
+
+/// Layer reports, outcome and message of one image's repair attempts (bottom layer first).
+pub(crate) fn settle_repair(
+    attempts: &[LayerAttempt],
+    dry_run: bool,
+) -> (Vec<LayerReport>, Outcome, Option<String>) {
     // Each repaired layer read back what it wrote; the rest was verified by its own pass.
     let post: Vec<LayerReport> = attempts
         .iter()
@@ -452,8 +471,8 @@ fn repair_image(
             _ => None,
         })
         .collect();
-    let outcome = repair_outcome(&attempts, &post, opts.dry_run);
-    let message = repair_message(&attempts, &post, outcome, opts.dry_run);
+    let outcome = repair_outcome(attempts, &post, dry_run);
+    let message = repair_message(attempts, &post, outcome, dry_run);
 
     let layers = attempts
         .iter()
@@ -540,7 +559,7 @@ fn repair_message(
 }
 
 /// Mounts (overlays and binds, host mountinfo) that use any snapshot of the image.
-fn count_mounts(store: &Store, image: &ResolvedImage) -> u32 {
+pub(crate) fn count_mounts(store: &Store, image: &ResolvedImage) -> u32 {
     let targets: Vec<SnapshotFs> = image
         .layers
         .iter()

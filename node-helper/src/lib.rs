@@ -17,6 +17,7 @@ mod guard;
 mod image;
 mod job;
 mod layer;
+mod scan;
 mod store;
 mod workers;
 

@@ -86,6 +86,23 @@ pub fn lock_snapshot(dir: &Path) -> Result<SnapshotLock> {
     Ok(SnapshotLock { _dir: file })
 }
 
+/// A committed snapshot whose whole directory was deleted (containerd then fails with
+/// `failed to stat parent: stat …/snapshots/<id>/fs`) gets it back as containerd makes it
+/// (0700, root); `fs` is rebuilt inside it like a missing `fs`. `snapshots/` itself must exist.
+fn recreate_snapshot_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::info!(dir = %dir.display(), "snapshot directory is gone; recreating it");
+            std::fs::DirBuilder::new()
+                .mode_0700()
+                .create(dir)
+                .map_err(|e| Error::io(dir, e))
+        }
+        Err(e) => Err(Error::io(dir, e)),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// `snapshots/<id>/snapmend-staging`, and the snapshot directory's original times.
 pub struct Staging {
     pub path: PathBuf,
@@ -296,6 +313,7 @@ pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair
     let _lock = if opts.dry_run {
         None
     } else {
+        recreate_snapshot_dir(&snap.dir)?;
         Some(lock_snapshot(&snap.dir)?)
     };
     let staging = if opts.dry_run {

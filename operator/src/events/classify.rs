@@ -4,7 +4,8 @@
 //! cgroups, registry, disk full, host runtime binaries) never reaches a repair; strong signatures
 //! (missing snapshot directories, missing parents, lowerdir gone, a sandbox whose pause binary is
 //! gone) lead to a repair; ambiguous ones (an application's absolute entrypoint missing, exec format
-//! error, a blob missing from the content store) lead at most to a read-only verification.
+//! error, a blob missing from the content store, a user lookup without `/etc/passwd` or
+//! `/etc/group`) lead at most to a read-only verification.
 
 use std::fmt;
 
@@ -62,6 +63,7 @@ pub enum Signature {
     ExecFormatError,
     EntrypointPermissionDenied,
     EntrypointNotInPath,
+    UserDatabaseMissing,
     // Nothing matched.
     NoSignature,
 }
@@ -98,6 +100,7 @@ impl Signature {
             Signature::ExecFormatError => "exec-format-error",
             Signature::EntrypointPermissionDenied => "entrypoint-permission-denied",
             Signature::EntrypointNotInPath => "entrypoint-not-in-path",
+            Signature::UserDatabaseMissing => "user-database-missing",
             Signature::NoSignature => "no-signature",
         }
     }
@@ -185,7 +188,8 @@ fn verdict_for(signature: Signature) -> Verdict {
         | Signature::ExecUserProcessEnoent
         | Signature::ExecFormatError
         | Signature::EntrypointPermissionDenied
-        | Signature::EntrypointNotInPath => Verdict::Verify,
+        | Signature::EntrypointNotInPath
+        | Signature::UserDatabaseMissing => Verdict::Verify,
         _ => Verdict::Ignore,
     }
 }
@@ -577,6 +581,21 @@ fn find_ambiguous(text: &str, exec: Option<&ExecTarget>) -> Option<Signature> {
     }
     if text.contains("exec user process caused") && text.contains(ENOENT) {
         return Some(Signature::ExecUserProcessEnoent);
+    }
+    // The runtime looked a user or group up in the mounted rootfs and found no database (or
+    // no entry): a damaged layer, or an image built without that user; verification tells.
+    if text.contains(ENOENT) && has_any(text, &["/etc/passwd", "/etc/group"])
+        || has_any(
+            text,
+            &[
+                "unable to find user",
+                "unable to find group",
+                "no matching entries in passwd file",
+                "no matching entries in group file",
+            ],
+        )
+    {
+        return Some(Signature::UserDatabaseMissing);
     }
     if text.contains("exec format error") {
         return Some(Signature::ExecFormatError);

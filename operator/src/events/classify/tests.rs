@@ -261,6 +261,26 @@ fn ambiguous_application_failures_only_verify() {
             "standard_init_linux.go:228: exec user process caused: no such file or directory",
             Signature::ExecUserProcessEnoent,
         ),
+        (
+            "Failed",
+            "Error: failed to create containerd container: mount callback failed on /var/lib/containerd/tmpmounts/containerd-mount1234: open /var/lib/containerd/tmpmounts/containerd-mount1234/etc/passwd: no such file or directory",
+            Signature::UserDatabaseMissing,
+        ),
+        (
+            "Failed",
+            "Error: failed to create containerd container: mount callback failed on /var/lib/containerd/tmpmounts/containerd-mount99: open /var/lib/containerd/tmpmounts/containerd-mount99/etc/group: no such file or directory",
+            Signature::UserDatabaseMissing,
+        ),
+        (
+            "Failed",
+            r#"Error: failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: unable to find user app: no matching entries in passwd file: unknown"#,
+            Signature::UserDatabaseMissing,
+        ),
+        (
+            "CreateContainerError",
+            "Error: container create failed: unable to find group app: no matching entries in group file",
+            Signature::UserDatabaseMissing,
+        ),
     ];
     for (reason, m, sig) in cases {
         let c = classify(reason, m);
@@ -438,6 +458,7 @@ fn signature_names_are_unique() {
         Signature::ExecFormatError,
         Signature::EntrypointPermissionDenied,
         Signature::EntrypointNotInPath,
+        Signature::UserDatabaseMissing,
         Signature::NoSignature,
     ];
     let names: std::collections::HashSet<_> = all.iter().map(|s| s.name()).collect();
@@ -569,4 +590,20 @@ fn a_missing_snapshots_directory_is_store_damage() {
 fn a_missing_mount_helper_on_the_host_is_vetoed() {
     let m = "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed to mount rootfs component &{fuse3.fuse-overlayfs overlay [lowerdir=/var/lib/containerd/io.containerd.snapshotter.v1.fuse-overlayfs/snapshots/3/fs]}: mount helper [mount.fuse3 [overlay /run/containerd/rootfs]] failed: \"\": exec: \"mount.fuse3\": executable file not found in $PATH: no such file or directory: unknown";
     assert_eq!(classify(SANDBOX, m).signature, Signature::VetoRuntimeBinary);
+}
+
+#[test]
+fn user_database_look_alikes_stay_vetoed_or_ignored() {
+    // A passwd file from a volume or a host path is not the image's.
+    let volume = classify(
+        "Failed",
+        "Error: failed to create containerd container: mount callback failed: open /var/lib/kubelet/pods/1/volumes/kubernetes.io~configmap/users/etc/passwd: no such file or directory",
+    );
+    assert_eq!(volume.verdict, Verdict::Ignore, "{volume:?}");
+    // The file exists and only the read was refused: not a missing database.
+    let denied = classify(
+        "Failed",
+        "open /var/lib/containerd/tmpmounts/containerd-mount1/etc/passwd: permission denied",
+    );
+    assert_eq!(denied.verdict, Verdict::Ignore, "{denied:?}");
 }
