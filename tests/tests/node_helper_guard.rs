@@ -407,3 +407,27 @@ fn a_burst_of_100000_deletions_is_aggregated_or_reported_as_overflow() {
         assert!(changes_by(&lines, pid).len() < 100, "{} lines", lines.len());
     }
 }
+
+#[test]
+fn without_cap_sys_admin_the_guard_exits_2_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = dir
+        .path()
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    let binary = snapmend_tests::node_helper_cli::node_helper_binary().unwrap();
+    // setpriv (util-linux) drops to nobody, and with it every capability.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .arg("guard")
+        .arg("--root")
+        .arg(dir.path())
+        .args(["--config", "/nonexistent/config.toml", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("CAP_SYS_ADMIN"), "{stderr}");
+}
