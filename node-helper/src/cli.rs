@@ -31,6 +31,8 @@ pub enum Command {
     Scan(ScanArgs),
     /// Run as the per-node agent: answer this node's SnapshotRepair requests, keep the presence Lease.
     Agent(crate::agent::AgentArgs),
+    /// Name the processes that change committed snapshots (fanotify), in the foreground until SIGINT/SIGTERM.
+    Guard(crate::guard::GuardArgs),
 }
 
 /// Where containerd keeps its store; shared with the agent.
@@ -196,6 +198,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Repair(args) => run_job(&args.verify, true, args.dry_run),
         Command::Scan(args) => run_scan(args),
         Command::Agent(args) => crate::agent::main(args),
+        Command::Guard(args) => crate::guard::main(args),
     }
 }
 

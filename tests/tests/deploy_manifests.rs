@@ -213,6 +213,8 @@ fn the_agent_may_only_read_repairs_patch_their_status_and_keep_its_lease() {
     assert_eq!(
         rules_of(&cluster.rules),
         vec![
+            // The culprit guard's SnapshotTampered Events on the Node.
+            rule("events.k8s.io", "events", &["create", "patch"]),
             rule("snapmend.io", "snapshotrepairs", &["get", "list", "watch"]),
             rule("snapmend.io", "snapshotrepairs/status", &["patch"]),
         ]
