@@ -36,6 +36,18 @@ pub enum Outcome {
     Error,
 }
 
+impl Outcome {
+    /// The node-helper CLI's exit status (contract: 0 healthy/repaired, 1 corruption found or
+    /// not fully repaired, 2 could not run).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Healthy | Outcome::Repaired => 0,
+            Outcome::Corrupted | Outcome::Unrepairable => 1,
+            Outcome::Error => 2,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LayerReport {
@@ -220,11 +232,7 @@ impl Report {
     /// Exit status of the node-helper CLI for this report (contract: 0 healthy/repaired,
     /// 1 corruption or not fully repaired, 2 could not run).
     pub fn exit_code(&self) -> i32 {
-        match self.outcome {
-            Outcome::Healthy | Outcome::Repaired => 0,
-            Outcome::Corrupted | Outcome::Unrepairable => 1,
-            Outcome::Error => 2,
-        }
+        self.outcome.exit_code()
     }
 }
 

@@ -237,18 +237,36 @@ fn run_scan(args: &ScanArgs) -> i32 {
         }
     };
     let report = scan::scan(&opts, &mut progress);
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("cannot encode the report: {e}");
-                return 2;
-            }
-        }
-    } else {
-        print!("{}", scan_summary(&report));
+    print_result(
+        &report,
+        args.json,
+        || scan_summary(&report),
+        report.exit_code(),
+    )
+}
+
+/// Prints `report` as JSON (and nothing else) or as the human summary; returns `code`, or 2
+/// when the report cannot be encoded.
+fn print_result(
+    report: &impl serde::Serialize,
+    json: bool,
+    human: impl FnOnce() -> String,
+    code: i32,
+) -> i32 {
+    if !json {
+        print!("{}", human());
+        return code;
     }
-    report.exit_code()
+    match serde_json::to_string_pretty(report) {
+        Ok(text) => {
+            println!("{text}");
+            code
+        }
+        Err(e) => {
+            eprintln!("cannot encode the report: {e}");
+            2
+        }
+    }
 }
 
 /// The human summary of a scan: the images that are not healthy, then the store.
@@ -302,18 +320,12 @@ fn run_job(args: &VerifyArgs, repair: bool, dry_run: bool) -> i32 {
             ..Default::default()
         },
     };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("cannot encode the report: {e}");
-                return 2;
-            }
-        }
-    } else {
-        print!("{}", human_summary(&report));
-    }
-    report.exit_code()
+    print_result(
+        &report,
+        args.json,
+        || human_summary(&report),
+        report.exit_code(),
+    )
 }
 
 /// Findings shown per layer in the human summary.

@@ -477,14 +477,8 @@ pub(crate) fn attempt_repair(
             tracing::warn!(index = layer.index, error = %e, "layer repair failed");
             let busy = matches!(e, Error::Busy { .. });
             let report = LayerReport {
-                index: layer.index,
-                digest: layer.digest.clone(),
-                diff_id: layer.diff_id.clone(),
-                chain_id: layer.chain_id.clone(),
-                snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
-                snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
                 state: LayerState::Corrupted,
-                ..Default::default()
+                ..layer::empty_report(layer)
             };
             let error = e.to_string();
             if busy {
