@@ -19,6 +19,7 @@ lint:
 # The binaries are built first: end-to-end tests run the real snapmend-operator and
 # snapmend-node-helper, and `cargo test` only builds binaries of packages with integration tests.
 # The crash tests abort the helper at chosen points: only test builds have that knob.
+# tests/src/kubelet/scenario.rs (TEST_FEATURES) rebuilds the binaries with the same features.
 TEST_FEATURES := --features snapmend-node-helper/fault-injection
 
 test: deps lint

@@ -6,7 +6,9 @@ pub mod report;
 pub mod scan_report;
 pub mod snapshot_repair;
 
-pub use report::{BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report};
+pub use report::{
+    BlobSource, BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report,
+};
 pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
 pub use snapshot_repair::{
     ContentCheck, Phase, RepairAction, RepairRequest, RequestReport, SnapshotRepair,

@@ -36,6 +36,18 @@ pub enum Outcome {
     Error,
 }
 
+impl Outcome {
+    /// The node-helper CLI's exit status (contract: 0 healthy/repaired, 1 corruption found or
+    /// not fully repaired, 2 could not run).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Healthy | Outcome::Repaired => 0,
+            Outcome::Corrupted | Outcome::Unrepairable => 1,
+            Outcome::Error => 2,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LayerReport {
@@ -60,6 +72,26 @@ pub struct LayerReport {
     /// `repair` removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leftover_staging: Option<String>,
+    /// Where the blob's bytes came from: the content store, a registry, or snapmend's cache
+    /// of verified fetched blobs (absent when no blob was read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_source: Option<BlobSource>,
+    /// `host/repository` the blob was fetched from (never credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_from: Option<String>,
+    /// Why a blob could not be used or fetched, per source (e.g. `127.0.0.1:5443: 401 Unauthorized`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_detail: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BlobSource {
+    /// containerd's content store on the node.
+    Local,
+    /// Fetched from a registry or mirror in this run.
+    Registry,
+    /// snapmend's cache of blobs fetched and verified earlier (`--cache-dir`).
+    Cache,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -200,11 +232,7 @@ impl Report {
     /// Exit status of the node-helper CLI for this report (contract: 0 healthy/repaired,
     /// 1 corruption or not fully repaired, 2 could not run).
     pub fn exit_code(&self) -> i32 {
-        match self.outcome {
-            Outcome::Healthy | Outcome::Repaired => 0,
-            Outcome::Corrupted | Outcome::Unrepairable => 1,
-            Outcome::Error => 2,
-        }
+        self.outcome.exit_code()
     }
 }
 
@@ -226,6 +254,7 @@ mod tests {
             findings,
             entries_restored: None,
             leftover_staging: None,
+            ..Default::default()
         }
     }
 

@@ -57,11 +57,7 @@ pub struct StoreSnapshot {
 impl ScanReport {
     /// Exit status as for verify: 0 healthy (or repaired), 1 damage found or left, 2 could not run.
     pub fn exit_code(&self) -> i32 {
-        match self.outcome {
-            Outcome::Healthy | Outcome::Repaired => 0,
-            Outcome::Corrupted | Outcome::Unrepairable => 1,
-            Outcome::Error => 2,
-        }
+        self.outcome.exit_code()
     }
 }
 

@@ -31,6 +31,8 @@ pub enum Command {
     Scan(ScanArgs),
     /// Run as the per-node agent: answer this node's SnapshotRepair requests, keep the presence Lease.
     Agent(crate::agent::AgentArgs),
+    /// Name the processes that change committed snapshots (fanotify), in the foreground until SIGINT/SIGTERM.
+    Guard(crate::guard::GuardArgs),
 }
 
 /// Where containerd keeps its store; shared with the agent.
@@ -45,6 +47,62 @@ pub struct StoreArgs {
     /// containerd config file, read for `root`, the sandbox image and the overlayfs root_path
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+}
+
+/// When to fetch a layer blob from its registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FetchArg {
+    /// When the content store lacks the blob or it fails its digest
+    Auto,
+    /// Never: a missing blob stays Missing
+    Never,
+}
+
+/// Blobs the node does not have (contract: "Layer blobs from the registry"); shared with the agent.
+#[derive(Clone, Debug, Args)]
+pub struct FetchArgs {
+    /// Fetch layer blobs the content store lacks (or holds corrupt) from the image's registry
+    #[arg(long, value_enum, default_value_t = FetchArg::Auto)]
+    pub fetch: FetchArg,
+    /// containerd's registry hosts directory (hosts.toml per host; `:`-separated list)
+    /// [default: config.toml's registry config_path, else containerd's default]
+    #[arg(long, value_name = "DIR")]
+    pub registry_config: Option<PathBuf>,
+    /// docker config.json with registry credentials (repeatable)
+    /// [default: /var/lib/kubelet/config.json if present]
+    #[arg(long = "auth", value_name = "FILE")]
+    pub auth: Vec<PathBuf>,
+    /// kubelet's credential provider config (`--image-credential-provider-config`)
+    #[arg(long, value_name = "FILE", requires = "credential_provider_bin_dir")]
+    pub credential_provider_config: Option<PathBuf>,
+    /// kubelet's credential provider plugin directory (`--image-credential-provider-bin-dir`)
+    #[arg(long, value_name = "DIR", requires = "credential_provider_config")]
+    pub credential_provider_bin_dir: Option<PathBuf>,
+    /// Where verified fetched blobs are kept (`none`: temporary files only)
+    #[arg(long, value_name = "DIR|none", default_value = crate::registry::DEFAULT_CACHE_DIR)]
+    pub cache_dir: String,
+    /// Size cap of the blob cache in bytes; least recently used blobs are evicted first
+    #[arg(long, value_name = "BYTES", default_value_t = crate::registry::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
+}
+
+impl FetchArgs {
+    pub fn options(&self) -> crate::registry::FetchOptions {
+        crate::registry::FetchOptions {
+            mode: match self.fetch {
+                FetchArg::Auto => crate::registry::FetchMode::Auto,
+                FetchArg::Never => crate::registry::FetchMode::Never,
+            },
+            registry_config: self.registry_config.clone(),
+            auth_files: self.auth.clone(),
+            credential_provider: self
+                .credential_provider_config
+                .clone()
+                .zip(self.credential_provider_bin_dir.clone()),
+            cache_dir: (self.cache_dir != "none").then(|| PathBuf::from(&self.cache_dir)),
+            cache_max_bytes: self.cache_max_bytes,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -87,6 +145,8 @@ pub struct VerifyArgs {
     /// Print the Report as JSON (the only output on stdout)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -117,6 +177,8 @@ pub struct ScanArgs {
     /// Print the ScanReport as JSON (the only output on stdout)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 impl TargetArgs {
@@ -136,6 +198,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Repair(args) => run_job(&args.verify, true, args.dry_run),
         Command::Scan(args) => run_scan(args),
         Command::Agent(args) => crate::agent::main(args),
+        Command::Guard(args) => crate::guard::main(args),
     }
 }
 
@@ -160,6 +223,7 @@ fn run_scan(args: &ScanArgs) -> i32 {
         content: args.content.into(),
         repair: args.repair,
         dry_run: args.dry_run,
+        fetch: args.fetch.options(),
     };
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
@@ -173,18 +237,36 @@ fn run_scan(args: &ScanArgs) -> i32 {
         }
     };
     let report = scan::scan(&opts, &mut progress);
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("cannot encode the report: {e}");
-                return 2;
-            }
-        }
-    } else {
-        print!("{}", scan_summary(&report));
+    print_result(
+        &report,
+        args.json,
+        || scan_summary(&report),
+        report.exit_code(),
+    )
+}
+
+/// Prints `report` as JSON (and nothing else) or as the human summary; returns `code`, or 2
+/// when the report cannot be encoded.
+fn print_result(
+    report: &impl serde::Serialize,
+    json: bool,
+    human: impl FnOnce() -> String,
+    code: i32,
+) -> i32 {
+    if !json {
+        print!("{}", human());
+        return code;
     }
-    report.exit_code()
+    match serde_json::to_string_pretty(report) {
+        Ok(text) => {
+            println!("{text}");
+            code
+        }
+        Err(e) => {
+            eprintln!("cannot encode the report: {e}");
+            2
+        }
+    }
 }
 
 /// The human summary of a scan: the images that are not healthy, then the store.
@@ -222,6 +304,7 @@ fn job_options(args: &VerifyArgs, dry_run: bool) -> crate::Result<JobOptions> {
         target: args.target.target(),
         content: args.content.into(),
         dry_run,
+        fetch: args.fetch.options(),
     })
 }
 
@@ -237,18 +320,12 @@ fn run_job(args: &VerifyArgs, repair: bool, dry_run: bool) -> i32 {
             ..Default::default()
         },
     };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("cannot encode the report: {e}");
-                return 2;
-            }
-        }
-    } else {
-        print!("{}", human_summary(&report));
-    }
-    report.exit_code()
+    print_result(
+        &report,
+        args.json,
+        || human_summary(&report),
+        report.exit_code(),
+    )
 }
 
 /// Findings shown per layer in the human summary.
@@ -305,6 +382,17 @@ fn layer_summary(s: &mut String, l: &LayerReport) {
         "         blob {:?}, state {:?}, {} finding(s){restored}",
         l.blob, l.state, l.findings_total
     );
+    if let Some(source) = l.blob_source {
+        let from = l
+            .fetched_from
+            .as_deref()
+            .map(|f| format!(" {f}"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "         blob source {source:?}{from}");
+    }
+    if let Some(detail) = &l.blob_detail {
+        let _ = writeln!(s, "         blob detail {detail}");
+    }
     for f in l.findings.iter().take(SUMMARY_FINDINGS) {
         let detail = if f.detail.is_empty() {
             String::new()

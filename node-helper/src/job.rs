@@ -14,6 +14,8 @@ use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState, Outcome, R
 use crate::error::{Error, Result};
 use crate::image::{Platform, ResolvedImage, ResolvedLayer};
 use crate::layer::{self, LayerRepair, RepairOptions};
+use crate::registry::layer_blob;
+use crate::registry::{BlobFetcher, FetchOptions};
 use crate::store::config::ContainerdConfig;
 use crate::store::mountinfo::{self, SnapshotFs};
 use crate::store::{Store, StoreLayout};
@@ -49,6 +51,8 @@ pub struct JobOptions {
     pub content: ContentCheck,
     /// Repair only: plan, but write nothing.
     pub dry_run: bool,
+    /// Blobs the node lacks: from which registry, with which credentials, cached where.
+    pub fetch: FetchOptions,
 }
 
 /// containerd's root: an explicit `--root`, else config.toml's `root`, else the default.
@@ -70,8 +74,8 @@ pub fn root_from(explicit: Option<&Path>, config_path: &Path) -> Result<PathBuf>
 /// Verifies every layer of the target image against its blob.
 #[tracing::instrument(skip_all, fields(target = ?opts.target, root = %opts.root.display()))]
 pub fn verify(opts: &JobOptions) -> Report {
-    timed(opts, |image| {
-        let layers = verify_layers(&image.layers, opts.content);
+    timed(opts, |image, fetcher| {
+        let layers = verify_layers(&image.layers, opts.content, fetcher);
         let outcome = verify_outcome(&layers);
         let refusals: Vec<Option<String>> = image.layers.iter().map(layer::refusal).collect();
         let message = verify_message(&layers, &refusals, opts);
@@ -83,19 +87,31 @@ pub fn verify(opts: &JobOptions) -> Report {
 /// layers again.
 #[tracing::instrument(skip_all, fields(target = ?opts.target, root = %opts.root.display(), dry_run = opts.dry_run))]
 pub fn repair(opts: &JobOptions) -> Report {
-    timed(opts, |image| repair_image(image, opts))
+    timed(opts, |image, fetcher| repair_image(image, opts, fetcher))
 }
 
 /// Runs `body` on the resolved image and fills in the common report fields.
 fn timed(
     opts: &JobOptions,
-    body: impl FnOnce(&ResolvedImage) -> (Vec<LayerReport>, Outcome, Option<String>),
+    body: impl FnOnce(
+        &ResolvedImage,
+        Option<&BlobFetcher>,
+    ) -> (Vec<LayerReport>, Outcome, Option<String>),
 ) -> Report {
     let started = Instant::now();
     let mut report = match resolve(opts) {
         Ok((store, image)) => {
+            let fetcher = blob_fetcher(
+                &opts.fetch,
+                &opts.config_path,
+                &opts.namespace,
+                &store,
+                &image,
+            );
             // A bug in a layer engine must not take the agent down with it: report it instead.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&image)));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                body(&image, fetcher.as_ref())
+            }));
             let (layers, outcome, message) = ran.unwrap_or_else(|panic| {
                 let what = panic
                     .downcast_ref::<String>()
@@ -159,6 +175,25 @@ pub(crate) fn error_message(e: &Error) -> String {
     }
 }
 
+/// The fetcher for blobs the node lacks, with every registry source the image names: its
+/// name, and the `containerd.io/distribution.source.*` labels of its manifest, config and
+/// layer blobs (the manifest's and config's survive `discard_unpacked_layers`).
+pub(crate) fn blob_fetcher(
+    fetch: &FetchOptions,
+    config_path: &Path,
+    namespace: &str,
+    store: &Store,
+    image: &ResolvedImage,
+) -> Option<BlobFetcher> {
+    let mut labels = store.meta.content_labels(namespace, &image.manifest_digest);
+    labels.extend(store.meta.content_labels(namespace, &image.config_digest));
+    for layer in &image.layers {
+        labels.extend(store.meta.content_labels(namespace, &layer.digest));
+    }
+    let sources = crate::registry::image_sources(&image.name, &labels);
+    BlobFetcher::new(fetch, config_path, sources)
+}
+
 /// Opens the store and resolves the target for this node's platform.
 fn resolve(opts: &JobOptions) -> Result<(Store, ResolvedImage)> {
     let config = ContainerdConfig::load(&opts.config_path)?;
@@ -188,8 +223,14 @@ fn sandbox_reference(store: &Store, namespace: &str, config: &ContainerdConfig) 
 }
 
 /// Verifies layers on a few threads; results come back in layer order.
-fn verify_layers(layers: &[ResolvedLayer], content: ContentCheck) -> Vec<LayerReport> {
-    for_each_layer(layers, |layer| layer::verify_layer(layer, content))
+fn verify_layers(
+    layers: &[ResolvedLayer],
+    content: ContentCheck,
+    fetcher: Option<&BlobFetcher>,
+) -> Vec<LayerReport> {
+    for_each_layer(layers, |layer| {
+        layer_blob::verify_layer(layer, content, fetcher)
+    })
 }
 
 pub(crate) fn for_each_layer<T: Send>(
@@ -311,7 +352,12 @@ fn blob_notes(layers: &[LayerReport]) -> Vec<String> {
                 BlobState::DiffIdMismatch => "does not decompress to its diffID",
                 BlobState::Unreadable => "cannot be read",
             };
-            Some(format!("layer {} blob {} {why}, so it cannot be used to check or restore the snapshot; {advice}", l.index, l.digest))
+            let registry = l
+                .blob_detail
+                .as_deref()
+                .map(|d| format!(" (tried: {d})"))
+                .unwrap_or_default();
+            Some(format!("layer {} blob {} {why}{registry}, so it cannot be used to check or restore the snapshot; {advice}", l.index, l.digest))
         })
         .collect()
 }
@@ -402,6 +448,7 @@ pub fn repair_outcome(
 fn repair_image(
     image: &ResolvedImage,
     opts: &JobOptions,
+    fetcher: Option<&BlobFetcher>,
 ) -> (Vec<LayerReport>, Outcome, Option<String>) {
     let ropts = RepairOptions {
         dry_run: opts.dry_run,
@@ -412,28 +459,26 @@ fn repair_image(
     let attempts: Vec<LayerAttempt> = image
         .layers
         .iter()
-        .map(|layer| attempt_repair(layer, &ropts))
+        .map(|layer| attempt_repair(layer, &ropts, fetcher))
         .collect();
     settle_repair(&attempts, opts.dry_run)
 }
 
 /// Repairs one layer; a failure to run becomes an attempt, never an early return.
-pub(crate) fn attempt_repair(layer: &ResolvedLayer, ropts: &RepairOptions) -> LayerAttempt {
+pub(crate) fn attempt_repair(
+    layer: &ResolvedLayer,
+    ropts: &RepairOptions,
+    fetcher: Option<&BlobFetcher>,
+) -> LayerAttempt {
     let _span = tracing::info_span!("layer", index = layer.index, digest = %layer.digest).entered();
-    match layer::repair_layer(layer, ropts) {
+    match layer_blob::repair_layer(layer, ropts, fetcher) {
         Ok(done) => LayerAttempt::Done(done),
         Err(e) => {
             tracing::warn!(index = layer.index, error = %e, "layer repair failed");
             let busy = matches!(e, Error::Busy { .. });
             let report = LayerReport {
-                index: layer.index,
-                digest: layer.digest.clone(),
-                diff_id: layer.diff_id.clone(),
-                chain_id: layer.chain_id.clone(),
-                snapshot_id: layer.snapshot.as_ref().map(|s| s.id.clone()),
-                snapshot_path: layer.snapshot.as_ref().map(|s| s.fs.display().to_string()),
                 state: LayerState::Corrupted,
-                ..Default::default()
+                ..layer::empty_report(layer)
             };
             let error = e.to_string();
             if busy {
@@ -793,6 +838,7 @@ mod tests {
             target,
             content: ContentCheck::Full,
             dry_run: false,
+            fetch: FetchOptions::default(),
         }
     }
 
@@ -845,7 +891,7 @@ mod tests {
     fn a_panicking_layer_engine_becomes_an_error_report() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/store");
         let opts = options(&root, Target::Image("snapmend.test/pause:schema2".into()));
-        let r = timed(&opts, |_| panic!("engine bug"));
+        let r = timed(&opts, |_, _| panic!("engine bug"));
         assert_eq!(r.outcome, Outcome::Error);
         assert_eq!(r.image, "snapmend.test/pause:schema2");
         assert_eq!(r.message.as_deref(), Some("internal error: engine bug"));

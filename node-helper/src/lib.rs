@@ -4,7 +4,8 @@
 //! The pipeline reads like the folder tree:
 //! `store` (bolt, content, config, mountinfo) → `image` (manifest, chain ids, snapshots)
 //! → `layer` (expected entries; verify and repair one layer) → `job` (one image, the Report)
-//! → `cli`; `agent` runs the same jobs for SnapshotRepair requests on its node.
+//! → `cli`; `agent` runs the same jobs for SnapshotRepair requests on its node; `guard`
+//! names the processes that change committed snapshots (fanotify).
 //!
 //! Only what the binary and the crate's own integration tests use is public, so that rustc
 //! flags whatever nothing calls.
@@ -12,9 +13,11 @@
 mod agent;
 pub mod cli;
 mod error;
+mod guard;
 mod image;
 mod job;
 mod layer;
+mod registry;
 mod scan;
 mod store;
 mod workers;

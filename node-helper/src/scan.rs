@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::image::{Platform, ResolvedImage, ResolvedLayer, SnapshotKind};
 use crate::job::{self, JobOptions, LayerAttempt, Target};
 use crate::layer::{self, RepairOptions};
+use crate::registry::layer_blob;
 use crate::store::config::ContainerdConfig;
 use crate::store::snapshotter_db::SnapshotterDb;
 use crate::store::{Store, StoreLayout};
@@ -34,6 +35,9 @@ pub struct ScanOptions {
     pub repair: bool,
     /// With `repair`: plan, write nothing.
     pub dry_run: bool,
+    /// Blobs the node lacks: fetched from each image's registry (contract: scan takes the
+    /// fetch flags too).
+    pub fetch: crate::registry::FetchOptions,
 }
 
 /// A layer is the same layer in every image of one namespace that names its chainID.
@@ -97,7 +101,11 @@ fn scan_store(opts: &ScanOptions, progress: &mut dyn FnMut(usize, usize)) -> Res
                 .filter(|l| !verified.contains_key(&key_of(&f.namespace, l)))
                 .cloned()
                 .collect();
-            let reports = job::for_each_layer(&todo, |l| layer::verify_layer(l, opts.content));
+            let fetcher =
+                job::blob_fetcher(&opts.fetch, &opts.config_path, &f.namespace, &store, image);
+            let reports = job::for_each_layer(&todo, |l| {
+                layer_blob::verify_layer(l, opts.content, fetcher.as_ref())
+            });
             for (l, r) in todo.iter().zip(reports) {
                 verified.insert(key_of(&f.namespace, l), r);
             }
@@ -106,7 +114,7 @@ fn scan_store(opts: &ScanOptions, progress: &mut dyn FnMut(usize, usize)) -> Res
     }
 
     let attempts = if opts.repair {
-        repair_damaged(&found, &verified, opts)
+        repair_damaged(&found, &verified, &store, opts)
     } else {
         HashMap::new()
     };
@@ -148,27 +156,38 @@ fn scan_store(opts: &ScanOptions, progress: &mut dyn FnMut(usize, usize)) -> Res
 fn repair_damaged(
     found: &[Found],
     verified: &HashMap<LayerKey, LayerReport>,
+    store: &Store,
     opts: &ScanOptions,
 ) -> HashMap<LayerKey, LayerAttempt> {
-    let mut damaged: Vec<(LayerKey, &ResolvedLayer)> = Vec::new();
+    // Each damaged layer with the image it was first found in (whose registry may have it).
+    let mut damaged: Vec<(LayerKey, &ResolvedLayer, usize)> = Vec::new();
     let mut seen = HashSet::new();
-    for f in found {
+    for (i, f) in found.iter().enumerate() {
         let Ok(image) = &f.image else { continue };
         for l in &image.layers {
             let key = key_of(&f.namespace, l);
             if verified.get(&key).is_some_and(|r| !job::layer_ok(r)) && seen.insert(key.clone()) {
-                damaged.push((key, l));
+                damaged.push((key, l, i));
             }
         }
     }
-    damaged.sort_by_key(|(_, l)| l.index);
+    damaged.sort_by_key(|(_, l, _)| l.index);
+    let mut fetchers: HashMap<usize, Option<crate::registry::BlobFetcher>> = HashMap::new();
     let ropts = RepairOptions {
         dry_run: opts.dry_run,
         content: opts.content,
     };
     damaged
         .into_iter()
-        .map(|(key, l)| (key, job::attempt_repair(l, &ropts)))
+        .map(|(key, l, i)| {
+            let fetcher = fetchers.entry(i).or_insert_with(|| {
+                let f = &found[i];
+                f.image.as_ref().ok().and_then(|image| {
+                    job::blob_fetcher(&opts.fetch, &opts.config_path, &f.namespace, store, image)
+                })
+            });
+            (key, job::attempt_repair(l, &ropts, fetcher.as_ref()))
+        })
         .collect()
 }
 
@@ -220,6 +239,7 @@ fn image_report(
             target: Target::Image(image.name.clone()),
             content: opts.content,
             dry_run: false,
+            fetch: opts.fetch.clone(),
         };
         let outcome = job::verify_outcome(&layers);
         let message = job::verify_message(&layers, &refusals, &as_job);
@@ -443,6 +463,7 @@ mod tests {
             content: ContentCheck::Metadata,
             repair: false,
             dry_run: false,
+            fetch: Default::default(),
         };
         let r = scan(&opts, &mut |_, _| {});
         assert_eq!(r.outcome, Outcome::Error);
@@ -460,6 +481,7 @@ mod tests {
             content: ContentCheck::Metadata,
             repair: false,
             dry_run: false,
+            fetch: Default::default(),
         };
         let mut calls = Vec::new();
         let r = scan(&opts, &mut |done, total| calls.push((done, total)));

@@ -6,6 +6,7 @@ pub mod image_builder;
 pub mod kubelet;
 pub mod node_helper_cli;
 pub mod probe;
+pub mod registry;
 pub mod sim;
 
 pub use error::TestError;

@@ -213,6 +213,8 @@ fn the_agent_may_only_read_repairs_patch_their_status_and_keep_its_lease() {
     assert_eq!(
         rules_of(&cluster.rules),
         vec![
+            // The culprit guard's SnapshotTampered Events on the Node.
+            rule("events.k8s.io", "events", &["create", "patch"]),
             rule("snapmend.io", "snapshotrepairs", &["get", "list", "watch"]),
             rule("snapmend.io", "snapshotrepairs/status", &["patch"]),
         ]
@@ -449,6 +451,12 @@ fn the_agent_daemonset_runs_privileged_on_every_node_with_the_containerd_store()
     let config = mount("/etc/containerd");
     assert_eq!(host_path(&config.name).as_deref(), Some("/etc/containerd"));
     assert_eq!(config.read_only, Some(true));
+    // The fetched-blob cache is snapmend's own directory, never containerd's content store.
+    let cache = mount("/var/lib/snapmend/blobs");
+    assert_eq!(
+        host_path(&cache.name).as_deref(),
+        Some("/var/lib/snapmend/blobs")
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
 
 use super::{AgentOptions, StoreOptions, holder_identity};
-use crate::cli::StoreArgs;
+use crate::cli::{FetchArgs, StoreArgs};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
@@ -23,6 +23,17 @@ pub struct AgentArgs {
     pub pod_name: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// Name the processes that change committed snapshots (fanotify): Node Events `SnapshotTampered`
+    #[arg(long, value_enum, default_value_t = GuardMode::On)]
+    pub guard: GuardMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuardMode {
+    On,
+    Off,
 }
 
 impl AgentArgs {
@@ -36,7 +47,9 @@ impl AgentArgs {
                 root: self.store.root.clone(),
                 namespace: self.store.namespace.clone(),
                 config_path: self.store.config.clone(),
+                fetch: self.fetch.options(),
             },
+            guard: self.guard == GuardMode::On,
         }
     }
 }
@@ -70,6 +83,7 @@ mod tests {
         assert_eq!(o.lease_namespace, "snapmend-system");
         assert_eq!(o.store.root, None);
         assert_eq!(o.store.namespace, "k8s.io");
+        assert!(o.guard, "the guard is on by default");
         assert_eq!(
             o.store.config_path,
             PathBuf::from("/etc/containerd/config.toml")
@@ -93,10 +107,13 @@ mod tests {
             "/c.toml",
             "--pod-name",
             "agent-x",
+            "--guard",
+            "off",
         ])
         .expect("parse");
         let o = a.options();
         assert_eq!(o.holder, "n1/agent-x");
+        assert!(!o.guard);
         assert_eq!(o.lease_namespace, "ops");
         assert_eq!(o.store.root, Some(PathBuf::from("/r")));
         assert_eq!(o.store.config_path, PathBuf::from("/c.toml"));

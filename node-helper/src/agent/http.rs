@@ -45,10 +45,14 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(e): State<Endpoints>) -> (StatusCode, &'static str) {
+async fn readyz(State(e): State<Endpoints>) -> (StatusCode, String) {
+    let guard = e.status.guard_detail();
     match e.status.not_ready_reason() {
-        None => (StatusCode::OK, "ok"),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+        None => (StatusCode::OK, format!("ok\n{guard}")),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{reason}\n{guard}"),
+        ),
     }
 }
 

@@ -39,6 +39,14 @@ pub struct Metrics {
     lease_renew_failures: Counter,
     report_write_failures: Counter,
     watch_errors: Counter,
+    guard_active: Gauge,
+    guard_changes: Family<OpLabel, Counter>,
+    guard_overflows: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: String,
 }
 
 impl Default for Metrics {
@@ -60,6 +68,24 @@ impl Metrics {
         let lease_renew_failures = Counter::default();
         let report_write_failures = Counter::default();
         let watch_errors = Counter::default();
+        let guard_active = Gauge::default();
+        let guard_changes = Family::<OpLabel, Counter>::default();
+        let guard_overflows = Counter::default();
+        registry.register(
+            "guard_active",
+            "1 while the culprit guard watches the snapshots, 0 when it cannot or is off",
+            guard_active.clone(),
+        );
+        registry.register(
+            "guard_changes",
+            "Changes to committed snapshots by processes other than containerd and snapmend, by operation",
+            guard_changes.clone(),
+        );
+        registry.register(
+            "guard_queue_overflows",
+            "fanotify queue overflows: changes the guard could not see",
+            guard_overflows.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by action and report outcome",
@@ -110,7 +136,24 @@ impl Metrics {
             lease_renew_failures,
             report_write_failures,
             watch_errors,
+            guard_active,
+            guard_changes,
+            guard_overflows,
         }
+    }
+
+    pub fn guard_active(&self, active: bool) {
+        self.guard_active.set(i64::from(active));
+    }
+
+    pub fn guard_changes(&self, op: &str, count: u64) {
+        self.guard_changes
+            .get_or_create(&OpLabel { op: op.into() })
+            .inc_by(count);
+    }
+
+    pub fn guard_overflows(&self, count: u64) {
+        self.guard_overflows.inc_by(count);
     }
 
     pub fn request_started(&self) {
@@ -189,6 +232,7 @@ mod tests {
                 findings: vec![],
                 entries_restored: None,
                 leftover_staging: None,
+                ..Default::default()
             }],
             ..Default::default()
         };

@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod decision;
+pub mod guard_events;
 pub mod http;
 pub mod metrics;
 pub mod presence;
@@ -47,6 +48,8 @@ pub struct AgentOptions {
     pub metrics_addr: SocketAddr,
     pub lease_namespace: String,
     pub store: StoreOptions,
+    /// Run the culprit guard (`--guard on`).
+    pub guard: bool,
 }
 
 /// Holder identity for the presence Lease.
@@ -103,6 +106,19 @@ pub async fn run_with(
         "agent starting"
     );
 
+    let guard = opts.guard.then(|| {
+        guard_events::spawn(
+            client.clone(),
+            opts.node.clone(),
+            &opts.store,
+            metrics.clone(),
+            status.clone(),
+            shutdown.clone(),
+        )
+    });
+    if !opts.guard {
+        status.guard_state("off (--guard off)".into());
+    }
     let srs: Api<SnapshotRepair> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, &opts.lease_namespace);
     let (store, writer) = reflector::store();
@@ -147,6 +163,9 @@ pub async fn run_with(
     // hold up the exit.
     watch.abort();
     presence.abort();
+    if let Some(guard) = guard {
+        guard.abort();
+    }
     match server.await {
         Ok(result) => result,
         Err(e) => Err(Error::Serve {

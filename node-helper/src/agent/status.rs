@@ -14,6 +14,8 @@ pub const PRESENCE_WINDOW: Duration = Duration::from_secs(40);
 pub struct AgentStatus {
     watch_synced: Arc<AtomicBool>,
     lease_renewed_at: Arc<Mutex<Option<Instant>>>,
+    /// The culprit guard's state, shown by /readyz; it never makes the agent unready.
+    guard: Arc<Mutex<Option<String>>>,
 }
 
 impl AgentStatus {
@@ -25,6 +27,18 @@ impl AgentStatus {
         if let Ok(mut at) = self.lease_renewed_at.lock() {
             *at = Some(Instant::now());
         }
+    }
+
+    pub fn guard_state(&self, state: String) {
+        if let Ok(mut g) = self.guard.lock() {
+            *g = Some(state);
+        }
+    }
+
+    /// `guard: <state>` for /readyz's body.
+    pub fn guard_detail(&self) -> String {
+        let state = self.guard.lock().ok().and_then(|g| g.clone());
+        format!("guard: {}", state.as_deref().unwrap_or("starting"))
     }
 
     /// Why the agent is not ready, or None when it is.

@@ -28,6 +28,8 @@ pub struct StoreOptions {
     pub root: Option<PathBuf>,
     pub namespace: String,
     pub config_path: PathBuf,
+    /// Blobs the node lacks (`--fetch`, `--registry-config`, `--auth`, `--cache-dir`).
+    pub fetch: crate::registry::FetchOptions,
 }
 
 /// Rescan the store at least this often, even without watch events.
@@ -163,6 +165,7 @@ impl Worker {
                 target: work.target.clone(),
                 content: work.content,
                 dry_run: false,
+                fetch: self.store_options.fetch.clone(),
             },
             Err(e) => {
                 warn!(error = %e, "cannot find containerd's root");
@@ -387,6 +390,7 @@ mod tests {
                     findings: vec![],
                     entries_restored: Some(1),
                     leftover_staging: None,
+                    ..Default::default()
                 }],
                 ..Default::default()
             },

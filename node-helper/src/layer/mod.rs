@@ -63,7 +63,8 @@ pub(crate) fn set_findings(r: &mut LayerReport, findings: &[snapmend_crds::Findi
     r.findings = findings.iter().take(FINDINGS_CAP).cloned().collect();
 }
 
-fn empty_report(layer: &ResolvedLayer) -> LayerReport {
+/// A layer's report before anything was checked: where it is, blob not checked, no findings.
+pub(crate) fn empty_report(layer: &ResolvedLayer) -> LayerReport {
     LayerReport {
         index: layer.index,
         digest: layer.digest.clone(),
@@ -77,6 +78,7 @@ fn empty_report(layer: &ResolvedLayer) -> LayerReport {
         findings: Vec::new(),
         entries_restored: None,
         leftover_staging: None,
+        ..Default::default()
     }
 }
 

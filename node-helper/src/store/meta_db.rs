@@ -122,6 +122,24 @@ impl MetaDb {
         }))
     }
 
+    /// The labels of content blob `digest` in `ns` (`v1/<ns>/content/blob/<digest>/labels`);
+    /// empty when the blob has no record (a discarded layer has none; its manifest keeps its own).
+    pub fn content_labels(&self, ns: &str, digest: &str) -> Vec<(String, String)> {
+        self.namespace(ns)
+            .and_then(|n| n.path(&[b"content", b"blob", digest.as_bytes(), b"labels"]))
+            .map(|labels| {
+                labels
+                    .entries
+                    .keys()
+                    .filter_map(|k| {
+                        let v = labels.get_str(k)?;
+                        Some((String::from_utf8_lossy(k).into_owned(), v.to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The snapshot `key` of `snapshotter` in `ns`; `None` when it is not recorded.
     pub fn snapshot(&self, ns: &str, snapshotter: &str, key: &str) -> Option<MetaSnapshot> {
         let entry =

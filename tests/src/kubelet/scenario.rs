@@ -22,9 +22,10 @@ use crate::image_builder::{ImageSpec, LayerSpec, ManifestStyle, TarEntry, pause_
 
 /// A workspace binary next to the running executable (`target/<profile>/` or its `deps/`), or
 /// from the environment variable `env` when set. From a test executable it is first brought up
-/// to date with `cargo build --workspace --bins` (same features as `cargo test --workspace`, so
-/// nothing is recompiled): `cargo test` does not build the binaries of packages without
-/// integration tests, and a stale binary would test old code.
+/// to date with `cargo build --workspace --bins` (with the features `make test` gives `cargo
+/// test`, so nothing is recompiled and the crash tests keep their fault-injection knob):
+/// `cargo test` does not build the binaries of packages without integration tests, and a stale
+/// binary would test old code.
 pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, TestError> {
     if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
@@ -46,6 +47,9 @@ pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, TestError> {
     })
 }
 
+/// The features `make test` builds and tests with (see the Makefile's `TEST_FEATURES`).
+pub const TEST_FEATURES: &str = "snapmend-node-helper/fault-injection";
+
 /// `cargo build --workspace --bins` once per test process (the build lock is free while tests run).
 fn build_workspace_bins_once(release: bool) -> Result<(), TestError> {
     static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
@@ -62,6 +66,8 @@ fn build_workspace_bins_once(release: bool) -> Result<(), TestError> {
         .current_dir(&workspace);
     if release {
         cmd.arg("--release");
+    } else {
+        cmd.args(["--features", TEST_FEATURES]);
     }
     let out = cmd
         .output()

@@ -330,6 +330,7 @@ pub fn report_for(state: NodeState, action: RepairAction) -> Report {
             entries_restored: (action == RepairAction::Repair && state == NodeState::Incident)
                 .then_some(1),
             leftover_staging: None,
+            ..Default::default()
         }],
         mounts: 0,
         duration_ms: 5,
