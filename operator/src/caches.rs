@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
@@ -22,6 +22,7 @@ use snapmend_crds::{Phase, SnapshotRepair};
 use tracing::warn;
 
 use crate::conditions::{self, READY};
+use crate::node_condition::SNAPSHOTS_DAMAGED;
 use crate::phases::reason::WAITING_FOR_CORDON_SLOT;
 
 /// Events buffered per subscriber before a reflector waits for the controller to catch up.
@@ -103,10 +104,22 @@ where
         .await;
 }
 
-/// A Node as the store keeps it: metadata without managedFields, and spec. The status (images,
+/// A Node as the store keeps it: metadata without managedFields, spec, and of the status only
+/// the operator's own `SnapshotsDamaged` condition. The rest (images, the kubelet's
 /// conditions, addresses: most of a real Node's size) is never read by the operator.
 pub fn slim_node(node: &mut Node) {
-    node.status = None;
+    let ours: Vec<NodeCondition> = node
+        .status
+        .take()
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ == SNAPSHOTS_DAMAGED)
+        .collect();
+    node.status = (!ours.is_empty()).then(|| NodeStatus {
+        conditions: Some(ours),
+        ..Default::default()
+    });
     node.metadata.managed_fields = None;
 }
 
@@ -248,7 +261,7 @@ pub fn repairs_for_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerImage, NodeSpec, NodeStatus};
+    use k8s_openapi::api::core::v1::{ContainerImage, NodeSpec};
     use kube::api::ObjectMeta;
 
     #[test]
@@ -276,5 +289,26 @@ mod tests {
         assert!(node.status.is_none());
         assert!(node.metadata.managed_fields.is_none());
         assert!(is_cordoned_by_snapmend(&node));
+    }
+
+    #[test]
+    fn slim_nodes_keep_only_the_snapshots_damaged_condition() {
+        let condition = |type_: &str| NodeCondition {
+            type_: type_.into(),
+            status: "True".into(),
+            ..Default::default()
+        };
+        let mut node = Node {
+            status: Some(NodeStatus {
+                conditions: Some(vec![condition("Ready"), condition(SNAPSHOTS_DAMAGED)]),
+                images: Some(vec![ContainerImage::default()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        slim_node(&mut node);
+        let status = node.status.expect("our condition kept");
+        assert_eq!(status.conditions, Some(vec![condition(SNAPSHOTS_DAMAGED)]));
+        assert!(status.images.is_none());
     }
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod node_condition;
 pub mod phases;
 pub mod presence;
 pub mod reconcile;

@@ -33,6 +33,7 @@ use crate::cordon::{self, node_facts};
 use crate::cordon_slots::{CordonSlots, Reservation};
 use crate::error::{Error, kube_context};
 use crate::metrics::Metrics;
+use crate::node_condition::{self, Finished};
 use crate::phases::{
     self, CordonBudget, EventKind, NodeIntent, Notice, Observed, Settings, Sibling, Step,
     cleanup_intent, cordon_successor, current_report,
@@ -62,6 +63,8 @@ pub struct Context {
     pub caches: Caches,
     pub slots: CordonSlots,
     written: WrittenStatus,
+    /// Per node, the repair whose `SnapshotsDamaged` verdict this operator last wrote.
+    node_verdicts: Mutex<HashMap<String, (String, node_condition::Verdict)>>,
     /// Wakes repairs (e.g. those waiting for a cordon slot when one was given back).
     wake: UnboundedSender<ObjectRef<SnapshotRepair>>,
 }
@@ -86,6 +89,7 @@ impl Context {
             metrics,
             caches,
             written: WrittenStatus::default(),
+            node_verdicts: Mutex::new(HashMap::new()),
             wake,
         }
     }
@@ -203,6 +207,7 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     let before = status.phase;
     if before == Some(Phase::Failed) {
         ctx.metrics.set_phase(&name, before);
+        report_to_node(ctx, &name, &sr.spec.node_name, &status).await?;
         return Ok(Action::await_change());
     }
 
@@ -264,6 +269,7 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
         .await?;
         ctx.written.record(&name, &step.status);
     }
+    report_to_node(ctx, &name, node_name, &step.status).await?;
     record_transition(ctx, &name, &status, &step);
     for notice in &step.events {
         publish(ctx, sr, notice).await;
@@ -278,6 +284,78 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
         lease.as_deref(),
         now,
     ))
+}
+
+/// Writes the node's `SnapshotsDamaged` condition once `name` has finished, if it is the last
+/// finished repair of the node and the node does not show its verdict yet (a strategic merge
+/// patch of `nodes/status` with this one condition, the way node-problem-detector does it).
+async fn report_to_node(
+    ctx: &Context,
+    name: &str,
+    node_name: &str,
+    status: &SnapshotRepairStatus,
+) -> Result<(), Error> {
+    let Some(verdict) = node_condition::decide(name, status) else {
+        return Ok(());
+    };
+    let Some(node) = ctx.caches.node(node_name) else {
+        return Ok(());
+    };
+    let already = ctx
+        .node_verdicts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(node_name)
+        .is_some_and(|(sr, v)| sr == name && *v == verdict);
+    if already {
+        return Ok(());
+    }
+    let repairs = ctx.caches.repairs();
+    let others = repairs
+        .iter()
+        .filter(|s| s.spec.node_name == node_name)
+        .filter_map(|s| {
+            let st = s.status.as_ref()?;
+            let other = s.metadata.name.as_deref()?;
+            node_condition::decide(other, st)?;
+            Some(Finished {
+                name: other,
+                completion: st.completion_time.as_ref(),
+            })
+        });
+    let me = Finished {
+        name,
+        completion: status.completion_time.as_ref(),
+    };
+    if !node_condition::speaks_for_node(me, others) {
+        return Ok(());
+    }
+    let current = node_condition::current(&node);
+    if node_condition::needs_write(&verdict, status.completion_time.as_ref(), current) {
+        let condition = node_condition::condition(&verdict, current, Timestamp::now());
+        let params = PatchParams {
+            field_manager: Some(CONTROLLER_NAME.to_string()),
+            ..Default::default()
+        };
+        ctx.nodes()
+            .patch_status(
+                node_name,
+                &params,
+                &Patch::Strategic(node_condition::status_patch(&condition)),
+            )
+            .await
+            .map_err(kube_context("node_condition", format!("node {node_name}")))?;
+        info!(
+            status = verdict.status(),
+            reason = verdict.reason,
+            "node condition SnapshotsDamaged written"
+        );
+    }
+    ctx.node_verdicts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(node_name.to_string(), (name.to_string(), verdict));
+    Ok(())
 }
 
 /// When to look again without a watch event: only at a deadline. An outstanding request is

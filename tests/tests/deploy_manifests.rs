@@ -252,6 +252,7 @@ fn the_operator_has_what_it_needs_and_no_secrets_or_deletes() {
         vec![
             rule("", "events", &["create", "list", "patch", "watch"]),
             rule("", "nodes", &["get", "list", "patch", "watch"]),
+            rule("", "nodes/status", &["patch"]),
             rule("", "pods", &["get", "list", "watch"]),
             rule(
                 "events.k8s.io",
