@@ -151,3 +151,72 @@ async fn snapshots_damaged_goes_true_on_found_damage_then_false_after_the_repair
     let b = conditions(&node(&client, "node-b").await);
     assert_eq!(b, kubelets[1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_repair_leaves_it_true_and_a_restart_writes_nothing_again() {
+    let (sim, client) = start_cluster(&["node-a"]).await;
+    set_ready(&client, "node-a").await;
+    let ready = find(&conditions(&node(&client, "node-a").await), "Ready").cloned();
+    sim.clear_requests();
+    let _agent = FakeAgent::start(&client, "node-a", NodeState::CorruptBlob, Duration::ZERO);
+    let mut op = OperatorProcess::spawn(&sim, "op-1", &["--failure-policy", "uncordon"]);
+
+    apply_repair(
+        &client,
+        "node-a-first",
+        spec("node-a", RepairAction::Verify),
+    )
+    .await;
+    wait_phase(&client, "node-a-first", Phase::Succeeded, FLOW).await;
+    let first = wait_condition(
+        &client,
+        "node-a",
+        "True",
+        "SnapshotDamageFound",
+        "node-a-first",
+    )
+    .await;
+
+    // The layer blob is corrupt too: the repair fails, the damage stays.
+    apply_repair(
+        &client,
+        "node-a-second",
+        spec("node-a", RepairAction::Repair),
+    )
+    .await;
+    wait_phase(&client, "node-a-second", Phase::Failed, FLOW).await;
+    let second = wait_condition(
+        &client,
+        "node-a",
+        "True",
+        "SnapshotDamageFound",
+        "node-a-second",
+    )
+    .await;
+    let text = second.message.clone().unwrap_or_default();
+    assert!(text.contains("not repaired (Unrepairable)"), "{text}");
+    assert_eq!(
+        second.last_transition_time, first.last_transition_time,
+        "still True: the transition time stays"
+    );
+    assert_eq!(status_patches_of(&sim, "node-a"), 2);
+
+    // A new operator process remembers nothing: it reads the condition from its Node store,
+    // and the older repair does not speak over the newer one.
+    op.terminate(Duration::from_secs(10));
+    op.restart();
+    op.wait_leader().await;
+    wait_for("both repairs reconciled", FLOW, || async {
+        (op.metric("snapmend_reconciles_total").await >= 2.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        status_patches_of(&sim, "node-a"),
+        2,
+        "no write after the restart"
+    );
+    let now = conditions(&node(&client, "node-a").await);
+    assert_eq!(find(&now, "SnapshotsDamaged"), Some(&second));
+    assert_eq!(find(&now, "Ready").cloned(), ready);
+}
