@@ -184,5 +184,24 @@ async fn a_repair_names_the_process_that_deleted_pause() {
         .expect("CorruptionFound Event");
     let note = found.note.unwrap_or_default();
     assert!(note.contains(&format!("damaged by pid {pid}")), "{note}");
+
+    // What a person reads: `kubectl describe sr` shows the culprit's summary.
+    let described = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["describe", "sr", "culprit-pause"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&described.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("Summary:")
+            && l.contains(&format!("damaged by pid {pid} `{CULPRIT}"))),
+        "{text}"
+    );
     eprintln!("culprit end to end in {:?}", started.elapsed());
 }
