@@ -1,11 +1,13 @@
 //! The shared vocabulary of snapmend: the `SnapshotRepair` custom resource and the
 //! node-helper `Report`, which the agent writes into `status.report`.
 
+pub mod culprit;
 pub mod labels;
 pub mod report;
 pub mod scan_report;
 pub mod snapshot_repair;
 
+pub use culprit::{Culprit, CulpritProcess, RepairCulprit};
 pub use report::{
     BlobSource, BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report,
 };

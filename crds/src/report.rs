@@ -3,6 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::culprit::Culprit;
+
 /// At most this many findings are listed per layer; `findingsTotal` stays exact.
 pub const FINDINGS_CAP: usize = 100;
 
@@ -82,6 +84,10 @@ pub struct LayerReport {
     /// Why a blob could not be used or fetched, per source (e.g. `127.0.0.1:5443: 401 Unauthorized`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob_detail: Option<String>,
+    /// The last change the agent's culprit guard attributed to a process on this layer's
+    /// snapshot; only on a layer that was found damaged (absent outside the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Culprit>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

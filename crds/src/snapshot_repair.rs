@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::culprit::RepairCulprit;
 use crate::report::Report;
 
 /// What a person or the operator asks for: verify (read-only) or repair one image's snapshots on one node.
@@ -148,6 +149,10 @@ pub struct SnapshotRepairStatus {
     pub findings: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Who damaged the snapshot, as the node's culprit guard saw it: from the layer `culprit`
+    /// of the report that found the damage (kept when a later report has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<RepairCulprit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

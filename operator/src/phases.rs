@@ -11,7 +11,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use snapmend_crds::{
-    Outcome, Phase, RepairAction, RepairRequest, Report, SnapshotRepairSpec, SnapshotRepairStatus,
+    LayerState, Outcome, Phase, RepairAction, RepairCulprit, RepairRequest, Report,
+    SnapshotRepairSpec, SnapshotRepairStatus,
 };
 
 use crate::conditions::{self, CORDONED, READY, REPAIRED, Status, VERIFIED};
@@ -201,6 +202,30 @@ pub fn current_report(status: &SnapshotRepairStatus) -> Option<&Report> {
     (report.request_id == request.id).then_some(&report.report)
 }
 
+/// `status.culprit` from a report: the guard's attribution on the first damaged layer that
+/// carries one (the agent fills `culprit` only on damaged layers; the state is checked again
+/// so that a healthy layer never names a culprit).
+pub fn report_culprit(report: &Report) -> Option<RepairCulprit> {
+    report
+        .layers
+        .iter()
+        .filter(|l| {
+            matches!(
+                l.state,
+                LayerState::Corrupted | LayerState::SnapshotMissing | LayerState::Repaired
+            )
+        })
+        .find_map(|l| {
+            let change = l.culprit.clone()?.bounded();
+            Some(RepairCulprit {
+                summary: change.summary(),
+                layer: l.index,
+                snapshot_id: l.snapshot_id.clone(),
+                change,
+            })
+        })
+}
+
 /// Request ids count up from 1; any id that is not a number restarts the count.
 pub fn next_request_id(previous: Option<&RepairRequest>) -> String {
     let n = previous.and_then(|r| r.id.parse::<u64>().ok()).unwrap_or(0);
@@ -289,8 +314,21 @@ impl Machine<'_, '_> {
         self.step.requeue_after = Some(self.o.settings.helper_timeout.min(AGENT_RECHECK));
     }
 
+    /// The findings summary, and the culprit when the report names one (an earlier one is
+    /// kept when it does not: the repair's report may come from an agent without the guard).
     fn record_findings(&mut self, report: &Report) {
         self.step.status.findings = Some(report.findings_summary());
+        if let Some(culprit) = report_culprit(report) {
+            self.step.status.culprit = Some(culprit);
+        }
+    }
+
+    /// `; damaged by pid …` for messages about damage, when the culprit is known.
+    fn culprit_tail(&self) -> String {
+        match &self.step.status.culprit {
+            Some(c) => format!("; {}", bounded(&c.summary, HELPER_TEXT_MAX)),
+            None => String::new(),
+        }
     }
 
     fn pending(&mut self) {
@@ -357,6 +395,7 @@ impl Machine<'_, '_> {
                 if let Some(extra) = &report.message {
                     msg.push_str(&format!(" ({extra})"));
                 }
+                msg.push_str(&self.culprit_tail());
                 self.condition(VERIFIED, Status::False, verdict, &msg);
                 self.event(EventKind::Warning, "CorruptionFound", msg.clone());
                 match self.o.spec.action {
@@ -507,9 +546,10 @@ impl Machine<'_, '_> {
                     (
                         "Repaired",
                         format!(
-                            "repaired {} on node {} ({findings})",
+                            "repaired {} on node {} ({findings}){}",
                             self.target(),
-                            self.node_name()
+                            self.node_name(),
+                            self.culprit_tail()
                         ),
                     )
                 } else {
@@ -541,7 +581,10 @@ impl Machine<'_, '_> {
                 }
             }
             Outcome::Corrupted => {
-                let why = format!("the repair left damage behind: {findings}");
+                let why = format!(
+                    "the repair left damage behind: {findings}{}",
+                    self.culprit_tail()
+                );
                 self.fail(
                     reason::REPAIR_INCOMPLETE,
                     self.with_helper_message(why, report),

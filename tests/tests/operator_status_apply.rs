@@ -48,6 +48,22 @@ fn full_status() -> SnapshotRepairStatus {
         }],
         findings: Some("1 missing".into()),
         message: Some("repairing".into()),
+        culprit: Some(snapmend_crds::RepairCulprit {
+            summary: "damaged by pid 4711 `/bin/sh /etc/cron.daily/cleanup`".into(),
+            layer: 0,
+            snapshot_id: Some("1".into()),
+            change: snapmend_crds::Culprit {
+                time: "2026-12-07T03:12:09Z".into(),
+                path: "/pause".into(),
+                op: "delete".into(),
+                count: 1,
+                process: snapmend_crds::CulpritProcess {
+                    pid: 4711,
+                    cmdline: Some("/bin/sh /etc/cron.daily/cleanup".into()),
+                    ..Default::default()
+                },
+            },
+        }),
         start_time: Some(t.clone()),
         completion_time: Some(t),
     }

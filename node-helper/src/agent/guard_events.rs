@@ -1,5 +1,6 @@
 //! The culprit guard inside the agent: the guard loop on its own thread; each aggregated
-//! change becomes a Warning Event `SnapshotTampered` on this Node and counts in the metrics.
+//! change becomes a Warning Event `SnapshotTampered` on this Node, counts in the metrics and
+//! is remembered per snapshot (`culprits`) for the layer `culprit` of later Reports.
 //! Without fanotify (old kernel, no CAP_SYS_ADMIN) the agent keeps working and says so in
 //! its log, `snapmend_agent_guard_active` and /readyz.
 
@@ -13,6 +14,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::culprits::SharedCulprits;
 use super::metrics::Metrics;
 use super::shutdown::Shutdown;
 use super::status::AgentStatus;
@@ -66,6 +68,7 @@ pub fn spawn(
     store: &StoreOptions,
     metrics: Metrics,
     status: AgentStatus,
+    culprits: SharedCulprits,
     mut shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
     let started = guard::layout_for(store.root.as_deref(), &store.config_path)
@@ -89,7 +92,14 @@ pub fn spawn(
     let thread_metrics = metrics.clone();
     let thread_status = status.clone();
     std::thread::spawn(move || {
-        run_guard(guard, tx, thread_stop, thread_metrics, thread_status);
+        run_guard(
+            guard,
+            tx,
+            thread_stop,
+            thread_metrics,
+            thread_status,
+            culprits,
+        );
     });
     let recorder = Recorder::new(
         client,
@@ -142,6 +152,7 @@ fn run_guard(
     stop: Arc<AtomicBool>,
     metrics: Metrics,
     status: AgentStatus,
+    culprits: SharedCulprits,
 ) {
     while !stop.load(Ordering::SeqCst) {
         let outputs = match guard.poll(TICK) {
@@ -166,6 +177,10 @@ fn run_guard(
                         "committed snapshot changed"
                     );
                     metrics.guard_changes(c.op, c.count);
+                    // Before the Event, which may be dropped: a later Report still names it.
+                    if let Ok(mut culprits) = culprits.lock() {
+                        culprits.note(c);
+                    }
                 }
                 Output::Overflow(o) => {
                     warn!(overflow = o.overflow, "{}", o.message);

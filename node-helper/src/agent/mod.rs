@@ -3,6 +3,8 @@
 //! - `decision`: what to do with one observed SnapshotRepair (pure).
 //! - `worker`: the one-at-a-time request queue; runs `job::verify`/`job::repair` and writes
 //!   `status.report` (`report_patch`, pure).
+//! - `culprits`: the guard's last attribution per snapshot, filled into damaged layers of
+//!   the Reports the worker writes (`fill_culprits`, pure).
 //! - `presence`: the `snapmend-node-helper.<node>` Lease, renewed every 10 s.
 //! - `http`, `metrics`, `status`: `/metrics`, `/healthz`, `/readyz`.
 //!
@@ -10,6 +12,7 @@
 //! and report writes retry. Only SIGTERM/SIGINT stops the agent.
 
 pub mod args;
+pub mod culprits;
 pub mod decision;
 pub mod guard_events;
 pub mod http;
@@ -106,6 +109,7 @@ pub async fn run_with(
         "agent starting"
     );
 
+    let culprits = culprits::SharedCulprits::default();
     let guard = opts.guard.then(|| {
         guard_events::spawn(
             client.clone(),
@@ -113,6 +117,7 @@ pub async fn run_with(
             &opts.store,
             metrics.clone(),
             status.clone(),
+            Arc::clone(&culprits),
             shutdown.clone(),
         )
     });
@@ -149,6 +154,7 @@ pub async fn run_with(
             wake,
             store_options: opts.store.clone(),
             metrics,
+            culprits,
             shutdown: shutdown.clone(),
         }
         .run(),

@@ -13,6 +13,7 @@ use snapmend_crds::{Outcome, RepairAction, Report, RequestReport, SnapshotRepair
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::culprits::{SharedCulprits, fill_culprits};
 use super::decision::{Decision, Work, decide, queue_order};
 use super::metrics::Metrics;
 use super::report_patch::{FIELD_MANAGER, refusal, report_apply};
@@ -44,6 +45,8 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     pub store_options: StoreOptions,
     pub metrics: Metrics,
+    /// The culprit guard's last attribution per snapshot (empty without the guard).
+    pub culprits: SharedCulprits,
     pub shutdown: Shutdown,
 }
 
@@ -142,7 +145,10 @@ impl Worker {
                     action = ?work.action
                 );
                 async {
-                    let report = self.run_job(&work).await;
+                    let mut report = self.run_job(&work).await;
+                    if let Ok(culprits) = self.culprits.lock() {
+                        fill_culprits(&mut report.report, &culprits);
+                    }
                     self.deliver(&work.name, report).await
                 }
                 .instrument(span)

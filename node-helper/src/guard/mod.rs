@@ -72,6 +72,18 @@ impl Change {
         }
     }
 
+    /// What a Report's layer `culprit` says about this change.
+    pub fn culprit(&self) -> snapmend_crds::Culprit {
+        snapmend_crds::Culprit {
+            time: self.time.clone(),
+            path: self.path.clone(),
+            op: self.op.to_string(),
+            count: self.count,
+            process: self.process.clone(),
+        }
+        .bounded()
+    }
+
     /// One line for people.
     pub fn describe(&self) -> String {
         let times = if self.count > 1 {
@@ -292,7 +304,7 @@ impl Guard {
                 self.stats.legitimate += 1;
                 continue;
             }
-            let process = ProcessInfo::read(event.pid);
+            let process = process::read(event.pid);
             if let Some(early) = self.aggregator.open(key, process, &path, now, wall) {
                 self.stats.reported_changes += early.count;
                 out.push(Output::Change(Box::new(Change::from_aggregate(early))));

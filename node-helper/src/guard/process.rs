@@ -4,8 +4,6 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use serde::Serialize;
-
 use super::cgroup;
 
 /// Longest command line kept (bytes).
@@ -13,88 +11,35 @@ const CMDLINE_CAP: usize = 4096;
 /// Longest ancestor chain walked when looking for containerd.
 const ANCESTRY_CAP: usize = 64;
 
-/// What /proc said about the writer when the guard first saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProcessInfo {
-    pub pid: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ppid: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub systemd_unit: Option<String>,
-    /// The process had exited before /proc could be read: only the event's pid is known.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub exited: bool,
-}
+/// What /proc said about the writer when the guard first saw it; the same type a Report's
+/// layer `culprit` carries.
+pub use snapmend_crds::CulpritProcess as ProcessInfo;
 
-impl ProcessInfo {
-    /// Reads /proc/<pid>; `exited` when it is already gone.
-    pub fn read(pid: i32) -> ProcessInfo {
-        let dir = Path::new("/proc").join(pid.to_string());
-        let Some(stat) = fs::read_to_string(dir.join("stat")).ok() else {
-            return ProcessInfo {
-                pid,
-                exited: true,
-                ..Default::default()
-            };
-        };
-        let cgroup_text = fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-        let owner = cgroup::owner_of_proc_cgroup(&cgroup_text);
-        ProcessInfo {
+/// Reads /proc/<pid>; `exited` when it is already gone.
+pub fn read(pid: i32) -> ProcessInfo {
+    let dir = Path::new("/proc").join(pid.to_string());
+    let Some(stat) = fs::read_to_string(dir.join("stat")).ok() else {
+        return ProcessInfo {
             pid,
-            ppid: parent_of_stat(&stat),
-            exe: exe_of(&dir),
-            cmdline: fs::read(dir.join("cmdline")).ok().map(|b| cmdline_text(&b)),
-            uid: fs::read_to_string(dir.join("status"))
-                .ok()
-                .and_then(|s| uid_of_status(&s)),
-            cgroup: cgroup::display_path(&cgroup_text),
-            pod_uid: owner.pod_uid,
-            container_id: owner.container_id,
-            systemd_unit: owner.systemd_unit,
-            exited: false,
-        }
-    }
-
-    /// One line for people: `pid 4711 `/bin/sh /etc/cron.daily/cleanup` (systemd unit cron.service)`.
-    pub fn describe(&self) -> String {
-        let mut s = format!("pid {}", self.pid);
-        if self.exited {
-            s.push_str(" (exited before it could be identified)");
-            return s;
-        }
-        if let Some(cmd) = self.cmdline.as_deref().filter(|c| !c.is_empty()) {
-            s.push_str(&format!(" `{cmd}`"));
-        } else if let Some(exe) = &self.exe {
-            s.push_str(&format!(" `{exe}`"));
-        }
-        if let (Some(pod), container) = (&self.pod_uid, &self.container_id) {
-            s.push_str(&format!(" (pod {pod}"));
-            if let Some(c) = container {
-                s.push_str(&format!(", container {}", &c[..c.len().min(12)]));
-            }
-            s.push(')');
-        } else if let Some(unit) = &self.systemd_unit {
-            s.push_str(&format!(" (systemd unit {unit})"));
-        } else if let Some(cg) = &self.cgroup {
-            s.push_str(&format!(" (cgroup {cg})"));
-        }
-        if let Some(uid) = self.uid {
-            s.push_str(&format!(" uid {uid}"));
-        }
-        s
+            exited: true,
+            ..Default::default()
+        };
+    };
+    let cgroup_text = fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+    let owner = cgroup::owner_of_proc_cgroup(&cgroup_text);
+    ProcessInfo {
+        pid,
+        ppid: parent_of_stat(&stat),
+        exe: exe_of(&dir),
+        cmdline: fs::read(dir.join("cmdline")).ok().map(|b| cmdline_text(&b)),
+        uid: fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|s| uid_of_status(&s)),
+        cgroup: cgroup::display_path(&cgroup_text),
+        pod_uid: owner.pod_uid,
+        container_id: owner.container_id,
+        systemd_unit: owner.systemd_unit,
+        exited: false,
     }
 }
 
@@ -278,30 +223,15 @@ mod tests {
     #[test]
     fn this_process_is_read_and_is_snapmend() {
         let me = std::process::id() as i32;
-        let info = ProcessInfo::read(me);
+        let info = read(me);
         assert!(!info.exited);
         assert!(info.exe.is_some() && info.cmdline.is_some() && info.uid.is_some());
         assert_eq!(SelfIdentity::current().writer(me), Writer::Legitimate);
-        let gone = ProcessInfo::read(i32::MAX);
+        let gone = read(i32::MAX);
         assert!(gone.exited);
         assert_eq!(
             gone.describe(),
             format!("pid {} (exited before it could be identified)", i32::MAX)
-        );
-    }
-
-    #[test]
-    fn described_for_people() {
-        let p = ProcessInfo {
-            pid: 4711,
-            cmdline: Some("/bin/sh /etc/cron.daily/cleanup".into()),
-            systemd_unit: Some("cron.service".into()),
-            uid: Some(0),
-            ..Default::default()
-        };
-        assert_eq!(
-            p.describe(),
-            "pid 4711 `/bin/sh /etc/cron.daily/cleanup` (systemd unit cron.service) uid 0"
         );
     }
 }

@@ -145,6 +145,17 @@ impl World {
         self
     }
 
+    /// The report names the culprit guard's attribution on every layer.
+    fn with_culprit(mut self) -> Self {
+        if let Some(r) = self.status.report.as_mut() {
+            for l in &mut r.report.layers {
+                l.snapshot_id = Some("1".into());
+                l.culprit = Some(cron_cleanup());
+            }
+        }
+        self
+    }
+
     fn at(mut self, secs: i64) -> Self {
         self.now = t(secs);
         self
@@ -1457,4 +1468,163 @@ fn helper_text_is_bounded_on_a_character_boundary() {
     let cut = bounded(&long, HELPER_TEXT_MAX);
     assert!(cut.len() <= HELPER_TEXT_MAX + "…".len());
     assert!(cut.ends_with('…'));
+}
+
+fn cron_cleanup() -> snapmend_crds::Culprit {
+    snapmend_crds::Culprit {
+        time: "2026-12-07T03:12:09.25Z".into(),
+        path: "/pause".into(),
+        op: "delete".into(),
+        count: 1,
+        process: snapmend_crds::CulpritProcess {
+            pid: 4711,
+            cmdline: Some("/bin/sh /etc/cron.daily/cleanup".into()),
+            systemd_unit: Some("cron.service".into()),
+            ..Default::default()
+        },
+    }
+}
+
+const CRON_SUMMARY: &str = "damaged by pid 4711 `/bin/sh /etc/cron.daily/cleanup` (systemd unit cron.service) at 2026-12-07T03:12:09Z (delete /pause)";
+
+#[test]
+fn damage_found_with_a_culprit_names_it_in_status_message_and_event() {
+    let s = verifying()
+        .answered("1", Outcome::Corrupted)
+        .with_culprit()
+        .decide();
+    let c = s.status.culprit.clone().expect("status.culprit");
+    assert_eq!(c.summary, CRON_SUMMARY);
+    assert_eq!(c.layer, 0);
+    assert_eq!(c.snapshot_id.as_deref(), Some("1"));
+    assert_eq!(c.change, cron_cleanup());
+    assert!(
+        cond(&s, VERIFIED)
+            .message
+            .ends_with(&format!("; {CRON_SUMMARY}"))
+    );
+    let found = s
+        .events
+        .iter()
+        .find(|e| e.reason == "CorruptionFound")
+        .expect("CorruptionFound event");
+    assert!(found.note.contains(CRON_SUMMARY), "{}", found.note);
+}
+
+#[test]
+fn a_verify_only_repair_names_the_culprit_in_its_final_message() {
+    let s = verifying()
+        .action(RepairAction::Verify)
+        .answered("1", Outcome::Corrupted)
+        .with_culprit()
+        .decide();
+    assert_eq!(phase(&s), Phase::Succeeded);
+    assert!(message(&s).contains(CRON_SUMMARY), "{}", message(&s));
+    assert!(s.status.culprit.is_some());
+}
+
+#[test]
+fn a_repair_names_the_culprit_in_its_repaired_message_and_event() {
+    let s = repairing()
+        .answered("2", Outcome::Repaired)
+        .with_culprit()
+        .decide();
+    assert_eq!(
+        s.status.culprit.as_ref().map(|c| c.summary.as_str()),
+        Some(CRON_SUMMARY)
+    );
+    assert_eq!(
+        cond(&s, REPAIRED).message,
+        format!("repaired registry.k8s.io/pause:3.10 on node node-a (1 missing); {CRON_SUMMARY}")
+    );
+    let repaired = s
+        .events
+        .iter()
+        .find(|e| e.reason == "Repaired")
+        .expect("event");
+    assert!(repaired.note.contains(CRON_SUMMARY));
+}
+
+#[test]
+fn an_incomplete_repair_names_the_culprit_in_its_failure() {
+    let s = repairing()
+        .answered("2", Outcome::Corrupted)
+        .with_culprit()
+        .decide();
+    assert_failed(&s, "RepairIncomplete");
+    assert!(message(&s).contains(CRON_SUMMARY), "{}", message(&s));
+}
+
+#[test]
+fn a_culprit_found_earlier_is_kept_when_the_repair_report_has_none() {
+    let mut w = repairing().answered("2", Outcome::Repaired);
+    let earlier = verifying()
+        .answered("1", Outcome::Corrupted)
+        .with_culprit()
+        .decide()
+        .status
+        .culprit;
+    w.status.culprit = earlier.clone();
+    let s = w.decide();
+    assert_eq!(s.status.culprit, earlier);
+    assert!(cond(&s, REPAIRED).message.contains(CRON_SUMMARY));
+}
+
+#[test]
+fn without_a_culprit_nothing_is_said_about_one() {
+    let s = verifying().answered("1", Outcome::Corrupted).decide();
+    assert!(s.status.culprit.is_none());
+    assert!(!cond(&s, VERIFIED).message.contains("damaged by"));
+    let s = repairing().answered("2", Outcome::Repaired).decide();
+    assert!(s.status.culprit.is_none());
+    assert!(!cond(&s, REPAIRED).message.contains("damaged by"));
+}
+
+#[test]
+fn only_a_damaged_layer_names_the_culprit_and_the_first_one_wins() {
+    let mut r = report(Outcome::Healthy);
+    r.layers[0].culprit = Some(cron_cleanup());
+    assert_eq!(report_culprit(&r), None, "a healthy layer names no culprit");
+    let s = verifying()
+        .answered("1", Outcome::Healthy)
+        .with_culprit()
+        .decide();
+    assert!(s.status.culprit.is_none());
+    assert_eq!(phase(&s), Phase::Succeeded);
+
+    let mut second = cron_cleanup();
+    second.process.pid = 99;
+    let mut r = report(Outcome::Corrupted);
+    let mut unrepairable = r.layers[0].clone();
+    unrepairable.index = 0;
+    unrepairable.state = LayerState::Unrepairable;
+    unrepairable.culprit = Some(cron_cleanup());
+    let mut missing = r.layers[0].clone();
+    missing.index = 1;
+    missing.state = LayerState::SnapshotMissing;
+    missing.snapshot_id = Some("7".into());
+    missing.culprit = Some(second);
+    let mut corrupted = r.layers[0].clone();
+    corrupted.index = 2;
+    corrupted.culprit = Some(cron_cleanup());
+    r.layers = vec![unrepairable, missing, corrupted];
+    let c = report_culprit(&r).expect("culprit");
+    assert_eq!((c.layer, c.change.process.pid), (1, 99));
+    assert_eq!(c.snapshot_id.as_deref(), Some("7"));
+}
+
+#[test]
+fn a_huge_culprit_is_bounded_in_messages() {
+    let mut w = verifying().answered("1", Outcome::Corrupted).with_culprit();
+    if let Some(r) = w.status.report.as_mut() {
+        let c = r.report.layers[0].culprit.as_mut().expect("culprit");
+        c.process.cmdline = Some("x".repeat(100_000));
+    }
+    let s = w.decide();
+    let c = s.status.culprit.clone().expect("culprit");
+    assert_eq!(
+        c.change.process.cmdline.map(|s| s.len()),
+        Some(snapmend_crds::culprit::TEXT_MAX)
+    );
+    assert!(cond(&s, VERIFIED).message.len() < 2 * HELPER_TEXT_MAX);
 }
