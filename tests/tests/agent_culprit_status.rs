@@ -6,9 +6,7 @@
 
 mod agent_support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::*;
@@ -72,21 +70,8 @@ async fn a_repair_names_the_process_that_deleted_pause() {
 
     // The "cleanup script": deletes /pause, then waits to be told to exit (so /proc still
     // names it when the guard reads it, as a cron job's shell would).
-    let mut culprit = Command::new("perl")
-        .arg0(CULPRIT)
-        .arg("-e")
-        .arg("unlink $ARGV[0] or die; $| = 1; print \"done\\n\"; my $end = <STDIN>;")
-        .arg(&pause)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut done = String::new();
-    BufReader::new(culprit.stdout.take().unwrap())
-        .read_line(&mut done)
-        .unwrap();
-    assert_eq!(done.trim(), "done");
-    let pid = culprit.id() as i32;
+    let culprit = Culprit::delete(CULPRIT, &pause);
+    let pid = culprit.pid() as i32;
     // The guard reports a change once it has been quiet for a moment; its Node Event says
     // the attribution is in (the agent remembers it before sending the Event).
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
@@ -107,8 +92,7 @@ async fn a_repair_names_the_process_that_deleted_pause() {
         },
     )
     .await;
-    culprit.stdin.take().unwrap().write_all(b"end\n").unwrap();
-    assert!(culprit.wait().unwrap().success());
+    culprit.release();
 
     let applied = Instant::now();
     // A person applies a SnapshotRepair for the node's sandbox image.

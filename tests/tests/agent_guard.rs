@@ -4,9 +4,6 @@
 
 mod agent_support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agent_support::*;
@@ -68,21 +65,8 @@ async fn a_culprit_becomes_a_node_event_and_the_agents_repair_does_not() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let mut culprit = Command::new("perl")
-        .arg0(CULPRIT)
-        .arg("-e")
-        .arg("unlink $ARGV[0] or die; $| = 1; print \"done\\n\"; my $end = <STDIN>;")
-        .arg(&pause)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut done = String::new();
-    BufReader::new(culprit.stdout.take().unwrap())
-        .read_line(&mut done)
-        .unwrap();
-    assert_eq!(done.trim(), "done");
-    let pid = culprit.id();
+    let culprit = Culprit::delete(CULPRIT, &pause);
+    let pid = culprit.pid();
     let events = wait_for(
         "SnapshotTampered Event",
         Duration::from_secs(20),
@@ -92,8 +76,7 @@ async fn a_culprit_becomes_a_node_event_and_the_agents_repair_does_not() {
         },
     )
     .await;
-    culprit.stdin.take().unwrap().write_all(b"end\n").unwrap();
-    assert!(culprit.wait().unwrap().success());
+    culprit.release();
     assert_eq!(events.len(), 1, "{events:#?}");
     let note = events[0].note.clone().unwrap_or_default();
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));

@@ -9,19 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Event, Node};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use snapmend_crds::labels::{DEFAULT_LEASE_NAMESPACE, helper_lease_name};
+use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
 use snapmend_crds::{Phase, RepairAction, SnapshotRepair};
 use snapmend_tests::kubelet::cluster::TestCluster;
-use snapmend_tests::kubelet::scenario::{kubelet_event, register_node};
+use snapmend_tests::kubelet::scenario::{kubelet_event, register_node, renew_helper_leases};
 
 const NODES: usize = 50;
 const PODS_PER_NODE: usize = 4;
@@ -31,35 +29,6 @@ const PAUSE_GONE: &str = r#"Failed to create pod sandbox: rpc error: code = Unkn
 
 fn node_name(i: usize) -> String {
     format!("storm-{i:02}")
-}
-
-/// Keeps every node's presence Lease fresh, as 50 agents would.
-async fn renew_leases(client: Client, nodes: Vec<String>) {
-    let leases = Api::<Lease>::namespaced(client, DEFAULT_LEASE_NAMESPACE);
-    loop {
-        for node in &nodes {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(helper_lease_name(node)),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(format!("agent-{node}")),
-                    lease_duration_seconds: Some(40),
-                    renew_time: Some(MicroTime(Timestamp::now())),
-                    ..Default::default()
-                }),
-            };
-            let _ = leases
-                .patch(
-                    &helper_lease_name(node),
-                    &PatchParams::apply("storm-agents").force(),
-                    &Patch::Apply(&lease),
-                )
-                .await;
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
 }
 
 /// Answers every request like an agent: Verify finds `/pause` missing, Repair restores it.
@@ -153,7 +122,12 @@ async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() 
     for node in &nodes {
         register_node(&client, node, &[]).await.unwrap();
     }
-    tokio::spawn(renew_leases(client.clone(), nodes.clone()));
+    tokio::spawn(renew_helper_leases(
+        client.clone(),
+        DEFAULT_LEASE_NAMESPACE,
+        nodes.clone(),
+        "storm-agents",
+    ));
     tokio::spawn(answer_requests(client.clone()));
     let max_cordoned = Arc::new(Mutex::new(0usize));
     tokio::spawn(track_cordons(client.clone(), max_cordoned.clone()));

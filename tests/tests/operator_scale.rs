@@ -16,17 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use snapmend_crds::labels::helper_lease_name;
 use snapmend_crds::{Phase, RepairAction, SnapshotRepair};
+use snapmend_tests::kubelet::scenario::renew_helper_leases;
 use snapmend_tests::sim::count_by_key;
 use tokio::task::JoinHandle;
 
@@ -108,35 +106,14 @@ async fn add_realistic_nodes(client: &Client, count: usize) {
         .await;
 }
 
-/// Keeps the presence Leases of `nodes` fresh, as their agents would (every 5 s).
+/// Keeps the presence Leases of `nodes` fresh, as their agents would.
 fn renew_leases(client: &Client, nodes: Vec<String>) -> JoinHandle<()> {
-    let leases = Api::<Lease>::namespaced(client.clone(), NAMESPACE);
-    tokio::spawn(async move {
-        loop {
-            for node in &nodes {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(helper_lease_name(node)),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(format!("agent-{node}")),
-                        lease_duration_seconds: Some(40),
-                        renew_time: Some(MicroTime(Timestamp::now())),
-                        ..Default::default()
-                    }),
-                };
-                let _ = leases
-                    .patch(
-                        &helper_lease_name(node),
-                        &PatchParams::apply("scale-agents").force(),
-                        &Patch::Apply(&lease),
-                    )
-                    .await;
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    })
+    tokio::spawn(renew_helper_leases(
+        client.clone(),
+        NAMESPACE,
+        nodes,
+        "scale-agents",
+    ))
 }
 
 /// Answers every request like an agent: Verify finds `/pause` missing after 50 ms, Repair

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     Container, Event, EventSource, Namespace, ObjectReference, Pod, PodSpec,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
 use snapmend_crds::SnapshotRepair;
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
@@ -445,4 +446,40 @@ pub async fn register_node(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     super::register_node(client, &config).await
+}
+
+/// Keeps the presence Leases of `nodes` in `namespace` fresh every 5 s, as their agents would,
+/// applied under `field_manager`. Runs until dropped or aborted.
+pub async fn renew_helper_leases(
+    client: Client,
+    namespace: &str,
+    nodes: Vec<String>,
+    field_manager: &str,
+) {
+    let leases = Api::<Lease>::namespaced(client, namespace);
+    loop {
+        for node in &nodes {
+            let name = snapmend_crds::labels::helper_lease_name(node);
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(format!("agent-{node}")),
+                    lease_duration_seconds: Some(40),
+                    renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                    ..Default::default()
+                }),
+            };
+            let _ = leases
+                .patch(
+                    &name,
+                    &PatchParams::apply(field_manager).force(),
+                    &Patch::Apply(&lease),
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }

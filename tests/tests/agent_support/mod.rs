@@ -410,3 +410,48 @@ pub async fn lease_renew_time(client: &Client, node: &str) -> Option<k8s_openapi
 pub fn path_exists(p: &Path) -> bool {
     p.symlink_metadata().is_ok()
 }
+
+/// A process named `name` (its argv[0]) that has deleted `path` and stays alive, so that /proc
+/// still names it when the culprit guard reads it, as a cron job's shell would.
+pub struct Culprit {
+    child: Child,
+}
+
+impl Culprit {
+    /// Starts it and waits until the file is gone.
+    pub fn delete(name: &str, path: &Path) -> Culprit {
+        use std::io::{BufRead, BufReader};
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("perl")
+            .arg0(name)
+            .arg("-e")
+            .arg("unlink $ARGV[0] or die; $| = 1; print \"done\\n\"; my $end = <STDIN>;")
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start perl");
+        let mut done = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut done)
+            .expect("read the culprit's output");
+        assert_eq!(done.trim(), "done");
+        Culprit { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it exit, and checks that it did so cleanly.
+    pub fn release(mut self) {
+        use std::io::Write;
+        self.child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(b"end\n")
+            .expect("tell the culprit to exit");
+        assert!(self.child.wait().expect("wait for the culprit").success());
+    }
+}
