@@ -401,6 +401,9 @@ fn layer_summary(s: &mut String, l: &LayerReport) {
         };
         let _ = writeln!(s, "         {:?} {}{detail}", f.kind, f.path);
     }
+    if let Some(culprit) = &l.culprit {
+        let _ = writeln!(s, "         {}", culprit.summary());
+    }
     if let Some(staging) = &l.leftover_staging {
         let _ = writeln!(
             s,
@@ -587,5 +590,39 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("mounts"), "{s}");
+    }
+
+    #[test]
+    fn a_layer_with_a_culprit_names_it() {
+        let culprit = snapmend_crds::culprit::Culprit {
+            time: "2026-12-07T03:12:09.123Z".into(),
+            path: "/pause".into(),
+            op: "delete".into(),
+            count: 1,
+            process: snapmend_crds::culprit::CulpritProcess {
+                pid: 4711,
+                cmdline: Some("/bin/sh /etc/cron.daily/cleanup".into()),
+                systemd_unit: Some("cron.service".into()),
+                ..Default::default()
+            },
+        };
+        let r = Report {
+            image: "x".into(),
+            outcome: Outcome::Corrupted,
+            layers: vec![LayerReport {
+                digest: "sha256:l".into(),
+                state: LayerState::Corrupted,
+                culprit: Some(culprit.clone()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = human_summary(&r);
+        assert!(
+            s.contains(&format!("         {}\n", culprit.summary())),
+            "{s}"
+        );
+        assert!(s.contains("damaged by pid 4711"), "{s}");
+        assert!(s.contains("(delete /pause)"), "{s}");
     }
 }

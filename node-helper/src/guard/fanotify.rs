@@ -161,11 +161,12 @@ pub struct FileHandle<'a> {
 }
 
 impl FileHandle<'_> {
-    /// A key for caches: type and handle bytes.
-    pub fn key(&self) -> Vec<u8> {
-        let mut k = self.handle_type.to_ne_bytes().to_vec();
-        k.extend_from_slice(self.bytes);
-        k
+    /// A key for caches: type and handle bytes, written into `key` (reused: no allocation
+    /// per event on the hot path).
+    pub fn key_into(&self, key: &mut Vec<u8>) {
+        key.clear();
+        key.extend_from_slice(&self.handle_type.to_ne_bytes());
+        key.extend_from_slice(self.bytes);
     }
 }
 

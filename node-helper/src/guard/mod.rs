@@ -32,6 +32,8 @@ use process::{ProcessInfo, SelfIdentity, Writer};
 
 /// Read buffer for events (many events per read syscall).
 const READ_BUFFER: usize = 256 * 1024;
+/// How long the guard lets events gather after a wake-up before it reads them.
+const BATCH: Duration = Duration::from_millis(20);
 /// Directory handles remembered; the cache starts over when full.
 const DIR_CACHE: usize = 65_536;
 /// Writer verdicts remembered per pid, and for how long (pids are reused).
@@ -143,6 +145,7 @@ pub struct Guard {
     aggregator: Aggregator,
     pending_overflows: u64,
     buf: Vec<u8>,
+    key: Vec<u8>,
     pub stats: GuardStats,
 }
 
@@ -166,6 +169,7 @@ impl Guard {
             aggregator: Aggregator::default(),
             pending_overflows: 0,
             buf: vec![0; READ_BUFFER],
+            key: Vec::with_capacity(64),
             stats: GuardStats::default(),
         })
     }
@@ -177,6 +181,10 @@ impl Guard {
             .group
             .wait(timeout.as_millis().min(u16::MAX as u128) as u16)
         {
+            // Let a burst queue up: one read then carries hundreds of events, and the kernel
+            // merges repeats (a file written in many chunks) into one. The queue holds 16,384
+            // events, far more than arrive in this pause.
+            std::thread::sleep(BATCH);
             self.drain(&mut out)?;
         }
         self.due(&mut out, false);
@@ -242,8 +250,18 @@ impl Guard {
             return;
         }
         let Some(handle) = event.dir else { return };
-        let key = handle.key();
-        let place = match self.dirs.get(&key) {
+        handle.key_into(&mut self.key);
+        // Most events of a filesystem mark are elsewhere: decide those without allocating.
+        let place = match self.dirs.get(self.key.as_slice()) {
+            Some(Place::Elsewhere) => {
+                if event.mask & libc::FAN_ONDIR != 0
+                    && event.mask & (libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO) != 0
+                {
+                    // A renamed directory moves every cached path below it.
+                    self.dirs.clear();
+                }
+                return;
+            }
             Some(place) => place.clone(),
             None => {
                 let Some(path) = self.group.directory_path(&handle) else {
@@ -254,7 +272,7 @@ impl Guard {
                 if self.dirs.len() >= DIR_CACHE {
                     self.dirs.clear();
                 }
-                self.dirs.insert(key, place.clone());
+                self.dirs.insert(self.key.clone(), place.clone());
                 place
             }
         };
