@@ -14,7 +14,8 @@ use snapmend_crds::{BlobSource, BlobState, LayerState, Outcome, Report};
 use snapmend_tests::image_builder::{ImageSpec, pause_image, rich_image, write_oci_archive};
 use snapmend_tests::node_helper_cli::{HelperRun, PristineImage, Scenario, flip_blob_byte};
 use snapmend_tests::registry::{
-    BlobMode, BlobServer, Registry, TestCa, write_docker_config, write_hosts_toml,
+    Blackhole, BlobMode, BlobServer, Registry, TestCa, free_port, write_docker_config,
+    write_hosts_toml,
 };
 
 const PAUSE: &str = "snapmend.test/pause:3.10";
@@ -646,5 +647,112 @@ fn a_registry_that_tampers_or_drops_the_connection_gets_nothing_written() {
         }
     }
     assert!(outputs.0.iter().all(|o| !o.contains("t0ken-never-printed")));
+    outputs.assert_no_credentials();
+}
+
+/// containerd's host rules that decide how, and how long, a host is tried: `dial_timeout`
+/// bounds the wait for a host that never answers a connect, a refusing host is left at once,
+/// and an `http://` host with TLS settings (or a loopback registry without any hosts.toml) is
+/// tried over https first and over http when the server answers the handshake in plain http.
+#[test]
+fn plain_http_registries_and_unreachable_hosts_as_containerd_tries_them() {
+    let work = tempfile::Builder::new()
+        .prefix("snapmend-reg-http-")
+        .tempdir()
+        .unwrap();
+    let w = work.path();
+    let plain = Registry::start_plain_http(&w.join("plain"), None).unwrap();
+    let pause = pause_image(PAUSE).unwrap();
+    let by_host = format!("{}/pause:3.10", plain.host());
+    let pause_by_host = pause_image(&by_host).unwrap();
+    plain
+        .push_plain_http(&archive(&pause, &w.join("pause.tar")), "pause:3.10")
+        .unwrap();
+    let s = Scenario::start(&[pause, pause_by_host]).unwrap();
+    let pristine = s.capture_pristine(PAUSE).unwrap();
+    remove_layer_blobs(&s);
+
+    let blackhole = Blackhole::start().unwrap();
+    let refused = format!("127.0.0.1:{}", free_port().unwrap());
+    let hosts = write_hosts_toml(
+        &w.join("certs.d"),
+        "snapmend.test",
+        &format!(
+            "server = \"http://{plain}\"\nskip_verify = true\n\n\
+             [host.\"https://{blackhole}\"]\n  capabilities = [\"pull\"]\n  dial_timeout = \"300ms\"\n\n\
+             [host.\"http://{refused}\"]\n  capabilities = [\"pull\"]\n",
+            plain = plain.host(),
+            blackhole = blackhole.host(),
+        ),
+    )
+    .unwrap();
+    let hosts = hosts.to_str().unwrap().to_string();
+    let empty = w.join("empty.json");
+    std::fs::write(&empty, "{}").unwrap();
+    let fetch_args = [
+        "--registry-config",
+        hosts.as_str(),
+        "--auth",
+        empty.to_str().unwrap(),
+        "--cache-dir",
+        "none",
+    ];
+    let mut outputs = Outputs::default();
+
+    // The blackholed host costs its dial_timeout, the refusing one nothing; the plain-http
+    // server, configured with TLS settings, answers the https attempt in http and serves.
+    let started = std::time::Instant::now();
+    let ok = run(&s, &mut outputs, "verify", PAUSE, &fetch_args);
+    let took = started.elapsed();
+    assert_eq!(ok.code, Some(0), "{ok}");
+    let r = report(&ok);
+    assert_eq!(r.outcome, Outcome::Healthy, "{ok}");
+    for l in &r.layers {
+        assert_eq!(l.blob_source, Some(BlobSource::Registry), "{ok}");
+        assert_eq!(
+            l.fetched_from.as_deref(),
+            Some(format!("{}/pause", plain.host()).as_str()),
+            "{ok}"
+        );
+        let detail = l.blob_detail.as_deref().unwrap_or_default();
+        assert!(
+            detail.contains(&format!(
+                "{}: no connection within 300ms (dial_timeout)",
+                blackhole.host()
+            )),
+            "{ok}"
+        );
+        assert!(detail.contains(&format!("{refused}: ")), "{ok}");
+    }
+    // Without dial_timeout the blackholed host alone would hold each layer 15 s.
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "verify took {took:?}: {ok}"
+    );
+    assert!(
+        ok.stderr.contains("answered https in plain http"),
+        "the fallback is logged: {ok}"
+    );
+
+    // Damaged, then repaired from the plain-http registry: equal to containerd's unpack.
+    std::fs::remove_file(pristine.layers[0].fs.join("pause")).unwrap();
+    let fixed = run(&s, &mut outputs, "repair", PAUSE, &fetch_args);
+    assert_eq!(fixed.code, Some(0), "{fixed}");
+    assert_eq!(report(&fixed).outcome, Outcome::Repaired, "{fixed}");
+    let diffs = pristine.differences_now().unwrap();
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+
+    // A loopback registry named by the image itself, with no hosts.toml: containerd's
+    // default for it is https without verification, then http.
+    let default = run(&s, &mut outputs, "verify", &by_host, &fetch_args);
+    assert_eq!(default.code, Some(0), "{default}");
+    let r = report(&default);
+    assert!(
+        r.layers
+            .iter()
+            .all(|l| l.blob_source == Some(BlobSource::Registry)
+                && l.fetched_from.as_deref() == Some(format!("{}/pause", plain.host()).as_str())),
+        "{default}"
+    );
     outputs.assert_no_credentials();
 }
