@@ -619,7 +619,6 @@ mod tests {
             size: body.len() as u64,
         };
         HostClient::new(host)
-            .ok()
             .expect("client")
             .download(&request, None, &mut out)
     }
