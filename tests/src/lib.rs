@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod containerd;
+pub mod cri;
 mod error;
 pub mod fs_tree;
 pub mod image_builder;

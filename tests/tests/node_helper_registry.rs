@@ -11,10 +11,16 @@
 use std::path::{Path, PathBuf};
 
 use snapmend_crds::{BlobSource, BlobState, LayerState, Outcome, Report};
+use snapmend_tests::containerd::{ContainerdFixture, CriPlugin, FixtureOptions};
+use snapmend_tests::cri::{CriAuth, pull_image};
+use snapmend_tests::fs_tree::{capture_tree, tar_mtime_paths};
 use snapmend_tests::image_builder::{ImageSpec, pause_image, rich_image, write_oci_archive};
-use snapmend_tests::node_helper_cli::{HelperRun, PristineImage, Scenario, flip_blob_byte};
+use snapmend_tests::node_helper_cli::{
+    HelperRun, NodeHelper, PristineImage, PristineLayer, Scenario, flip_blob_byte,
+};
 use snapmend_tests::registry::{
-    BlobMode, BlobServer, Registry, TestCa, write_docker_config, write_hosts_toml,
+    Blackhole, BlobMode, BlobServer, Registry, TestCa, free_port, write_docker_config,
+    write_hosts_toml,
 };
 
 const PAUSE: &str = "snapmend.test/pause:3.10";
@@ -646,5 +652,274 @@ fn a_registry_that_tampers_or_drops_the_connection_gets_nothing_written() {
         }
     }
     assert!(outputs.0.iter().all(|o| !o.contains("t0ken-never-printed")));
+    outputs.assert_no_credentials();
+}
+
+/// containerd's host rules that decide how, and how long, a host is tried: `dial_timeout`
+/// bounds the wait for a host that never answers a connect, a refusing host is left at once,
+/// and an `http://` host with TLS settings (or a loopback registry without any hosts.toml) is
+/// tried over https first and over http when the server answers the handshake in plain http.
+#[test]
+fn plain_http_registries_and_unreachable_hosts_as_containerd_tries_them() {
+    let work = tempfile::Builder::new()
+        .prefix("snapmend-reg-http-")
+        .tempdir()
+        .unwrap();
+    let w = work.path();
+    let plain = Registry::start_plain_http(&w.join("plain"), None).unwrap();
+    let pause = pause_image(PAUSE).unwrap();
+    let by_host = format!("{}/pause:3.10", plain.host());
+    let pause_by_host = pause_image(&by_host).unwrap();
+    plain
+        .push_plain_http(&archive(&pause, &w.join("pause.tar")), "pause:3.10")
+        .unwrap();
+    let s = Scenario::start(&[pause, pause_by_host]).unwrap();
+    let pristine = s.capture_pristine(PAUSE).unwrap();
+    remove_layer_blobs(&s);
+
+    let blackhole = Blackhole::start().unwrap();
+    let refused = format!("127.0.0.1:{}", free_port().unwrap());
+    let hosts = write_hosts_toml(
+        &w.join("certs.d"),
+        "snapmend.test",
+        &format!(
+            "server = \"http://{plain}\"\nskip_verify = true\n\n\
+             [host.\"https://{blackhole}\"]\n  capabilities = [\"pull\"]\n  dial_timeout = \"300ms\"\n\n\
+             [host.\"http://{refused}\"]\n  capabilities = [\"pull\"]\n",
+            plain = plain.host(),
+            blackhole = blackhole.host(),
+        ),
+    )
+    .unwrap();
+    let hosts = hosts.to_str().unwrap().to_string();
+    let empty = w.join("empty.json");
+    std::fs::write(&empty, "{}").unwrap();
+    let fetch_args = [
+        "--registry-config",
+        hosts.as_str(),
+        "--auth",
+        empty.to_str().unwrap(),
+        "--cache-dir",
+        "none",
+    ];
+    let mut outputs = Outputs::default();
+
+    // The blackholed host costs its dial_timeout, the refusing one nothing; the plain-http
+    // server, configured with TLS settings, answers the https attempt in http and serves.
+    let started = std::time::Instant::now();
+    let ok = run(&s, &mut outputs, "verify", PAUSE, &fetch_args);
+    let took = started.elapsed();
+    assert_eq!(ok.code, Some(0), "{ok}");
+    let r = report(&ok);
+    assert_eq!(r.outcome, Outcome::Healthy, "{ok}");
+    for l in &r.layers {
+        assert_eq!(l.blob_source, Some(BlobSource::Registry), "{ok}");
+        assert_eq!(
+            l.fetched_from.as_deref(),
+            Some(format!("{}/pause", plain.host()).as_str()),
+            "{ok}"
+        );
+        let detail = l.blob_detail.as_deref().unwrap_or_default();
+        assert!(
+            detail.contains(&format!(
+                "{}: no connection within 300ms (dial_timeout)",
+                blackhole.host()
+            )),
+            "{ok}"
+        );
+        assert!(detail.contains(&format!("{refused}: ")), "{ok}");
+    }
+    // Without dial_timeout the blackholed host alone would hold each layer 15 s.
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "verify took {took:?}: {ok}"
+    );
+    assert!(
+        ok.stderr.contains("answered https in plain http"),
+        "the fallback is logged: {ok}"
+    );
+
+    // Damaged, then repaired from the plain-http registry: equal to containerd's unpack.
+    std::fs::remove_file(pristine.layers[0].fs.join("pause")).unwrap();
+    let fixed = run(&s, &mut outputs, "repair", PAUSE, &fetch_args);
+    assert_eq!(fixed.code, Some(0), "{fixed}");
+    assert_eq!(report(&fixed).outcome, Outcome::Repaired, "{fixed}");
+    let diffs = pristine.differences_now().unwrap();
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+
+    // A loopback registry named by the image itself, with no hosts.toml: containerd's
+    // default for it is https without verification, then http.
+    let default = run(&s, &mut outputs, "verify", &by_host, &fetch_args);
+    assert_eq!(default.code, Some(0), "{default}");
+    let r = report(&default);
+    assert!(
+        r.layers
+            .iter()
+            .all(|l| l.blob_source == Some(BlobSource::Registry)
+                && l.fetched_from.as_deref() == Some(format!("{}/pause", plain.host()).as_str())),
+        "{default}"
+    );
+    outputs.assert_no_credentials();
+}
+
+/// The EKS node: containerd's CRI with `discard_unpacked_layers = true` pulls the images
+/// itself, through its hosts directory, from the TLS registry with basic auth passed in the
+/// CRI AuthConfig as kubelet passes a pull secret. The layer blobs are really gone; the helper
+/// finds the registry from containerd's own config.toml, verifies from it, and repairs a
+/// damaged snapshot to what containerd's unpack produced.
+#[test]
+fn a_cri_node_that_discards_unpacked_layers_is_verified_and_repaired_from_the_registry() {
+    let work = tempfile::Builder::new()
+        .prefix("snapmend-reg-cri-")
+        .tempdir()
+        .unwrap();
+    let w = work.path();
+    let ca = TestCa::generate(&w.join("ca")).unwrap();
+    let main = Registry::start(&w.join("main"), &ca, Some((USER, PASSWORD))).unwrap();
+    let mut built = Vec::new();
+    for (spec, repo_tag) in [
+        (pause_image(PAUSE).unwrap(), "pause:3.10"),
+        (rich_image(RICH).unwrap(), "rich:1"),
+    ] {
+        let path = w.join(format!("{}.tar", repo_tag.replace(':', "-")));
+        built.extend(write_oci_archive(std::slice::from_ref(&spec), &path).unwrap());
+        main.push(&path, repo_tag, &ca).unwrap();
+    }
+    // containerd 1.6 (Debian 12's) cannot parse a hosts.toml without any `[host."…"]`
+    // section ("invalid `host` tree") and would fall back to resolving the image's own host,
+    // so the registry is named as a host too (the server entry then only repeats it).
+    let hosts = write_hosts_toml(
+        &w.join("certs.d"),
+        "snapmend.test",
+        &format!(
+            "server = \"https://{main}\"\nca = \"{ca}\"\n\n[host.\"https://{main}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{ca}\"\n",
+            main = main.host(),
+            ca = ca.ca_cert().display()
+        ),
+    )
+    .unwrap();
+    let fixture = ContainerdFixture::start_with(FixtureOptions {
+        cri: Some(CriPlugin {
+            registry_config_path: hosts,
+            discard_unpacked_layers: true,
+        }),
+        ..FixtureOptions::default()
+    })
+    .unwrap();
+
+    // Wrong credentials: containerd's CRI refuses, as it would for a bad pull secret.
+    let denied = pull_image(
+        &fixture.socket(),
+        PAUSE,
+        Some(CriAuth {
+            username: USER,
+            password: WRONG,
+        }),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        denied
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("401")),
+        "{denied:?}"
+    );
+    for image in &built {
+        let image_ref = pull_image(
+            &fixture.socket(),
+            &image.name,
+            Some(CriAuth {
+                username: USER,
+                password: PASSWORD,
+            }),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", fixture.log_tail()));
+        assert_eq!(image_ref, image.config_digest);
+    }
+    fixture.settle().unwrap();
+
+    // Discarded: the layer blobs are gone from the content store, manifests and configs stay.
+    let content = fixture.ctr(&["content", "ls", "-q"]).unwrap();
+    for image in &built {
+        assert!(content.contains(&image.manifest_digest), "{content}");
+        assert!(content.contains(&image.config_digest), "{content}");
+        for layer in &image.layers {
+            assert!(
+                !content.contains(layer.digest()),
+                "layer {} kept:\n{content}",
+                layer.digest()
+            );
+            assert!(!fixture.blob_path(layer.digest()).exists());
+        }
+    }
+
+    // The helper finds the hosts directory in containerd's config.toml and the credentials
+    // in a docker config, as on a node.
+    let helper = NodeHelper::for_fixture(&fixture).unwrap();
+    let s = Scenario {
+        fixture,
+        helper,
+        images: built,
+    };
+    let good = w.join("good.json");
+    write_docker_config(&good, &main.host(), USER, PASSWORD).unwrap();
+    let fetch_args = ["--auth", good.to_str().unwrap(), "--cache-dir", "none"];
+    let mut outputs = Outputs::default();
+    let mut pristine = Vec::new();
+    for image in &s.images {
+        let ok = run(&s, &mut outputs, "verify", &image.name, &fetch_args);
+        assert_eq!(ok.code, Some(0), "{ok}");
+        let r = report(&ok);
+        assert_eq!(r.outcome, Outcome::Healthy, "{ok}");
+        assert_eq!(r.layers.len(), image.layers.len(), "{ok}");
+        let mut layers = Vec::new();
+        for (l, built_layer) in r.layers.iter().zip(&image.layers) {
+            assert_eq!(l.blob, BlobState::Verified, "{ok}");
+            assert_eq!(l.blob_source, Some(BlobSource::Registry), "{ok}");
+            // containerd's own unpack, right after its pull: the reference for the repair.
+            let fs = PathBuf::from(l.snapshot_path.clone().unwrap());
+            layers.push(PristineLayer {
+                tree: capture_tree(&fs).unwrap(),
+                mtime_paths: tar_mtime_paths(&built_layer.built.tar).unwrap(),
+                fs,
+            });
+        }
+        pristine.push(PristineImage {
+            name: image.name.clone(),
+            layers,
+        });
+    }
+
+    // Damage both, repair both from the registry.
+    std::fs::remove_file(pristine[0].layers[0].fs.join("pause")).unwrap();
+    delete_a_file(&pristine[1].layers[1].fs);
+    for p in &pristine {
+        assert!(!p.differences_now().unwrap().is_empty());
+        let fixed = run(&s, &mut outputs, "repair", &p.name, &fetch_args);
+        assert_eq!(fixed.code, Some(0), "{fixed}");
+        let r = report(&fixed);
+        assert_eq!(r.outcome, Outcome::Repaired, "{fixed}");
+        assert!(
+            r.layers
+                .iter()
+                .all(|l| l.blob_source == Some(BlobSource::Registry)),
+            "{fixed}"
+        );
+        let diffs = p.differences_now().unwrap();
+        assert!(
+            diffs.is_empty(),
+            "repaired tree differs from containerd's unpack:\n{}",
+            diffs.join("\n")
+        );
+    }
+    // Fetched blobs never went into containerd's content store.
+    let content = s.fixture.ctr(&["content", "ls", "-q"]).unwrap();
+    assert!(
+        s.images
+            .iter()
+            .flat_map(|i| &i.layers)
+            .all(|l| !content.contains(l.digest())),
+        "{content}"
+    );
     outputs.assert_no_credentials();
 }

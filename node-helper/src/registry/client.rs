@@ -22,6 +22,7 @@ use crate::store::bounded::read_capped;
 pub const MAX_ATTEMPTS: u32 = 3;
 /// PEM files are small.
 const MAX_PEM: u64 = 1 << 20;
+/// Connect timeout of a host without `dial_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const USER_AGENT: &str = concat!("snapmend-node-helper/", env!("CARGO_PKG_VERSION"));
 
@@ -220,7 +221,7 @@ impl HostClient {
         // TLS even for a plain-http host: a registry may redirect blob downloads to https storage.
         let http = reqwest::blocking::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(host.dial_timeout.unwrap_or(CONNECT_TIMEOUT))
             .timeout(None)
             .tcp_keepalive(Duration::from_secs(15))
             .no_proxy()
@@ -322,9 +323,9 @@ impl HostClient {
         creds: Option<&Credentials>,
         out: &mut LazyFile<'_>,
     ) -> Result<u64, HostFailure> {
-        let url = self
-            .host
-            .blob_url(blob.image_host, blob.repository, blob.digest);
+        // Set once the server answered the TLS handshake in plain http (containerd's
+        // NewHTTPFallback: every later request to the host goes over http).
+        let mut plain_http = false;
         // Generous: a minute plus 2 s per MiB (0.5 MiB/s) for the whole body.
         let timeout = Duration::from_secs(60 + 2 * (blob.size >> 20));
         let mut auth: Option<String> = None;
@@ -333,9 +334,33 @@ impl HostClient {
         let mut attempt = 0;
         while attempt < MAX_ATTEMPTS {
             attempt += 1;
+            let url = self
+                .host
+                .blob_url(blob.image_host, blob.repository, blob.digest, plain_http);
             let resp = match self.get(&url, auth.as_deref(), timeout) {
                 Ok(r) => r,
                 Err(e) => {
+                    if self.host.http_fallback && !plain_http && answered_tls_with_http(&e) {
+                        plain_http = true;
+                        attempt -= 1;
+                        tracing::info!(host = %self.host.host, "the registry answered https in plain http; retrying over http (hosts.toml: http host with TLS settings)");
+                        continue;
+                    }
+                    if e.is_connect() {
+                        // No connection at all (refused, unreachable, dial timeout): like
+                        // containerd, go on to the next host at once instead of retrying.
+                        let failure = if e.is_timeout() {
+                            format!(
+                                "no connection within {:?} (dial_timeout): {}",
+                                self.host.dial_timeout.unwrap_or(CONNECT_TIMEOUT),
+                                error_chain(&e)
+                            )
+                        } else {
+                            error_chain(&e)
+                        };
+                        tracing::debug!(host = %self.host.host, error = %failure, "registry host unreachable");
+                        return Err(HostFailure::Transport(failure));
+                    }
                     last = HostFailure::Transport(error_chain(&e));
                     tracing::debug!(host = %self.host.host, attempt, error = %last, "blob request failed");
                     continue;
@@ -379,6 +404,38 @@ impl HostClient {
         }
         Err(last)
     }
+}
+
+/// Whether a failed https request failed because the server answered the TLS handshake in
+/// plain http (Go's `tls.RecordHeaderError` starting with `HTTP/`, which containerd's
+/// `NewHTTPFallback` looks for): rustls sees a record of no TLS content type. The rustls
+/// error sits in `io::Error`s (nested: hyper-rustls wraps tokio-rustls's) somewhere in
+/// reqwest's chain of causes; `io::Error::source` skips the error it wraps, so those are
+/// unwrapped with `get_ref`.
+pub fn answered_tls_with_http(err: &(dyn std::error::Error + 'static)) -> bool {
+    fn is_http_answer(e: &(dyn std::error::Error + 'static)) -> bool {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            );
+        }
+        match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => is_http_answer(inner),
+            None => false,
+        }
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if is_http_answer(e) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 enum CopyError {
@@ -531,6 +588,187 @@ mod tests {
         assert_eq!(status_text(reqwest::StatusCode::NOT_FOUND), "404 Not Found");
     }
 
+    fn loopback_host(addr: std::net::SocketAddr) -> RegistryHost {
+        RegistryHost {
+            scheme: "https".into(),
+            host: addr.to_string(),
+            path: "/v2".into(),
+            capabilities: super::super::hosts::Capabilities::ALL,
+            ca: Vec::new(),
+            client: Vec::new(),
+            skip_verify: true,
+            headers: Vec::new(),
+            dial_timeout: None,
+            http_fallback: false,
+        }
+    }
+
+    fn fetch(host: &RegistryHost, body: &[u8]) -> Result<u64, HostFailure> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("blob");
+        let open = || -> Result<(std::path::PathBuf, std::fs::File), HostFailure> {
+            let f = std::fs::File::create(&path).map_err(|e| HostFailure::Local(e.to_string()))?;
+            Ok((path.clone(), f))
+        };
+        let mut out = LazyFile::new(&open);
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(body)));
+        let request = BlobRequest {
+            image_host: &host.host,
+            repository: "app",
+            digest: &digest,
+            size: body.len() as u64,
+        };
+        HostClient::new(host)
+            .expect("client")
+            .download(&request, None, &mut out)
+    }
+
+    /// A plain-http server that answers a TLS ClientHello like Go's net/http does (a 400 in
+    /// plain http) and serves `body` to http GETs; records what each connection spoke.
+    fn plain_http_server(
+        body: &'static [u8],
+    ) -> (
+        std::net::SocketAddr,
+        Arc<std::sync::Mutex<Vec<&'static str>>>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let Ok(n) = stream.read(&mut buf) else {
+                    continue;
+                };
+                if n > 0 && buf[0] == 0x16 {
+                    log.lock().expect("lock").push("tls");
+                    let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request");
+                    continue;
+                }
+                log.lock().expect("lock").push("http");
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(body);
+            }
+        });
+        (addr, seen)
+    }
+
+    #[test]
+    fn an_http_answer_to_tls_falls_back_to_http_only_when_allowed() {
+        let (addr, seen) = plain_http_server(b"layer bytes");
+        // No fallback configured: a clear transport error, which is the http answer.
+        let host = loopback_host(addr);
+        let err = fetch(&host, b"layer bytes").expect_err("https only");
+        assert!(matches!(err, HostFailure::Transport(_)), "{err}");
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            ["tls"],
+            "no retry of a refused handshake"
+        );
+        // https first, then http, as containerd does for http hosts with TLS settings.
+        seen.lock().expect("lock").clear();
+        let host = RegistryHost {
+            http_fallback: true,
+            ..host
+        };
+        assert_eq!(fetch(&host, b"layer bytes").ok(), Some(11));
+        assert_eq!(*seen.lock().expect("lock"), ["tls", "http"]);
+    }
+
+    #[test]
+    fn the_http_answer_is_recognised_in_the_chain_of_causes() {
+        let rustls_err = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_err);
+        assert!(answered_tls_with_http(&io));
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let nested = std::io::Error::other(io);
+        assert!(answered_tls_with_http(&Outer(nested)));
+        let other = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(
+            !answered_tls_with_http(&Outer(other)),
+            "a bad certificate is no reason for http"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!answered_tls_with_http(&refused));
+    }
+
+    #[test]
+    fn unreachable_hosts_fail_at_once_and_dial_timeout_bounds_the_wait() {
+        use socket2::{Domain, Socket, Type};
+        // Refused: one attempt, no retries.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let started = std::time::Instant::now();
+        let err = fetch(&loopback_host(addr), b"x").expect_err("refused");
+        assert!(matches!(err, HostFailure::Transport(_)), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A listener whose accept queue is full drops new SYNs: connects hang, as to a
+        // blackholed address, until the dial timeout.
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let bind: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+        socket.bind(&bind.into()).expect("bind");
+        socket.listen(0).expect("listen");
+        let addr = socket
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet");
+        let mut fillers = Vec::new();
+        while fillers.len() < 16 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => break,
+            }
+        }
+        assert!(fillers.len() < 16, "the accept queue never filled");
+        let host = RegistryHost {
+            dial_timeout: Some(Duration::from_millis(300)),
+            ..loopback_host(addr)
+        };
+        let started = std::time::Instant::now();
+        let err = fetch(&host, b"x").expect_err("blackholed");
+        let took = started.elapsed();
+        assert!(
+            err.to_string()
+                .contains("no connection within 300ms (dial_timeout)"),
+            "{err}"
+        );
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
     #[test]
     fn tls_setup_errors_name_the_file() {
         let host = RegistryHost {
@@ -542,6 +780,8 @@ mod tests {
             client: Vec::new(),
             skip_verify: false,
             headers: Vec::new(),
+            dial_timeout: None,
+            http_fallback: false,
         };
         let err = HostClient::new(&host).err().expect("fails");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");

@@ -5,9 +5,11 @@
 //! Parsing is pure; [`resolve_hosts`] does the small, bounded file reads.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Value;
 
+use super::go_duration::parse_go_duration;
 use super::reference::is_localhost;
 use crate::error::{Error, Result};
 use crate::store::bounded::read_capped;
@@ -47,6 +49,12 @@ pub struct RegistryHost {
     pub skip_verify: bool,
     /// Extra request headers (`[header]`).
     pub headers: Vec<(String, String)>,
+    /// `dial_timeout` (containerd 2.1+): how long a connection to this host may take.
+    pub dial_timeout: Option<Duration>,
+    /// `scheme` is `https` because the host was configured for plain http with TLS settings:
+    /// when the server answers the TLS handshake in plain http, the request is retried over
+    /// http (containerd's `NewHTTPFallback`).
+    pub http_fallback: bool,
 }
 
 impl RegistryHost {
@@ -63,11 +71,18 @@ impl RegistryHost {
         self.capabilities.pull
     }
 
-    /// `scheme://host/path/<repo>/blobs/<digest>[?ns=…]`.
-    pub fn blob_url(&self, image_host: &str, repository: &str, digest: &str) -> String {
+    /// `scheme://host/path/<repo>/blobs/<digest>[?ns=…]`; `plain_http` after a fallback.
+    pub fn blob_url(
+        &self,
+        image_host: &str,
+        repository: &str,
+        digest: &str,
+        plain_http: bool,
+    ) -> String {
+        let scheme = if plain_http { "http" } else { &self.scheme };
         let mut url = format!(
-            "{}://{}{}/{repository}/blobs/{digest}",
-            self.scheme, self.host, self.path
+            "{scheme}://{}{}/{repository}/blobs/{digest}",
+            self.host, self.path
         );
         if self.is_mirror_for(image_host) {
             url.push_str("?ns=");
@@ -105,8 +120,10 @@ pub struct HostEntry {
     capabilities: Option<Capabilities>,
     ca: Vec<PathBuf>,
     client: Vec<(PathBuf, Option<PathBuf>)>,
-    skip_verify: bool,
+    /// `Some` when the file sets it, even to `false`: containerd counts that as TLS settings.
+    skip_verify: Option<bool>,
     headers: Vec<(String, String)>,
+    dial_timeout: Option<Duration>,
 }
 
 /// Parses a hosts.toml. `dir` anchors relative `ca`/`client` paths. Entries come out in
@@ -276,8 +293,17 @@ fn parse_section(section: &toml::Table, dir: &Path) -> Result<HostEntry, String>
     }
     match section.get("skip_verify") {
         None => {}
-        Some(Value::Boolean(b)) => entry.skip_verify = *b,
+        Some(Value::Boolean(b)) => entry.skip_verify = Some(*b),
         Some(_) => return Err("skip_verify must be a boolean".into()),
+    }
+    match section.get("dial_timeout") {
+        None => {}
+        Some(Value::String(text)) => {
+            let timeout = parse_go_duration(text).map_err(|e| format!("dial_timeout: {e}"))?;
+            // Go's net.Dialer treats zero as "no timeout of its own": our default applies.
+            entry.dial_timeout = Some(timeout).filter(|t| !t.is_zero());
+        }
+        Some(_) => return Err("dial_timeout must be a duration string such as \"3s\"".into()),
     }
     if let Some(header) = section.get("header") {
         let Value::Table(header) = header else {
@@ -299,9 +325,47 @@ fn parse_section(section: &toml::Table, dir: &Path) -> Result<HostEntry, String>
     Ok(entry)
 }
 
-/// Fills in the default host for a missing `server`, like containerd: docker.io →
-/// `https://registry-1.docker.io`, localhost → `http`, otherwise `https://<host>`; `/v2`;
-/// every capability.
+/// The port of `host[:port]` (`[v6]:port` too), if it names one.
+fn port_of(host: &str) -> Option<&str> {
+    let after_bracket = match host.rfind(']') {
+        Some(i) => &host[i + 1..],
+        None if host.matches(':').count() == 1 => host,
+        None => return None,
+    };
+    after_bracket.rsplit_once(':').map(|(_, port)| port)
+}
+
+/// containerd's HTTP fallback rule (`ConfigureHosts`): a host configured for plain http that
+/// also has TLS settings (`ca`, `client` or `skip_verify`) is tried over https first, and
+/// over http only when the server answers the handshake in plain http. Port 80 is
+/// unambiguous and stays http.
+pub fn tries_https_first(scheme: &str, host: &str, has_tls_settings: bool) -> bool {
+    scheme == "http" && has_tls_settings && port_of(host) != Some("80")
+}
+
+/// containerd's default endpoint for a registry whose hosts.toml names no `server`:
+/// (scheme, host, skip_verify override). docker.io → `https://registry-1.docker.io`;
+/// localhost and loopback addresses → https (no verification) on no port or 443, http on
+/// port 80, else http with TLS settings, hence https first with the http fallback; anything
+/// else https.
+pub fn default_endpoint(image_host: &str) -> (&'static str, String, Option<bool>) {
+    if image_host == "docker.io" {
+        return ("https", "registry-1.docker.io".to_string(), None);
+    }
+    if !is_localhost(image_host) {
+        return ("https", image_host.to_string(), None);
+    }
+    let port = port_of(image_host);
+    let scheme = match port {
+        None | Some("443") => "https",
+        Some(_) => "http",
+    };
+    let skip_verify = (port != Some("80")).then_some(true);
+    (scheme, image_host.to_string(), skip_verify)
+}
+
+/// Fills in the default host for a missing `server` ([`default_endpoint`]), `/v2`, every
+/// capability, and applies [`tries_https_first`] to every entry.
 pub fn finish_hosts(image_host: &str, entries: Option<Vec<HostEntry>>) -> Vec<RegistryHost> {
     // No hosts directory: one default entry.
     let entries = entries.unwrap_or_else(|| vec![HostEntry::default()]);
@@ -310,6 +374,7 @@ pub fn finish_hosts(image_host: &str, entries: Option<Vec<HostEntry>>) -> Vec<Re
         .into_iter()
         .enumerate()
         .filter_map(|(i, e)| {
+            let mut skip_verify = e.skip_verify;
             let (scheme, host, path, caps) = match e.url {
                 Some((scheme, host, path)) => (
                     scheme,
@@ -318,13 +383,10 @@ pub fn finish_hosts(image_host: &str, entries: Option<Vec<HostEntry>>) -> Vec<Re
                     e.capabilities.unwrap_or(Capabilities::ALL),
                 ),
                 None if i == last => {
-                    let (scheme, host) = if image_host == "docker.io" {
-                        ("https", "registry-1.docker.io".to_string())
-                    } else if is_localhost(image_host) {
-                        ("http", image_host.to_string())
-                    } else {
-                        ("https", image_host.to_string())
-                    };
+                    let (scheme, host, skip) = default_endpoint(image_host);
+                    if skip.is_some() {
+                        skip_verify = skip;
+                    }
                     // containerd ignores the top-level capabilities of a server-less file.
                     (
                         scheme.to_string(),
@@ -335,15 +397,24 @@ pub fn finish_hosts(image_host: &str, entries: Option<Vec<HostEntry>>) -> Vec<Re
                 }
                 None => return None,
             };
+            let has_tls_settings =
+                !e.ca.is_empty() || !e.client.is_empty() || skip_verify.is_some();
+            let http_fallback = tries_https_first(&scheme, &host, has_tls_settings);
             Some(RegistryHost {
-                scheme,
+                scheme: if http_fallback {
+                    "https".to_string()
+                } else {
+                    scheme
+                },
                 host,
                 path,
                 capabilities: caps,
                 ca: e.ca,
                 client: e.client,
-                skip_verify: e.skip_verify,
+                skip_verify: skip_verify.unwrap_or(false),
                 headers: e.headers,
+                dial_timeout: e.dial_timeout,
+                http_fallback,
             })
         })
         .collect()
@@ -419,6 +490,8 @@ pub fn legacy_mirror_hosts(legacy: &LegacyRegistry, image_host: &str) -> Vec<Reg
                 client: Vec::new(),
                 skip_verify: false,
                 headers: Vec::new(),
+                dial_timeout: None,
+                http_fallback: false,
             });
         }
     }
@@ -515,17 +588,10 @@ mod tests {
             ["https://registry-1.docker.io/v2"]
         );
         assert_eq!(
-            urls(&finish_hosts("localhost:5000", None)),
-            ["http://localhost:5000/v2"]
-        );
-        assert_eq!(
-            urls(&finish_hosts("127.0.0.1:5443", None)),
-            ["http://127.0.0.1:5443/v2"]
-        );
-        assert_eq!(
             urls(&finish_hosts("r.example", None)),
             ["https://r.example/v2"]
         );
+        assert!(!finish_hosts("r.example", None)[0].http_fallback);
         assert_eq!(
             finish_hosts("r.example", None)[0].capabilities,
             Capabilities::ALL
@@ -668,12 +734,17 @@ skip_verify = false
         let hosts = parse("server = \"https://r.example\"\n[host.\"https://m.example\"]\n");
         let digest = "sha256:abc";
         assert_eq!(
-            hosts[0].blob_url("r.example", "app/x", digest),
+            hosts[0].blob_url("r.example", "app/x", digest, false),
             "https://m.example/v2/app/x/blobs/sha256:abc?ns=r.example"
         );
         assert_eq!(
-            hosts[1].blob_url("r.example", "app/x", digest),
+            hosts[1].blob_url("r.example", "app/x", digest, false),
             "https://r.example/v2/app/x/blobs/sha256:abc"
+        );
+        assert_eq!(
+            hosts[1].blob_url("r.example", "app/x", digest, true),
+            "http://r.example/v2/app/x/blobs/sha256:abc",
+            "after an http fallback"
         );
         let hub = finish_hosts("docker.io", None);
         assert!(!hub[0].is_mirror_for("docker.io"));
@@ -728,10 +799,11 @@ skip_verify = false
             resolve_hosts(&[root.path().to_path_buf()], "127.0.0.1:5443").expect("resolves");
         assert_eq!(urls(&hosts), ["https://127.0.0.1:5443/v2"]);
         assert_eq!(hosts[0].ca, [dir.join("ca.pem")]);
-        // Without a directory: the default (http for loopback, as containerd).
+        // Without a directory: the default (loopback: https unverified, then http).
         let hosts =
             resolve_hosts(&[root.path().to_path_buf()], "127.0.0.1:6000").expect("resolves");
-        assert_eq!(urls(&hosts), ["http://127.0.0.1:6000/v2"]);
+        assert_eq!(urls(&hosts), ["https://127.0.0.1:6000/v2"]);
+        assert!(hosts[0].http_fallback && hosts[0].skip_verify);
         // Oversized files are refused with the path.
         std::fs::write(
             dir.join("hosts.toml"),
@@ -741,6 +813,129 @@ skip_verify = false
         let err =
             resolve_hosts(&[root.path().to_path_buf()], "127.0.0.1:5443").expect_err("too big");
         assert!(err.to_string().contains("hosts.toml"), "{err}");
+    }
+
+    #[test]
+    fn loopback_defaults_follow_containerd() {
+        // (image host, URL, skip_verify, https first with http fallback)
+        for (image_host, url, skip, fallback) in [
+            ("localhost", "https://localhost/v2", true, false),
+            ("localhost:443", "https://localhost:443/v2", true, false),
+            ("localhost:80", "http://localhost:80/v2", false, false),
+            ("localhost:5000", "https://localhost:5000/v2", true, true),
+            ("127.0.0.1:5443", "https://127.0.0.1:5443/v2", true, true),
+            ("[::1]:5000", "https://[::1]:5000/v2", true, true),
+            ("[::1]:80", "http://[::1]:80/v2", false, false),
+            ("127.0.0.2", "https://127.0.0.2/v2", true, false),
+            ("r.example:5000", "https://r.example:5000/v2", false, false),
+        ] {
+            let hosts = finish_hosts(image_host, None);
+            assert_eq!(urls(&hosts), [url], "{image_host}");
+            assert_eq!(hosts[0].skip_verify, skip, "{image_host}");
+            assert_eq!(hosts[0].http_fallback, fallback, "{image_host}");
+        }
+        // A server-less hosts.toml: the same default, containerd overriding skip_verify.
+        let dir = Path::new("/d");
+        let entries =
+            parse_hosts_toml(&dir.join("hosts.toml"), dir, "skip_verify = false\n").expect("ok");
+        let hosts = finish_hosts("localhost:5000", Some(entries));
+        assert!(hosts[0].skip_verify && hosts[0].http_fallback);
+    }
+
+    #[test]
+    fn http_hosts_with_tls_settings_try_https_first() {
+        // The pure rule.
+        for (scheme, host, tls, want) in [
+            ("http", "m.example:5000", true, true),
+            ("http", "m.example", true, true),
+            ("http", "m.example:80", true, false),
+            ("http", "[::1]:80", true, false),
+            ("http", "[::1]:8080", true, true),
+            ("http", "m.example:5000", false, false),
+            ("https", "m.example:5000", true, false),
+        ] {
+            assert_eq!(
+                tries_https_first(scheme, host, tls),
+                want,
+                "{scheme} {host} {tls}"
+            );
+        }
+        // Through hosts.toml: `ca`, `client` and even `skip_verify = false` are TLS settings.
+        let hosts = parse(
+            r#"
+server = "http://plain.example:5000"
+[host."http://a.example:5000"]
+  ca = "ca.pem"
+[host."http://b.example:5000"]
+  client = "c.pem"
+[host."http://c.example:5000"]
+  skip_verify = false
+[host."http://d.example:80"]
+  ca = "ca.pem"
+[host."https://e.example"]
+  ca = "ca.pem"
+"#,
+        );
+        assert_eq!(
+            urls(&hosts),
+            [
+                "https://a.example:5000/v2",
+                "https://b.example:5000/v2",
+                "https://c.example:5000/v2",
+                "http://d.example:80/v2",
+                "https://e.example/v2",
+                "http://plain.example:5000/v2",
+            ]
+        );
+        let fallback: Vec<bool> = hosts.iter().map(|h| h.http_fallback).collect();
+        assert_eq!(fallback, [true, true, true, false, false, false]);
+        assert!(!hosts[2].skip_verify, "skip_verify = false stays false");
+    }
+
+    #[test]
+    fn dial_timeout_is_parsed_per_host() {
+        let hosts = parse(
+            r#"
+server = "https://r.example"
+dial_timeout = "3s"
+[host."https://m.example"]
+  dial_timeout = "500ms"
+[host."https://n.example"]
+[host."https://o.example"]
+  dial_timeout = "0s"
+"#,
+        );
+        let timeouts: Vec<Option<Duration>> = hosts.iter().map(|h| h.dial_timeout).collect();
+        assert_eq!(
+            timeouts,
+            [
+                Some(Duration::from_millis(500)),
+                None,
+                None,
+                Some(Duration::from_secs(3))
+            ]
+        );
+        let dir = Path::new("/d");
+        for (text, needle) in [
+            (
+                "dial_timeout = \"3\"",
+                "dial_timeout: invalid duration \"3\": missing unit",
+            ),
+            ("dial_timeout = \"-1s\"", "negative"),
+            ("dial_timeout = \"1d\"", "unknown unit"),
+            ("dial_timeout = 3", "dial_timeout must be a duration string"),
+            (
+                "[host.\"https://m\"]\ndial_timeout = \"x\"",
+                "host.\"https://m\": dial_timeout",
+            ),
+        ] {
+            let err = parse_hosts_toml(&dir.join("hosts.toml"), dir, text).expect_err(text);
+            let msg = err.to_string();
+            assert!(
+                msg.contains("/d/hosts.toml") && msg.contains(needle),
+                "{text}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ use crate::containerd::ContainerdFixture;
 use crate::image_builder::{BigLayer, write_big_layer_archive, write_big_layer_blob};
 use crate::node_helper_cli::{Content, NodeHelper};
 
+pub mod registry;
+
 pub const IMAGE: &str = "snapmend.bench/big:1";
 
 #[derive(Clone, Debug)]
@@ -122,6 +124,13 @@ fn wait_for_idle_disks() {
     }
 }
 
+/// Writes of the previous run and of the setup must not be flushed during the next timed one.
+fn settle_disks() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    wait_for_idle_disks();
+}
+
 /// One command to time: `setup` runs untimed before each run.
 struct Timed<'a> {
     label: &'a str,
@@ -144,10 +153,7 @@ impl<'a> Timed<'a> {
 
     fn run_once(&mut self) -> Result<Duration, TestError> {
         (self.setup)()?;
-        // Writes of the previous run and of the setup must not be flushed during this one.
-        // SAFETY: sync(2) takes no arguments and cannot fail.
-        unsafe { libc::sync() };
-        wait_for_idle_disks();
+        settle_disks();
         let took = run_checked(&mut (self.make)(), self.label)?;
         eprintln!("  {}: {took:.2?}", self.label);
         Ok(took)

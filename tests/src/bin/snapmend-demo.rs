@@ -1,13 +1,16 @@
 //! `snapmend-demo` (`make demo`): the incident on one simulated node, healed with nobody
 //! watching. Starts snapmend-sim, a private containerd, the operator (`--auto-remediate repair`),
 //! an agent and the kubelet simulator; deletes `/pause` from the pause snapshot; prints the
-//! timeline and the `kubectl get sr` table; ends with `demo ok`.
+//! timeline and the `kubectl get sr` table. Second act: the same on a node whose containerd's
+//! CRI pulled the image from a loopback TLS registry and discarded the layer blob
+//! (`discard_unpacked_layers = true`, as on EKS), so the repair fetches it from the registry.
+//! Ends with `demo ok`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use snapmend_crds::{Outcome, Phase};
-use snapmend_tests::kubelet::incident::{Incident, IncidentConfig, IncidentReport};
+use snapmend_crds::{BlobSource, Outcome, Phase};
+use snapmend_tests::kubelet::incident::{Incident, IncidentConfig, IncidentReport, NodeImages};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -47,11 +50,31 @@ async fn demo() -> Result<(), String> {
         );
     }
     println!("snapmend demo: the FailedCreatePodSandBox incident, healed automatically\n");
-    let config = IncidentConfig {
+    act(IncidentConfig {
         live: false,
         timeout: Duration::from_secs(45),
         ..IncidentConfig::default()
-    };
+    })
+    .await?;
+    println!(
+        "\nsecond act: a node that discards unpacked layers (containerd's CRI, discard_unpacked_layers = true, as on EKS)\n\
+         the pause layer blob is gone from the node; the repair fetches it from the image's registry\n"
+    );
+    let (report, registry) = act(IncidentConfig {
+        node: "node-b".into(),
+        live: false,
+        timeout: Duration::from_secs(45),
+        node_images: NodeImages::PulledDiscardingLayers,
+        ..IncidentConfig::default()
+    })
+    .await?;
+    blob_from_registry(&report, registry.as_deref())?;
+    Ok(())
+}
+
+/// One incident: run it, print its timeline, the `kubectl get sr` table and the summary.
+/// Returns the report and the registry's `host:port`, if the node pulled from one.
+async fn act(config: IncidentConfig) -> Result<(IncidentReport, Option<String>), String> {
     let mut incident = Incident::start(config).await.map_err(|e| e.to_string())?;
     let report = incident
         .run_until_sandbox_running()
@@ -64,9 +87,38 @@ async fn demo() -> Result<(), String> {
     println!();
     println!("{}", incident.sr_table().await);
     summary(&report)?;
-    Ok(())
+    let registry = incident.registry.as_ref().map(|r| r.host());
+    Ok((report, registry))
 }
 
+/// The second act's repair must have used the registry's copy of the layer blob: fetched by
+/// the verification (`blobSource: Registry`) and kept in the agent's blob cache, which the
+/// repair then reads (`blobSource: Cache`), or fetched by the repair itself.
+fn blob_from_registry(report: &IncidentReport, registry: Option<&str>) -> Result<(), String> {
+    let sources: Vec<BlobSource> = report
+        .repairs
+        .iter()
+        .filter_map(|sr| sr.status.clone()?.report)
+        .flat_map(|r| r.report.layers)
+        .filter_map(|l| l.blob_source)
+        .collect();
+    let registry = registry.unwrap_or("the registry");
+    if sources.contains(&BlobSource::Registry) {
+        println!(
+            "the repair fetched the pause layer blob from {registry} and checked it against its digest before writing anything"
+        );
+        Ok(())
+    } else if sources.contains(&BlobSource::Cache) {
+        println!(
+            "the verification fetched the pause layer blob from {registry}, checked it against its digest and kept it in the agent's blob cache; the repair used that copy"
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "the second act's repair did not use the registry's copy of the layer blob (sources {sources:?})"
+        ))
+    }
+}
 fn summary(report: &IncidentReport) -> Result<(), String> {
     println!(
         "first FailedCreatePodSandBox -> SnapshotRepair created: {}",

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::TestError;
-pub use config::{ConfigPaths, DISABLED_PLUGINS, render_config};
+pub use config::{ConfigPaths, CriPlugin, DISABLED_PLUGINS, render_config};
 
 use crate::image_builder::{BuiltImage, ImageSpec, write_oci_archive};
 
@@ -29,12 +29,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct FixtureOptions {
     pub sandbox_image: String,
+    /// Enables CRI (see [`CriPlugin`]); its socket is the fixture's [`ContainerdFixture::socket`].
+    pub cri: Option<CriPlugin>,
 }
 
 impl Default for FixtureOptions {
     fn default() -> Self {
         FixtureOptions {
             sandbox_image: DEFAULT_SANDBOX_IMAGE.into(),
+            cri: None,
         }
     }
 }
@@ -79,6 +82,7 @@ impl ContainerdFixture {
             state: &base.join("state"),
             socket: &base.join("containerd.sock"),
             sandbox_image: &options.sandbox_image,
+            cri: options.cri.as_ref(),
         };
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, render_config(&paths))

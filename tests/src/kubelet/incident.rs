@@ -20,15 +20,19 @@ use kube::{Client, ResourceExt};
 use snapmend_crds::labels::{
     CORDONED_BY_ANNOTATION, DEFAULT_LEASE_NAMESPACE, TRIGGER_EVENT_ANNOTATION, helper_lease_name,
 };
-use snapmend_crds::{Phase, Report, SnapshotRepair};
+use snapmend_crds::{BlobSource, Phase, Report, SnapshotRepair};
 
+use super::registry_node::start_registry_node;
 use super::scenario::{
-    ChildProcess, Damage, create_pod, install_snapmend, pod_on_node, spawn_agent, spawn_operator,
+    ChildProcess, Damage, create_pod, install_snapmend, pod_on_node, spawn_agent_with,
+    spawn_operator,
 };
 use super::{Backoff, KubeletConfig, KubeletSim, Observation};
 use crate::TestError;
 use crate::containerd::ContainerdFixture;
+use crate::containerd::DEFAULT_SANDBOX_IMAGE;
 use crate::image_builder::pause_image;
+use crate::registry::Registry;
 use crate::sim::SimServer;
 
 /// Timestamped lines, printed as they are recorded when `live`.
@@ -89,6 +93,19 @@ pub struct IncidentConfig {
     pub timeout: Duration,
     /// Print timeline lines as they happen.
     pub live: bool,
+    pub node_images: NodeImages,
+}
+
+/// How the node got its sandbox image, and so whether its layer blob is still there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeImages {
+    /// `ctr images import`: the layer blob stays in the content store (the incident itself).
+    #[default]
+    Imported,
+    /// containerd's CRI pulled it from a loopback TLS registry with basic auth and
+    /// `discard_unpacked_layers = true`: the blob is gone, the repair fetches it
+    /// (see [`super::registry_node`]).
+    PulledDiscardingLayers,
 }
 
 impl Default for IncidentConfig {
@@ -109,6 +126,7 @@ impl Default for IncidentConfig {
             backoff: Backoff::default(),
             timeout: Duration::from_secs(60),
             live: false,
+            node_images: NodeImages::Imported,
         }
     }
 }
@@ -137,6 +155,8 @@ pub struct Incident {
     pub damage: Damage,
     pub fixture: Arc<ContainerdFixture>,
     pub sim: SimServer,
+    /// The registry of [`NodeImages::PulledDiscardingLayers`].
+    pub registry: Option<Registry>,
     _dir: tempfile::TempDir,
 }
 
@@ -149,20 +169,34 @@ impl Incident {
             .prefix("snapmend-incident-")
             .tempdir()
             .map_err(|e| crate::TestError::io(std::env::temp_dir(), e))?;
-        let fixture = tokio::task::block_in_place(|| -> Result<_, TestError> {
-            let fixture = ContainerdFixture::start()?;
-            let sandbox = fixture.sandbox_image().to_string();
-            fixture.import_images(&[pause_image(&sandbox)?])?;
-            Ok(fixture)
-        })?;
-        timeline.record(
-            Instant::now(),
-            format!(
-                "{}: private containerd up, sandbox image {} unpacked",
-                config.node,
-                fixture.sandbox_image()
-            ),
-        );
+        let (fixture, registry, agent_args) = match config.node_images {
+            NodeImages::Imported => {
+                let fixture = tokio::task::block_in_place(|| -> Result<_, TestError> {
+                    let fixture = ContainerdFixture::start()?;
+                    let sandbox = fixture.sandbox_image().to_string();
+                    fixture.import_images(&[pause_image(&sandbox)?])?;
+                    Ok(fixture)
+                })?;
+                timeline.record(
+                    Instant::now(),
+                    format!(
+                        "{}: private containerd up, sandbox image {} unpacked",
+                        config.node,
+                        fixture.sandbox_image()
+                    ),
+                );
+                (fixture, None, Vec::new())
+            }
+            NodeImages::PulledDiscardingLayers => {
+                let node = tokio::task::block_in_place(|| {
+                    start_registry_node(dir.path(), DEFAULT_SANDBOX_IMAGE)
+                })?;
+                for (at, line) in &node.story {
+                    timeline.record(*at, format!("{}: {line}", config.node));
+                }
+                (node.fixture, Some(node.registry), node.agent_args)
+            }
+        };
         let sim = SimServer::start().await?;
         let client = sim.client()?;
         install_snapmend(&client).await?;
@@ -180,7 +214,7 @@ impl Incident {
         let fixture = Arc::new(fixture);
         // The node registers before the agent starts, as on a real node.
         super::register_node(&client, &kubelet_config).await?;
-        let agent = spawn_agent(&kubeconfig, dir.path(), &config.node, &fixture)?;
+        let agent = spawn_agent_with(&kubeconfig, dir.path(), &config.node, &fixture, &agent_args)?;
         wait_for_helper_lease(&client, &config.node, Duration::from_secs(30), &agent).await?;
         timeline.record(
             Instant::now(),
@@ -200,12 +234,15 @@ impl Incident {
         );
 
         let damage = Damage::delete_from_snapshot(&fixture, "pause")?;
+        let blob = match config.node_images {
+            NodeImages::Imported => "the layer blob stays intact",
+            NodeImages::PulledDiscardingLayers => {
+                "the layer blob is gone too: only the registry has it"
+            }
+        };
         timeline.record(
             Instant::now(),
-            format!(
-                "cleanup script deletes {} (the layer blob stays intact)",
-                damage.path.display()
-            ),
+            format!("cleanup script deletes {} ({blob})", damage.path.display()),
         );
         let kubelet = KubeletSim::start(client.clone(), fixture.clone(), kubelet_config).await?;
         let sandbox = fixture.sandbox_image().to_string();
@@ -229,6 +266,7 @@ impl Incident {
             damage,
             fixture,
             sim,
+            registry,
             _dir: dir,
         })
     }
@@ -536,6 +574,18 @@ fn describe_report(request_id: &str, r: &Report) -> String {
         }
         if let Some(n) = layer.entries_restored {
             details.push(format!("{n} entries restored in snapshot {snapshot}"));
+        }
+        // Only worth a line when the blob did not come from the node's content store.
+        match (&layer.blob_source, &layer.fetched_from) {
+            (Some(BlobSource::Registry), Some(from)) => details.push(format!(
+                "layer blob from {from} (Registry, {:?})",
+                layer.blob
+            )),
+            (Some(BlobSource::Cache), _) => details.push(format!(
+                "layer blob from the agent's blob cache ({:?})",
+                layer.blob
+            )),
+            _ => {}
         }
     }
     format!(

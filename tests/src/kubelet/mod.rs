@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod incident;
 pub mod messages;
+pub mod registry_node;
 pub mod scenario;
 
 use std::collections::{BTreeMap, HashMap};

@@ -347,8 +347,19 @@ pub fn spawn_agent(
     node: &str,
     fixture: &ContainerdFixture,
 ) -> Result<ChildProcess, TestError> {
+    spawn_agent_with(kubeconfig, dir, node, fixture, &[])
+}
+
+/// [`spawn_agent`] with more agent flags (e.g. `--auth`, `--cache-dir`).
+pub fn spawn_agent_with(
+    kubeconfig: &Path,
+    dir: &Path,
+    node: &str,
+    fixture: &ContainerdFixture,
+    extra_args: &[String],
+) -> Result<ChildProcess, TestError> {
     let binary = workspace_binary("snapmend-node-helper", "SNAPMEND_NODE_HELPER")?;
-    let args = vec![
+    let mut args = vec![
         "agent".to_string(),
         "--node".to_string(),
         node.to_string(),
@@ -361,6 +372,7 @@ pub fn spawn_agent(
         "--config".to_string(),
         fixture.config_path().display().to_string(),
     ];
+    args.extend(extra_args.iter().cloned());
     let pod_name = format!("snapmend-agent-{node}");
     ChildProcess::spawn(
         &format!("agent-{node}"),

@@ -109,7 +109,7 @@ pub struct HelperRun {
 }
 
 impl HelperRun {
-    fn from_output(args: Vec<String>, out: Output) -> Self {
+    pub fn from_output(args: Vec<String>, out: Output) -> Self {
         HelperRun {
             args,
             code: out.status.code(),

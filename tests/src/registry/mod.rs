@@ -129,7 +129,8 @@ impl TestCa {
     }
 }
 
-/// One running `docker-registry` serving https on `127.0.0.1:<port>`.
+/// One running `docker-registry` serving https (or, from [`Registry::start_plain_http`], plain
+/// http) on `127.0.0.1:<port>`.
 pub struct Registry {
     pub addr: SocketAddr,
     pub dir: PathBuf,
@@ -149,6 +150,19 @@ impl Registry {
         ca: &TestCa,
         auth: Option<(&str, &str)>,
     ) -> Result<Registry, TestError> {
+        Self::start_serving(dir, Some(ca), auth)
+    }
+
+    /// A registry speaking plain http (no TLS section in its config).
+    pub fn start_plain_http(dir: &Path, auth: Option<(&str, &str)>) -> Result<Registry, TestError> {
+        Self::start_serving(dir, None, auth)
+    }
+
+    fn start_serving(
+        dir: &Path,
+        ca: Option<&TestCa>,
+        auth: Option<(&str, &str)>,
+    ) -> Result<Registry, TestError> {
         std::fs::create_dir_all(dir.join("storage")).map_err(|e| TestError::io(dir, e))?;
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -166,12 +180,18 @@ impl Registry {
             }
             None => String::new(),
         };
+        let tls_section = match ca {
+            Some(ca) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                ca.server_cert().display(),
+                ca.server_key().display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n  tls:\n    certificate: {cert}\n    key: {key}\n{auth_section}",
+             http:\n  addr: {addr}\n{tls_section}{auth_section}",
             storage = dir.join("storage").display(),
-            cert = ca.server_cert().display(),
-            key = ca.server_key().display(),
         );
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).map_err(|e| TestError::io(&config_path, e))?;
@@ -214,6 +234,20 @@ impl Registry {
     /// Pushes the single image of an OCI layout tarball to `<this registry>/<repo_tag>` with
     /// skopeo, keeping every digest.
     pub fn push(&self, archive: &Path, repo_tag: &str, ca: &TestCa) -> Result<(), TestError> {
+        self.push_with(archive, repo_tag, Some(ca))
+    }
+
+    /// [`Registry::push`] to a registry from [`Registry::start_plain_http`].
+    pub fn push_plain_http(&self, archive: &Path, repo_tag: &str) -> Result<(), TestError> {
+        self.push_with(archive, repo_tag, None)
+    }
+
+    fn push_with(
+        &self,
+        archive: &Path,
+        repo_tag: &str,
+        tls: Option<&TestCa>,
+    ) -> Result<(), TestError> {
         // skopeo needs a signature policy; accept anything in this private test.
         let policy = self.dir.join("policy.json");
         std::fs::write(
@@ -224,9 +258,16 @@ impl Registry {
         let mut cmd = Command::new("skopeo");
         cmd.arg("--policy")
             .arg(&policy)
-            .args(["copy", "--quiet", "--preserve-digests", "--dest-cert-dir"])
-            .arg(ca.cert_dir()?)
+            .args(["copy", "--quiet", "--preserve-digests"])
             .env("HOME", &self.dir);
+        match tls {
+            Some(ca) => {
+                cmd.arg("--dest-cert-dir").arg(ca.cert_dir()?);
+            }
+            None => {
+                cmd.arg("--dest-tls-verify=false");
+            }
+        }
         if let Some((u, p)) = &self.auth {
             cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
         }
@@ -244,6 +285,52 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A loopback address that never answers a connect, as a blackholed or unroutable registry
+/// host would (only loopback may be a test's target): a listener whose accept queue (of
+/// one) is kept full, so the kernel drops further SYNs and a client waits for its timeout.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _queued: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    pub fn start() -> Result<Blackhole, TestError> {
+        use socket2::{Domain, Socket, Type};
+        let io = |e| TestError::io("blackhole listener on 127.0.0.1", e);
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io)?;
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        listener.bind(&any.into()).map_err(io)?;
+        listener.listen(0).map_err(io)?;
+        let addr = listener
+            .local_addr()
+            .map_err(io)?
+            .as_socket()
+            .ok_or_else(|| TestError::Scenario("blackhole: not an inet socket".into()))?;
+        let mut queued = Vec::new();
+        loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+            if queued.len() > 16 {
+                return Err(TestError::Scenario(
+                    "blackhole: the accept queue never filled".into(),
+                ));
+            }
+        }
+        Ok(Blackhole {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        })
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
     }
 }
 
