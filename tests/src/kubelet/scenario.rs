@@ -360,6 +360,9 @@ pub fn spawn_agent(
         fixture.root().display().to_string(),
         "--config".to_string(),
         fixture.config_path().display().to_string(),
+        // Never the machine's /var/lib/snapmend/toc.
+        "--toc-cache".to_string(),
+        "none".to_string(),
     ];
     let pod_name = format!("snapmend-agent-{node}");
     ChildProcess::spawn(
