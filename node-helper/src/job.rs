@@ -330,7 +330,19 @@ pub(crate) fn verify_message(
             damaged.len(),
             layers.len(),
             if repairable {
-                format!("; `{}` restores them", repair_hint(opts))
+                // Checked with a TOC, no blob was read: the repair still needs one.
+                let from_toc = damaged
+                    .iter()
+                    .any(|(l, _)| l.checked_with == Some(CheckedWith::Toc));
+                format!(
+                    "; `{}` restores them{}",
+                    repair_hint(opts),
+                    if from_toc {
+                        " (from the layer blob: the content store's, or fetched from the registry)"
+                    } else {
+                        ""
+                    }
+                )
             } else {
                 String::new()
             }
@@ -797,6 +809,28 @@ mod tests {
             m.contains("layer 1: containerd has no snapshot for chain x"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn a_layer_checked_with_its_toc_counts_as_verified_and_its_repair_needs_the_blob() {
+        let toc = |index, state| LayerReport {
+            checked_with: Some(CheckedWith::Toc),
+            ..layer(index, BlobState::NotChecked, state)
+        };
+        assert_eq!(
+            verify_outcome(&[toc(0, Healthy), layer(1, Verified, Healthy)]),
+            Outcome::Healthy
+        );
+        // NotChecked without a TOC is no verification at all.
+        assert_eq!(
+            verify_outcome(&[layer(0, BlobState::NotChecked, Healthy)]),
+            Outcome::Corrupted
+        );
+        let opts = options(Path::new("/r"), Target::Image("img".into()));
+        let damaged = [toc(0, LayerState::Corrupted)];
+        let m = verify_message(&damaged, &[None], &opts).unwrap();
+        assert!(m.contains("restores them (from the layer blob"), "{m}");
+        assert!(!m.contains("cannot be used"), "no blob note for a TOC: {m}");
     }
 
     #[test]
