@@ -4,7 +4,10 @@
 # times `snapmend-node-helper verify/repair` (release build) against `tar --compare -z` and
 # `tar -xzf`, prints the results and records them in docs/BENCHMARKS.md.
 #
-# Usage: bench/run.sh [--files N] [--runs N] [--work-dir DIR]   (as root; needs containerd, runc, tar)
+# With --toc-only, only verify with the layer's TOC cached (issue 16) against `tar --compare`,
+# recorded in its own section.
+#
+# Usage: bench/run.sh [--files N] [--runs N] [--work-dir DIR] [--toc-only]   (as root; needs containerd, runc, tar)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh must run as root (private containerd, mounts)" >&2; exit 1; }
@@ -26,8 +29,10 @@ cat "$section"
 
 # Replace (or append) the verify/repair section between its markers.
 doc=docs/BENCHMARKS.md
-start='<!-- bench/run.sh: verify-repair start -->'
-end='<!-- bench/run.sh: verify-repair end -->'
+marker=verify-repair
+for arg in "$@"; do if [ "$arg" = --toc-only ]; then marker=verify-toc; fi; done
+start="<!-- bench/run.sh: $marker start -->"
+end="<!-- bench/run.sh: $marker end -->"
 [ -f "$doc" ] || printf '# Benchmarks\n\nEach section is written by the script named in it; rerun the script to refresh it.\n' >"$doc"
 tmp="$(mktemp)"
 if grep -qF "$start" "$doc"; then

@@ -9,7 +9,8 @@ pub mod snapshot_repair;
 
 pub use culprit::{Culprit, CulpritProcess, RepairCulprit};
 pub use report::{
-    BlobSource, BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Report,
+    BlobSource, BlobState, CheckedWith, Finding, FindingKind, LayerReport, LayerState, Outcome,
+    Report,
 };
 pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
 pub use snapshot_repair::{

@@ -88,6 +88,20 @@ pub struct LayerReport {
     /// snapshot; only on a layer that was found damaged (absent outside the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub culprit: Option<Culprit>,
+    /// What the snapshot was checked against: the layer blob, or the table of contents kept
+    /// from an earlier check against the blob (then `blob` is `NotChecked`: no blob was read).
+    /// Absent when nothing was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_with: Option<CheckedWith>,
+}
+
+/// The reference a layer's snapshot was compared with.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CheckedWith {
+    /// The layer blob, its digest and diffID verified in the same pass.
+    Blob,
+    /// The TOC cache: the expected entries saved after an earlier pass over the verified blob.
+    Toc,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

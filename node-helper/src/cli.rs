@@ -105,6 +105,27 @@ impl FetchArgs {
     }
 }
 
+/// The TOC cache (contract: "The whole node"); shared by verify, repair, scan and the agent.
+#[derive(Clone, Debug, Args)]
+pub struct TocArgs {
+    /// Where tables of contents of verified layers are kept, so that later verifications need
+    /// no blob (`none`: always read the blob, keep nothing)
+    #[arg(long, value_name = "DIR|none", default_value = crate::layer::toc::TocCache::DEFAULT_DIR)]
+    pub toc_cache: String,
+    /// Size cap of the TOC cache in bytes; least recently used TOCs are evicted first
+    #[arg(long, value_name = "BYTES", default_value_t = crate::layer::toc::TocCache::DEFAULT_MAX_BYTES)]
+    pub toc_cache_max_bytes: u64,
+}
+
+impl TocArgs {
+    pub fn cache(&self) -> Option<crate::layer::toc::TocCache> {
+        (self.toc_cache != "none").then(|| crate::layer::toc::TocCache {
+            dir: PathBuf::from(&self.toc_cache),
+            max_bytes: self.toc_cache_max_bytes,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct TargetArgs {
@@ -147,6 +168,8 @@ pub struct VerifyArgs {
     pub json: bool,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub toc: TocArgs,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -179,6 +202,8 @@ pub struct ScanArgs {
     pub json: bool,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub toc: TocArgs,
 }
 
 impl TargetArgs {
@@ -224,6 +249,7 @@ fn run_scan(args: &ScanArgs) -> i32 {
         repair: args.repair,
         dry_run: args.dry_run,
         fetch: args.fetch.options(),
+        toc: args.toc.cache(),
     };
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
@@ -305,6 +331,7 @@ fn job_options(args: &VerifyArgs, dry_run: bool) -> crate::Result<JobOptions> {
         content: args.content.into(),
         dry_run,
         fetch: args.fetch.options(),
+        toc: args.toc.cache(),
     })
 }
 

@@ -9,10 +9,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState, Outcome, Report};
+use snapmend_crds::{
+    BlobState, CheckedWith, ContentCheck, LayerReport, LayerState, Outcome, Report,
+};
 
 use crate::error::{Error, Result};
 use crate::image::{Platform, ResolvedImage, ResolvedLayer};
+use crate::layer::toc::TocCache;
 use crate::layer::{self, LayerRepair, RepairOptions};
 use crate::registry::layer_blob;
 use crate::registry::{BlobFetcher, FetchOptions};
@@ -53,6 +56,8 @@ pub struct JobOptions {
     pub dry_run: bool,
     /// Blobs the node lacks: from which registry, with which credentials, cached where.
     pub fetch: FetchOptions,
+    /// Where tables of contents of verified layers are kept (`--toc-cache`); `None` = off.
+    pub toc: Option<TocCache>,
 }
 
 /// containerd's root: an explicit `--root`, else config.toml's `root`, else the default.
@@ -75,7 +80,7 @@ pub fn root_from(explicit: Option<&Path>, config_path: &Path) -> Result<PathBuf>
 #[tracing::instrument(skip_all, fields(target = ?opts.target, root = %opts.root.display()))]
 pub fn verify(opts: &JobOptions) -> Report {
     timed(opts, |image, fetcher| {
-        let layers = verify_layers(&image.layers, opts.content, fetcher);
+        let layers = verify_layers(&image.layers, opts.content, fetcher, opts.toc.as_ref());
         let outcome = verify_outcome(&layers);
         let refusals: Vec<Option<String>> = image.layers.iter().map(layer::refusal).collect();
         let message = verify_message(&layers, &refusals, opts);
@@ -227,9 +232,10 @@ fn verify_layers(
     layers: &[ResolvedLayer],
     content: ContentCheck,
     fetcher: Option<&BlobFetcher>,
+    toc: Option<&TocCache>,
 ) -> Vec<LayerReport> {
     for_each_layer(layers, |layer| {
-        layer_blob::verify_layer(layer, content, fetcher)
+        layer_blob::verify_layer(layer, content, fetcher, toc)
     })
 }
 
@@ -259,11 +265,17 @@ pub(crate) fn for_each_layer<T: Send>(
         .collect()
 }
 
-pub(crate) fn layer_ok(l: &LayerReport) -> bool {
-    l.state == LayerState::Healthy && l.blob == BlobState::Verified
+/// The snapshot was compared with a trustworthy reference: the blob it just verified, or the
+/// TOC kept from an earlier pass over the verified blob.
+pub(crate) fn reference_ok(l: &LayerReport) -> bool {
+    l.blob == BlobState::Verified || l.checked_with == Some(CheckedWith::Toc)
 }
 
-/// Healthy iff every layer is Healthy with its blob verified.
+pub(crate) fn layer_ok(l: &LayerReport) -> bool {
+    l.state == LayerState::Healthy && reference_ok(l)
+}
+
+/// Healthy iff every layer is Healthy, checked against its verified blob or its TOC.
 pub fn verify_outcome(layers: &[LayerReport]) -> Outcome {
     if !layers.is_empty() && layers.iter().all(layer_ok) {
         Outcome::Healthy
@@ -304,7 +316,7 @@ pub(crate) fn verify_message(
         .collect();
     for (l, refusal) in &damaged {
         if let Some(why) = refusal
-            && l.blob == BlobState::Verified
+            && reference_ok(l)
         {
             notes.push(format!("layer {}: {why}", l.index));
         }
@@ -312,13 +324,25 @@ pub(crate) fn verify_message(
     if !damaged.is_empty() {
         let repairable = damaged
             .iter()
-            .all(|(l, refusal)| l.blob == BlobState::Verified && refusal.is_none());
+            .all(|(l, refusal)| reference_ok(l) && refusal.is_none());
         notes.push(format!(
             "{} of {} layers differ from their blobs{}",
             damaged.len(),
             layers.len(),
             if repairable {
-                format!("; `{}` restores them", repair_hint(opts))
+                // Checked with a TOC, no blob was read: the repair still needs one.
+                let from_toc = damaged
+                    .iter()
+                    .any(|(l, _)| l.checked_with == Some(CheckedWith::Toc));
+                format!(
+                    "; `{}` restores them{}",
+                    repair_hint(opts),
+                    if from_toc {
+                        " (from the layer blob: the content store's, or fetched from the registry)"
+                    } else {
+                        ""
+                    }
+                )
             } else {
                 String::new()
             }
@@ -459,7 +483,7 @@ fn repair_image(
     let attempts: Vec<LayerAttempt> = image
         .layers
         .iter()
-        .map(|layer| attempt_repair(layer, &ropts, fetcher))
+        .map(|layer| attempt_repair(layer, &ropts, fetcher, opts.toc.as_ref()))
         .collect();
     settle_repair(&attempts, opts.dry_run)
 }
@@ -469,9 +493,10 @@ pub(crate) fn attempt_repair(
     layer: &ResolvedLayer,
     ropts: &RepairOptions,
     fetcher: Option<&BlobFetcher>,
+    toc: Option<&TocCache>,
 ) -> LayerAttempt {
     let _span = tracing::info_span!("layer", index = layer.index, digest = %layer.digest).entered();
-    match layer_blob::repair_layer(layer, ropts, fetcher) {
+    match layer_blob::repair_layer(layer, ropts, fetcher, toc) {
         Ok(done) => LayerAttempt::Done(done),
         Err(e) => {
             tracing::warn!(index = layer.index, error = %e, "layer repair failed");
@@ -787,6 +812,28 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_checked_with_its_toc_counts_as_verified_and_its_repair_needs_the_blob() {
+        let toc = |index, state| LayerReport {
+            checked_with: Some(CheckedWith::Toc),
+            ..layer(index, BlobState::NotChecked, state)
+        };
+        assert_eq!(
+            verify_outcome(&[toc(0, Healthy), layer(1, Verified, Healthy)]),
+            Outcome::Healthy
+        );
+        // NotChecked without a TOC is no verification at all.
+        assert_eq!(
+            verify_outcome(&[layer(0, BlobState::NotChecked, Healthy)]),
+            Outcome::Corrupted
+        );
+        let opts = options(Path::new("/r"), Target::Image("img".into()));
+        let damaged = [toc(0, LayerState::Corrupted)];
+        let m = verify_message(&damaged, &[None], &opts).unwrap();
+        assert!(m.contains("restores them (from the layer blob"), "{m}");
+        assert!(!m.contains("cannot be used"), "no blob note for a TOC: {m}");
+    }
+
+    #[test]
     fn a_repair_that_lost_the_lock_could_not_run() {
         let busy = LayerAttempt::Busy {
             report: layer(1, Verified, LayerState::Corrupted),
@@ -839,6 +886,7 @@ mod tests {
             content: ContentCheck::Full,
             dry_run: false,
             fetch: FetchOptions::default(),
+            toc: None,
         }
     }
 

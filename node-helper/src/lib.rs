@@ -17,6 +17,7 @@ mod guard;
 mod image;
 mod job;
 mod layer;
+mod lru_dir;
 mod registry;
 mod scan;
 mod store;

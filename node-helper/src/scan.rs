@@ -38,6 +38,8 @@ pub struct ScanOptions {
     /// Blobs the node lacks: fetched from each image's registry (contract: scan takes the
     /// fetch flags too).
     pub fetch: crate::registry::FetchOptions,
+    /// Where tables of contents of verified layers are kept (`--toc-cache`); `None` = off.
+    pub toc: Option<crate::layer::toc::TocCache>,
 }
 
 /// A layer is the same layer in every image of one namespace that names its chainID.
@@ -104,7 +106,7 @@ fn scan_store(opts: &ScanOptions, progress: &mut dyn FnMut(usize, usize)) -> Res
             let fetcher =
                 job::blob_fetcher(&opts.fetch, &opts.config_path, &f.namespace, &store, image);
             let reports = job::for_each_layer(&todo, |l| {
-                layer_blob::verify_layer(l, opts.content, fetcher.as_ref())
+                layer_blob::verify_layer(l, opts.content, fetcher.as_ref(), opts.toc.as_ref())
             });
             for (l, r) in todo.iter().zip(reports) {
                 verified.insert(key_of(&f.namespace, l), r);
@@ -186,7 +188,8 @@ fn repair_damaged(
                     job::blob_fetcher(&opts.fetch, &opts.config_path, &f.namespace, store, image)
                 })
             });
-            (key, job::attempt_repair(l, &ropts, fetcher.as_ref()))
+            // Only layers the scan found damaged get here: their TOC has nothing more to say.
+            (key, job::attempt_repair(l, &ropts, fetcher.as_ref(), None))
         })
         .collect()
 }
@@ -240,6 +243,7 @@ fn image_report(
             content: opts.content,
             dry_run: false,
             fetch: opts.fetch.clone(),
+            toc: opts.toc.clone(),
         };
         let outcome = job::verify_outcome(&layers);
         let message = job::verify_message(&layers, &refusals, &as_job);
@@ -464,6 +468,7 @@ mod tests {
             repair: false,
             dry_run: false,
             fetch: Default::default(),
+            toc: None,
         };
         let r = scan(&opts, &mut |_, _| {});
         assert_eq!(r.outcome, Outcome::Error);
@@ -482,6 +487,7 @@ mod tests {
             repair: false,
             dry_run: false,
             fetch: Default::default(),
+            toc: None,
         };
         let mut calls = Vec::new();
         let r = scan(&opts, &mut |done, total| calls.push((done, total)));

@@ -216,6 +216,8 @@ async fn a_bad_metrics_address_fails_at_start_with_exit_2() {
             "node-a",
             "--metrics-addr",
             &addr,
+            "--toc-cache",
+            "none",
             "--root",
         ])
         .arg(dir.path())

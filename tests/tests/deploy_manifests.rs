@@ -458,6 +458,12 @@ fn the_agent_daemonset_runs_privileged_on_every_node_with_the_containerd_store()
         host_path(&cache.name).as_deref(),
         Some("/var/lib/snapmend/blobs")
     );
+    // The TOC cache (--toc-cache default) outlives the agent's pod, like the blob cache.
+    let toc = mount("/var/lib/snapmend/toc");
+    assert_eq!(
+        host_path(&toc.name).as_deref(),
+        Some("/var/lib/snapmend/toc")
+    );
 }
 
 #[test]

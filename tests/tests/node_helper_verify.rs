@@ -311,7 +311,7 @@ fn garbage_bolt_file_is_a_clear_error() {
             .arg(&root)
             .arg("--config")
             .arg(&config)
-            .args(["--image", PAUSE, "--json"])
+            .args(["--image", PAUSE, "--json", "--toc-cache", "none"])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
 
 use super::{AgentOptions, StoreOptions, holder_identity};
-use crate::cli::{FetchArgs, StoreArgs};
+use crate::cli::{FetchArgs, StoreArgs, TocArgs};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
@@ -25,6 +25,8 @@ pub struct AgentArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub toc: TocArgs,
     /// Name the processes that change committed snapshots (fanotify): Node Events `SnapshotTampered`
     #[arg(long, value_enum, default_value_t = GuardMode::On)]
     pub guard: GuardMode,
@@ -48,6 +50,7 @@ impl AgentArgs {
                 namespace: self.store.namespace.clone(),
                 config_path: self.store.config.clone(),
                 fetch: self.fetch.options(),
+                toc: self.toc.cache(),
             },
             guard: self.guard == GuardMode::On,
         }
@@ -85,6 +88,11 @@ mod tests {
         assert_eq!(o.store.namespace, "k8s.io");
         assert!(o.guard, "the guard is on by default");
         assert_eq!(
+            o.store.toc.map(|t| t.dir),
+            Some(PathBuf::from("/var/lib/snapmend/toc")),
+            "the contract's default TOC cache"
+        );
+        assert_eq!(
             o.store.config_path,
             PathBuf::from("/etc/containerd/config.toml")
         );
@@ -109,11 +117,14 @@ mod tests {
             "agent-x",
             "--guard",
             "off",
+            "--toc-cache",
+            "none",
         ])
         .expect("parse");
         let o = a.options();
         assert_eq!(o.holder, "n1/agent-x");
         assert!(!o.guard);
+        assert_eq!(o.store.toc, None, "--toc-cache none turns the cache off");
         assert_eq!(o.lease_namespace, "ops");
         assert_eq!(o.store.root, Some(PathBuf::from("/r")));
         assert_eq!(o.store.config_path, PathBuf::from("/c.toml"));

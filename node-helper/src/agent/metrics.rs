@@ -42,6 +42,12 @@ pub struct Metrics {
     guard_active: Gauge,
     guard_changes: Family<OpLabel, Counter>,
     guard_overflows: Counter,
+    layers_checked: Family<CheckedWithLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckedWithLabel {
+    checked_with: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +77,12 @@ impl Metrics {
         let guard_active = Gauge::default();
         let guard_changes = Family::<OpLabel, Counter>::default();
         let guard_overflows = Counter::default();
+        let layers_checked = Family::<CheckedWithLabel, Counter>::default();
+        registry.register(
+            "layers_checked",
+            "Layers compared with a reference, by what it was: Blob (read and verified) or Toc (the TOC cache, no blob read)",
+            layers_checked.clone(),
+        );
         registry.register(
             "guard_active",
             "1 while the culprit guard watches the snapshots, 0 when it cannot or is off",
@@ -139,6 +151,7 @@ impl Metrics {
             guard_active,
             guard_changes,
             guard_overflows,
+            layers_checked,
         }
     }
 
@@ -178,6 +191,13 @@ impl Metrics {
         self.findings
             .get_or_create(&ActionLabel { action })
             .inc_by(report.findings_total());
+        for with in report.layers.iter().filter_map(|l| l.checked_with) {
+            self.layers_checked
+                .get_or_create(&CheckedWithLabel {
+                    checked_with: format!("{with:?}"),
+                })
+                .inc();
+        }
     }
 
     pub fn lease_renewed(&self) {
@@ -212,7 +232,7 @@ fn outcome_label(outcome: Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snapmend_crds::{BlobState, LayerReport, LayerState};
+    use snapmend_crds::{BlobState, CheckedWith, LayerReport, LayerState};
 
     #[test]
     fn a_finished_request_is_counted_by_action_outcome_duration_and_findings() {
@@ -232,6 +252,7 @@ mod tests {
                 findings: vec![],
                 entries_restored: None,
                 leftover_staging: None,
+                checked_with: Some(CheckedWith::Toc),
                 ..Default::default()
             }],
             ..Default::default()
@@ -255,6 +276,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("snapmend_agent_running_requests 0"), "{text}");
+        assert!(
+            text.contains(r#"snapmend_agent_layers_checked_total{checked_with="Toc"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

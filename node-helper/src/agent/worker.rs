@@ -31,6 +31,8 @@ pub struct StoreOptions {
     pub config_path: PathBuf,
     /// Blobs the node lacks (`--fetch`, `--registry-config`, `--auth`, `--cache-dir`).
     pub fetch: crate::registry::FetchOptions,
+    /// Where TOCs of verified layers are kept (`--toc-cache`); `None` = off.
+    pub toc: Option<crate::layer::toc::TocCache>,
 }
 
 /// Rescan the store at least this often, even without watch events.
@@ -172,6 +174,7 @@ impl Worker {
                 content: work.content,
                 dry_run: false,
                 fetch: self.store_options.fetch.clone(),
+                toc: self.store_options.toc.clone(),
             },
             Err(e) => {
                 warn!(error = %e, "cannot find containerd's root");

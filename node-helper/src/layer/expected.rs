@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
+
 use super::header::{HeaderType, TarHeader, Timestamp};
 use super::root_path::{SymlinkLoop, resolve_root_path};
 
@@ -19,7 +21,7 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const UNCHANGED_ID: u32 = u32::MAX;
 /// Go's continuity `RootPath` gives up after this many symlinks.
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     Dir,
     File,
@@ -57,7 +59,7 @@ impl EntryKind {
 }
 
 /// One inode as the applier leaves it. Hardlinked paths share one inode.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
     pub kind: EntryKind,
     /// Permission bits including setuid/setgid/sticky (`0o7777`); meaningless for symlinks.
@@ -87,6 +89,9 @@ pub struct Inode {
     /// Implicit dirs of non-base layers: the implicit dir this one was made in, whose
     /// attributes (maybe setgid) come from the lowers (see [`LayerModel::resolve_mkparent_dir`]).
     pub setgid_parent: Option<InodeId>,
+    /// sha256 of a regular file's content, when the pass hashed its tar data (it does so
+    /// only to keep a TOC; the TOC's full-content check compares the disk with it).
+    pub content_sha256: Option<[u8; 32]>,
 }
 
 /// The directory `mkparent` found at a path in the first lower layer that has the path.
@@ -115,6 +120,7 @@ impl Inode {
             data_header: None,
             made_by_mkparent: false,
             setgid_parent: None,
+            content_sha256: None,
         }
     }
 
@@ -176,6 +182,67 @@ pub struct LayerModel {
     finished: bool,
 }
 
+/// A finished model as a TOC stores it: what `apply` and `finish` computed, nothing of the
+/// stream state (`unpacked`). The options are the TOC's key, except `base`, kept to check it.
+#[derive(Serialize)]
+struct StoredModelRef<'a> {
+    base: bool,
+    entries: &'a BTreeMap<Vec<u8>, InodeId>,
+    inodes: &'a [Inode],
+    root_opaque: bool,
+    dir_headers: &'a [(Vec<u8>, Timestamp, Timestamp)],
+}
+
+#[derive(Deserialize)]
+struct StoredModel {
+    base: bool,
+    entries: BTreeMap<Vec<u8>, InodeId>,
+    inodes: Vec<Inode>,
+    root_opaque: bool,
+    dir_headers: Vec<(Vec<u8>, Timestamp, Timestamp)>,
+}
+
+impl Serialize for LayerModel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StoredModelRef {
+            base: self.opts.base,
+            entries: &self.entries,
+            inodes: &self.inodes,
+            root_opaque: self.root_opaque,
+            dir_headers: &self.dir_headers,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LayerModel {
+    /// A stored model, finished; inode references are checked so that no lookup can panic.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let m = StoredModel::deserialize(d)?;
+        let n = m.inodes.len();
+        if let Some(id) = m.entries.values().find(|&&i| i >= n) {
+            return Err(D::Error::custom(format!("entry names inode {id} of {n}")));
+        }
+        if let Some(id) = m
+            .inodes
+            .iter()
+            .find_map(|i| i.setgid_parent.filter(|&p| p >= n))
+        {
+            return Err(D::Error::custom(format!("setgid parent {id} of {n}")));
+        }
+        Ok(LayerModel {
+            opts: ModelOptions::new(m.base),
+            entries: m.entries,
+            inodes: m.inodes,
+            root_opaque: m.root_opaque,
+            unpacked: HashSet::new(),
+            dir_headers: m.dir_headers,
+            finished: true,
+        })
+    }
+}
+
 fn join(parent: &[u8], base: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
         base.to_vec()
@@ -226,6 +293,18 @@ impl LayerModel {
             unpacked: HashSet::new(),
             dir_headers: Vec::new(),
             finished: false,
+        }
+    }
+
+    /// Whether this is a base layer's model (whiteouts delete instead of being kept).
+    pub fn is_base(&self) -> bool {
+        self.opts.base
+    }
+
+    /// Records the sha256 of a regular file's tar data.
+    pub fn set_content_sha256(&mut self, id: InodeId, digest: [u8; 32]) {
+        if let Some(inode) = self.inodes.get_mut(id) {
+            inode.content_sha256 = Some(digest);
         }
     }
 

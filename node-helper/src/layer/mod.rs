@@ -8,8 +8,11 @@
 //! back what the repair touched).
 //!
 //! Interface used by `job` (the image-level orchestration):
-//! - `verify_layer(&ResolvedLayer, ContentCheck) -> LayerReport` (never panics; blob and
-//!   snapshot problems are states in the report)
+//! - `verify_layer(&ResolvedLayer, ContentCheck, Option<&TocCache>) -> LayerReport` (never
+//!   panics; blob and snapshot problems are states in the report; keeps a TOC when given a
+//!   cache and the blob verified)
+//! - `verify_layer_with_toc(&ResolvedLayer, ContentCheck, &TocCache) -> Option<LayerReport>`
+//!   (the same verification against a kept TOC, no blob read; `None` without a usable TOC)
 //! - `repair_layer(&ResolvedLayer, &RepairOptions) -> Result<LayerRepair>`
 
 pub mod blob;
@@ -24,12 +27,14 @@ mod root_path;
 pub mod safe_fs;
 #[cfg(test)]
 mod tests;
+pub mod toc;
 
 use snapmend_crds::report::FINDINGS_CAP;
-use snapmend_crds::{BlobState, ContentCheck, LayerReport, LayerState};
+use snapmend_crds::{BlobState, CheckedWith, ContentCheck, LayerReport, LayerState};
 
 use crate::image::ResolvedLayer;
 use pass::{BlobCheck, FsWalk};
+use toc::{Lookup, TocCache};
 
 /// How a repair runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,11 +104,11 @@ pub(crate) fn report_from_pass(
             let what = "the snapshot cannot be checked or rebuilt from it; pull the image again (remove it first)";
             return (r, None, Some(format!("{reason}: {what}")));
         }
-        (BlobCheck::Verified, Err(e)) => {
+        (BlobCheck::Verified | BlobCheck::FromToc, Err(e)) => {
             r.state = LayerState::Unrepairable;
             return (r, None, Some(e.to_string()));
         }
-        (BlobCheck::Verified, Ok(model)) => model,
+        (BlobCheck::Verified | BlobCheck::FromToc, Ok(model)) => model,
     };
     let obs = match &p.fs {
         FsWalk::Unreadable(e) => {
@@ -149,18 +154,70 @@ fn leftover_staging(snapshot_dir: &std::path::Path) -> Option<String> {
     Some(format!("{} ({bytes} bytes)", path.display()))
 }
 
-/// Verifies one layer's snapshot against its blob. Never fails: problems are states.
+/// Verifies one layer's snapshot against its blob. Never fails: problems are states. With a
+/// TOC cache, the model of a verified blob is kept there for later verifications.
 #[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, content = ?content))]
-pub fn verify_layer(layer: &ResolvedLayer, content: ContentCheck) -> LayerReport {
+pub fn verify_layer(
+    layer: &ResolvedLayer,
+    content: ContentCheck,
+    toc: Option<&TocCache>,
+) -> LayerReport {
     let started = std::time::Instant::now();
-    let p = pass::run_pass(layer, content, None);
+    let keep_toc = toc.is_some() && layer.snapshot.is_some();
+    let mut p = pass::run_pass(layer, content, None, keep_toc);
+    if let (Some(cache), Some(bytes)) = (toc, p.toc.take()) {
+        keep(cache, layer, &bytes);
+    }
     let (mut report, _, reason) = report_from_pass(layer, &p);
+    if report.blob == BlobState::Verified {
+        report.checked_with = Some(CheckedWith::Blob);
+    }
     report.leftover_staging = layer
         .snapshot
         .as_ref()
         .and_then(|s| leftover_staging(&s.dir));
     tracing::info!(blob = ?report.blob, state = ?report.state, findings = report.findings_total, reason = reason.as_deref().unwrap_or(""), ms = started.elapsed().as_millis() as u64, "layer verified");
     report
+}
+
+/// Stores a TOC; a failure costs only speed later, so it is logged, never fatal.
+fn keep(cache: &TocCache, layer: &ResolvedLayer, bytes: &[u8]) {
+    match cache.store(&pass::toc_key(layer), bytes) {
+        Ok(path) => {
+            tracing::info!(toc = %path.display(), bytes = bytes.len(), diff_id = %layer.diff_id, "TOC kept")
+        }
+        Err(e) => tracing::warn!(error = %e, diff_id = %layer.diff_id, "cannot keep the TOC"),
+    }
+}
+
+/// Verifies one layer against its kept TOC, reading no blob: `blob` is `NotChecked` and
+/// `checkedWith` is `Toc`. `None` when there is no usable TOC (a damaged, truncated, foreign
+/// or outdated one is removed and logged), or no snapshot to check.
+#[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, content = ?content))]
+pub fn verify_layer_with_toc(
+    layer: &ResolvedLayer,
+    content: ContentCheck,
+    cache: &TocCache,
+) -> Option<LayerReport> {
+    layer.snapshot.as_ref()?;
+    let started = std::time::Instant::now();
+    let body = match cache.lookup(&pass::toc_key(layer)) {
+        Lookup::Found(body) => body,
+        Lookup::Absent => return None,
+        Lookup::Rejected { path, reason } => {
+            tracing::warn!(toc = %path.display(), diff_id = %layer.diff_id, reason = %reason, "TOC discarded, not trusted; rebuilding it from the blob");
+            return None;
+        }
+    };
+    let p = pass::run_toc_pass(layer, content, body);
+    let (mut report, _, reason) = report_from_pass(layer, &p);
+    report.checked_with = Some(CheckedWith::Toc);
+    report.leftover_staging = layer
+        .snapshot
+        .as_ref()
+        .and_then(|s| leftover_staging(&s.dir));
+    tracing::info!(checked_with = "Toc", state = ?report.state, findings = report.findings_total, reason = reason.as_deref().unwrap_or(""), ms = started.elapsed().as_millis() as u64, "layer verified");
+    Some(report)
 }
 
 pub use repair::refusal;

@@ -21,6 +21,7 @@ use super::header::read_full;
 use super::observe::{Observation, observe_path, observe_tree};
 use super::root_path::resolve_root_path;
 use super::safe_fs::Beneath;
+use super::toc::{TocBody, TocKey, encode as encode_toc};
 use crate::image::ResolvedLayer;
 
 const COMPARE_BUF: usize = 256 * 1024;
@@ -59,6 +60,35 @@ impl<W: Write> HashingWriter<W> {
     }
 }
 
+/// Hashes what is read through it: the content digest a TOC keeps of each regular file.
+pub struct HashingReader<'a> {
+    inner: &'a mut dyn Read,
+    hasher: Sha256,
+}
+
+impl<'a> HashingReader<'a> {
+    pub fn new(inner: &'a mut dyn Read) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Reads what is left, then the digest of everything read.
+    pub fn finish(mut self) -> io::Result<ContentDigest> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok(self.hasher.finalize().into())
+    }
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
@@ -82,6 +112,9 @@ impl StageDir<'_> {
 pub enum BlobCheck {
     /// Digest and diffID both matched.
     Verified,
+    /// No blob was read: the model came from the TOC cache (kept after an earlier pass over
+    /// the verified blob).
+    FromToc,
     /// Not usable as the reference; `reason` is for people.
     Unusable { state: BlobState, reason: String },
 }
@@ -90,6 +123,7 @@ impl BlobCheck {
     pub fn state(&self) -> BlobState {
         match self {
             BlobCheck::Verified => BlobState::Verified,
+            BlobCheck::FromToc => BlobState::NotChecked,
             BlobCheck::Unusable { state, .. } => *state,
         }
     }
@@ -114,6 +148,8 @@ pub struct Pass {
     /// Inode -> (path its content was compared at, staged data file if any).
     pub compared_at: HashMap<InodeId, Vec<u8>>,
     pub staged: HashMap<InodeId, StagedFile>,
+    /// The TOC file's bytes, when the pass was asked to keep one and the blob verified.
+    pub toc: Option<Vec<u8>>,
 }
 
 /// `io::copy` with our 256 KiB buffer: its own is 8 KiB, which means four times the write
@@ -324,11 +360,22 @@ pub fn root_path_in(root: &Path, rel: &[u8]) -> Option<Vec<u8>> {
     .ok()
 }
 
+/// The TOC key of a layer: its diffID and whether it is the image's base layer.
+pub fn toc_key(layer: &ResolvedLayer) -> TocKey {
+    TocKey {
+        diff_id: layer.diff_id.clone(),
+        base: layer.index == 0,
+    }
+}
+
 /// Runs one pass. `stage` (repair only) receives the correct bytes of every file that differs.
+/// With `keep_toc`, every regular file's tar data is hashed too and a verified blob's model
+/// comes back encoded as a TOC (`Pass::toc`).
 pub fn run_pass(
     layer: &ResolvedLayer,
     content: ContentCheck,
     stage: Option<&StageDir<'_>>,
+    keep_toc: bool,
 ) -> Pass {
     // The layer's place in the image decides the whiteout rules, never the snapshot records
     // alone (resolve has checked that the two agree).
@@ -360,6 +407,20 @@ pub fn run_pass(
                 return Ok(());
             }
             match model.apply(hdr, ordinal) {
+                Ok(Applied::File { path, inode }) if keep_toc => {
+                    let mut hashing = HashingReader::new(data);
+                    let (verdict, staged_file) =
+                        compare.run(&path, hdr.size, ordinal, &mut hashing)?;
+                    // A read error here recurs in the stream, which then fails the blob.
+                    if let Ok(digest) = hashing.finish() {
+                        model.set_content_sha256(inode, digest);
+                    }
+                    content_verdicts.insert(inode, verdict);
+                    compared_at.insert(inode, path);
+                    if let Some(f) = staged_file {
+                        staged.insert(inode, f);
+                    }
+                }
                 Ok(Applied::File { path, inode }) => {
                     let (verdict, staged_file) = compare.run(&path, hdr.size, ordinal, data)?;
                     content_verdicts.insert(inode, verdict);
@@ -423,26 +484,13 @@ pub fn run_pass(
             }
         }
     }
+    // The TOC keeps the model as the headers alone made it; the lowers are applied on load.
+    let toc = (keep_toc && model_error.is_none() && blob == BlobCheck::Verified)
+        .then(|| encode_toc(&toc_key(layer), &model, &compared_at));
     if !base && let Some(s) = &layer.snapshot {
         resolve_implicit_dirs(&mut model, &s.lower_fs);
     }
-    let fs_walk = match observed {
-        // An `fs` that is not a directory (e.g. a planted symlink) is as good as missing.
-        Some(Ok(Some(o)))
-            if o.root
-                .as_ref()
-                .is_some_and(|r| r.file_type() != libc::S_IFDIR) =>
-        {
-            FsWalk::Absent
-        }
-        Some(Ok(Some(o))) => FsWalk::Walked(o),
-        Some(Ok(None)) | None => FsWalk::Absent,
-        Some(Err(e)) => {
-            let shown = fs.as_deref().unwrap_or(Path::new("")).display().to_string();
-            tracing::warn!(fs = %shown, error = %e, "cannot walk snapshot");
-            FsWalk::Unreadable(format!("{shown}: {e}"))
-        }
-    };
+    let fs_walk = settle_walk(observed, fs.as_deref());
     debug_assert!(
         model
             .entries()
@@ -459,6 +507,132 @@ pub fn run_pass(
         content: content_verdicts,
         compared_at,
         staged,
+        toc,
+    }
+}
+
+/// The walker's result as the pass reports it.
+fn settle_walk(observed: Option<io::Result<Option<Observation>>>, fs: Option<&Path>) -> FsWalk {
+    match observed {
+        // An `fs` that is not a directory (e.g. a planted symlink) is as good as missing.
+        Some(Ok(Some(o)))
+            if o.root
+                .as_ref()
+                .is_some_and(|r| r.file_type() != libc::S_IFDIR) =>
+        {
+            FsWalk::Absent
+        }
+        Some(Ok(Some(o))) => FsWalk::Walked(o),
+        Some(Ok(None)) | None => FsWalk::Absent,
+        Some(Err(e)) => {
+            let shown = fs.unwrap_or(Path::new("")).display().to_string();
+            tracing::warn!(fs = %shown, error = %e, "cannot walk snapshot");
+            FsWalk::Unreadable(format!("{shown}: {e}"))
+        }
+    }
+}
+
+/// One pass against a TOC instead of the blob: the snapshot walk (`lstat` and xattrs) and,
+/// for a full check, every regular file read and hashed on worker threads, compared with the
+/// content digest the TOC kept.
+pub fn run_toc_pass(layer: &ResolvedLayer, content: ContentCheck, toc: TocBody) -> Pass {
+    let TocBody { mut model, anchors } = toc;
+    let fs = layer.snapshot.as_ref().map(|s| s.fs.clone());
+    let threads = crate::workers::io_threads();
+    let (observed, verdicts) = std::thread::scope(|s| {
+        let walker = fs
+            .as_deref()
+            .map(|p| s.spawn(move || observe_tree(p, threads)));
+        let verdicts = match (&content, fs.as_deref()) {
+            (ContentCheck::Full, Some(p)) => hash_and_compare(p, &model, &anchors, threads),
+            _ => HashMap::new(),
+        };
+        let observed = walker.map(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("snapshot walker panicked")))
+        });
+        (observed, verdicts)
+    });
+    if layer.index != 0
+        && let Some(s) = &layer.snapshot
+    {
+        resolve_implicit_dirs(&mut model, &s.lower_fs);
+    }
+    Pass {
+        blob: BlobCheck::FromToc,
+        model: Ok(model),
+        fs: settle_walk(observed, fs.as_deref()),
+        content: verdicts,
+        compared_at: anchors.into_iter().collect(),
+        staged: HashMap::new(),
+        toc: None,
+    }
+}
+
+/// Full-content verdicts against the TOC's digests: a file that is absent, not regular or of
+/// another size is left to the walk (as in the blob pass); one that cannot be read differs.
+fn hash_and_compare(
+    fs: &Path,
+    model: &LayerModel,
+    anchors: &[(InodeId, Vec<u8>)],
+    threads: usize,
+) -> HashMap<InodeId, ContentVerdict> {
+    let Ok(beneath) = Beneath::open(fs) else {
+        return HashMap::new();
+    };
+    let beneath = &beneath;
+    let per_worker = crate::workers::map_chunks(anchors, threads, |chunk| {
+        let mut buf = vec![0u8; COMPARE_BUF];
+        chunk
+            .iter()
+            .map(|(id, path)| {
+                let inode = model.inode(*id);
+                let verdict = match inode.content_sha256 {
+                    Some(want) => file_verdict(beneath, path, inode.size, &want, &mut buf),
+                    None => ContentVerdict::NotCompared,
+                };
+                (*id, verdict)
+            })
+            .collect::<Vec<_>>()
+    });
+    per_worker.into_iter().flatten().collect()
+}
+
+fn file_verdict(
+    beneath: &Beneath,
+    path: &[u8],
+    size: u64,
+    want: &ContentDigest,
+    buf: &mut [u8],
+) -> ContentVerdict {
+    let disk = beneath
+        .open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .ok()
+        .map(File::from)
+        .filter(|f| {
+            f.metadata()
+                .is_ok_and(|m| m.file_type().is_file() && m.size() == size)
+        });
+    let Some(mut disk) = disk else {
+        return ContentVerdict::NotCompared;
+    };
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        match read_full(&mut disk, buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(_) => return ContentVerdict::Differs,
+        }
+    }
+    let got: ContentDigest = hasher.finalize().into();
+    if total == size && &got == want {
+        ContentVerdict::Same
+    } else {
+        ContentVerdict::Differs
     }
 }
 

@@ -291,7 +291,7 @@ pub fn no_snapshot_reason(layer: &ResolvedLayer) -> String {
 #[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, dry_run = opts.dry_run))]
 pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair> {
     let Some(snap) = &layer.snapshot else {
-        let p = run_pass(layer, ContentCheck::Full, None);
+        let p = run_pass(layer, ContentCheck::Full, None, false);
         let (report, _, reason) = report_from_pass(layer, &p);
         return Ok(LayerRepair {
             report,
@@ -336,7 +336,7 @@ fn repair_locked(
     let stage = staging.map(|dir| StageDir { dir });
     // Repair always compares every byte: it must never rewrite data it has not verified.
     let started = std::time::Instant::now();
-    let p = run_pass(layer, ContentCheck::Full, stage.as_ref());
+    let p = run_pass(layer, ContentCheck::Full, stage.as_ref(), false);
     let pass_ms = started.elapsed().as_millis() as u64;
     let (mut report, diff, reason) = report_from_pass(layer, &p);
     let empty = Observation::default();

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use snapmend_crds::{BlobState, ContentCheck, FindingKind, LayerReport, LayerState};
+use snapmend_crds::{BlobState, CheckedWith, ContentCheck, FindingKind, LayerReport, LayerState};
 
 use super::observe::{observe_tree, read_xattrs};
 use super::{RepairOptions, repair_layer, verify_layer};
@@ -176,7 +176,13 @@ impl Fixture {
             .join(super::repair::STAGING_DIR)
     }
     fn verify(&self) -> LayerReport {
-        verify_layer(&self.layer, ContentCheck::Full)
+        verify_layer(&self.layer, ContentCheck::Full, None)
+    }
+    fn toc_cache(&self) -> super::toc::TocCache {
+        super::toc::TocCache {
+            dir: self.root.join("toc"),
+            max_bytes: 1 << 30,
+        }
     }
     fn repair(&self) -> super::LayerRepair {
         repair_layer(
@@ -359,8 +365,26 @@ fn corruption_case(name: &str, corrupt: impl Fn(&Fixture), expect: &[(&str, Find
         &f.fs(),
         &["home", "home/user", "bin", "xbin", "usr", "usr/lib", "dev"],
     );
+    // A TOC kept from the pristine snapshot must say exactly what the blob says.
+    let toc = f.toc_cache();
+    let kept = verify_layer(&f.layer, ContentCheck::Full, Some(&toc));
+    assert_eq!(kept.checked_with, Some(CheckedWith::Blob), "{name}");
     corrupt(&f);
     let v = f.verify();
+    for content in [ContentCheck::Full, ContentCheck::Metadata] {
+        let blob = verify_layer(&f.layer, content, None);
+        let t = super::verify_layer_with_toc(&f.layer, content, &toc).expect("TOC kept");
+        assert_eq!(
+            (t.checked_with, t.blob),
+            (Some(CheckedWith::Toc), BlobState::NotChecked),
+            "{name}"
+        );
+        assert_eq!(
+            (t.state, &t.findings),
+            (blob.state, &blob.findings),
+            "{name} {content:?}: TOC and blob disagree"
+        );
+    }
     assert_eq!(v.state, LayerState::Corrupted, "{name}");
     assert_eq!(v.blob, BlobState::Verified, "{name}");
     let got = kinds(&v);
@@ -562,7 +586,7 @@ fn metadata_mode_skips_same_size_content_changes_only() {
     let f = fixture(&rich_layer(), true).unpacked();
     std::fs::write(f.p("etc/passwd"), b"ROOT:x:0:0::/root:/bin/sh\n").unwrap();
     assert_eq!(
-        verify_layer(&f.layer, ContentCheck::Metadata).state,
+        verify_layer(&f.layer, ContentCheck::Metadata, None).state,
         LayerState::Healthy
     );
     assert_eq!(
@@ -914,7 +938,7 @@ fn bench_layer() {
     let started = std::time::Instant::now();
     let (state, findings) = match mode.as_str() {
         "metadata" => {
-            let r = verify_layer(&layer, ContentCheck::Metadata);
+            let r = verify_layer(&layer, ContentCheck::Metadata, None);
             (r.state, r.findings_total)
         }
         "repair" => {
@@ -929,7 +953,7 @@ fn bench_layer() {
             (r.report.state, r.report.findings_total)
         }
         _ => {
-            let r = verify_layer(&layer, ContentCheck::Full);
+            let r = verify_layer(&layer, ContentCheck::Full, None);
             (r.state, r.findings_total)
         }
     };
@@ -992,7 +1016,7 @@ fn confirm_reads_back_only_what_the_repair_touched_unless_it_touched_most() {
     use super::confirm::{Touched, confirm_repair};
     use std::collections::{HashMap, HashSet};
     let f = fixture(&rich_layer(), true).unpacked();
-    let p = super::pass::run_pass(&f.layer, ContentCheck::Full, None);
+    let p = super::pass::run_pass(&f.layer, ContentCheck::Full, None, false);
     let model = p.model.as_ref().unwrap();
     let id = |path: &str| model.get(path.as_bytes()).unwrap().0;
     let digest = |bytes: &[u8]| -> [u8; 32] { Sha256::digest(bytes).into() };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
+use crate::lru_dir::{create_private_dir, touch};
 use crate::store::content::parse_sha256_digest;
 
 /// Files used this recently are never evicted: another layer thread may be about to read them.
@@ -26,9 +27,7 @@ impl BlobCache {
     /// The cached blob, its use recorded; `None` when absent.
     pub fn lookup(&self, digest: &str) -> Option<PathBuf> {
         let path = self.blob_path(digest)?;
-        let file = std::fs::File::options().append(true).open(&path).ok()?;
-        let _ = file.set_modified(SystemTime::now());
-        Some(path)
+        touch(&path).then_some(path)
     }
 
     /// A fresh file for a download in flight (the directory is created 0700).
@@ -94,46 +93,14 @@ impl BlobCache {
                 }
             }
         }
-        let Ok(entries) = std::fs::read_dir(self.dir.join("sha256")) else {
-            return;
-        };
-        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
-            .flatten()
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                m.is_file().then(|| {
-                    (
-                        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        m.len(),
-                        e.path(),
-                    )
-                })
-            })
-            .collect();
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        files.sort();
-        for (mtime, len, path) in files {
-            if total <= self.max_bytes {
-                break;
-            }
-            if path == keep || now.duration_since(mtime).unwrap_or_default() < IN_USE_GRACE {
-                continue;
-            }
-            if std::fs::remove_file(&path).is_ok() {
-                tracing::debug!(path = %path.display(), bytes = len, "evicted cached blob");
-                total -= len;
-            }
-        }
+        crate::lru_dir::evict_least_recently_used(
+            &self.dir.join("sha256"),
+            self.max_bytes,
+            keep,
+            IN_USE_GRACE,
+            |_| true,
+        );
     }
-}
-
-fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]

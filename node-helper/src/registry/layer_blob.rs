@@ -3,10 +3,11 @@
 //! layer engine runs unchanged on the fetched file, so every rule of a local blob holds (digest
 //! and diffID checked before anything is written; staging; confirmation).
 
-use snapmend_crds::{BlobSource, BlobState, ContentCheck, LayerReport};
+use snapmend_crds::{BlobSource, BlobState, ContentCheck, LayerReport, LayerState};
 
 use super::fetch::{BlobFetcher, Obtained};
 use crate::image::ResolvedLayer;
+use crate::layer::toc::TocCache;
 use crate::layer::{self, LayerRepair, RepairOptions};
 
 /// Local blob states that another copy of the same digest can cure. (A blob whose digest
@@ -98,24 +99,47 @@ fn run_fetched<T: BlobOutcome>(
     }
 }
 
-/// Verifies a layer, fetching its blob when the content store cannot serve it.
+/// Verifies a layer against its kept TOC when there is one (no blob read, none fetched),
+/// else against its blob, fetching it when the content store cannot serve it (and keeping a
+/// TOC of the verified blob).
 pub fn verify_layer(
     layer: &ResolvedLayer,
     content: ContentCheck,
     fetcher: Option<&BlobFetcher>,
+    toc: Option<&TocCache>,
 ) -> LayerReport {
+    if let Some(cache) = toc
+        && let Some(report) = layer::verify_layer_with_toc(layer, content, cache)
+    {
+        return report;
+    }
     with_blob(layer, fetcher, &|l: &ResolvedLayer| {
-        layer::verify_layer(l, content)
+        layer::verify_layer(l, content, toc)
     })
 }
 
 /// Repairs a layer, fetching its blob when the content store cannot serve it. Nothing is
 /// written from a blob that failed its digest or diffID: the engine checks before writing.
+/// A layer its TOC finds healthy byte for byte (and with no interrupted repair to finish) is
+/// left alone without reading the blob.
 pub fn repair_layer(
     layer: &ResolvedLayer,
     opts: &RepairOptions,
     fetcher: Option<&BlobFetcher>,
+    toc: Option<&TocCache>,
 ) -> crate::Result<LayerRepair> {
+    if let Some(cache) = toc
+        && let Some(report) = layer::verify_layer_with_toc(layer, ContentCheck::Full, cache)
+        && report.state == LayerState::Healthy
+        && report.leftover_staging.is_none()
+    {
+        return Ok(LayerRepair {
+            report,
+            plan: Vec::new(),
+            reason: None,
+            confirmation: None,
+        });
+    }
     let mut out = with_blob(layer, fetcher, &|l: &ResolvedLayer| {
         layer::repair_layer(l, opts)
     });

@@ -23,6 +23,8 @@ pub struct BenchOptions {
     /// Timed runs per command (after one untimed warm-up).
     pub runs: usize,
     pub node_helper: PathBuf,
+    /// Only the comparisons of verify with a cached TOC (issue 16), not the blob ones.
+    pub toc_only: bool,
 }
 
 /// Timed runs of one command.
@@ -69,6 +71,8 @@ impl Comparison {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchReport {
+    /// The Markdown heading of the section.
+    pub title: String,
     pub machine: Vec<(String, String)>,
     pub layer: BigLayer,
     pub comparisons: Vec<Comparison>,
@@ -293,6 +297,24 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
         cmd.stdout(std::process::Stdio::null());
         cmd
     };
+    let toc_dir = opts.work_dir.join("toc");
+    let toc_s = toc_dir.to_string_lossy().into_owned();
+    let verify_toc = |c: &str| {
+        let mut cmd = helper.command(
+            "verify",
+            &[
+                "--image",
+                IMAGE,
+                "--content",
+                c,
+                "--json",
+                "--toc-cache",
+                &toc_s,
+            ],
+        );
+        cmd.stdout(std::process::Stdio::null());
+        cmd
+    };
     let repair = || {
         let mut cmd = helper.command("repair", &["--image", IMAGE, "--json"]);
         cmd.stdout(std::process::Stdio::null());
@@ -307,70 +329,130 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
     const TAR_COMPARE: &str = "tar --compare -z -f BLOB -C fs";
     let one_file = fs.join("data/000/000/f000001");
 
-    let comparisons = vec![
-        compare_side_by_side(
-            runs,
-            "full-content verify vs GNU tar --compare",
-            "≤ 0.5×",
-            Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
-            Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
-        )?,
-        compare_side_by_side(
-            runs,
-            "metadata verify vs GNU tar --compare",
-            "faster than full verify",
-            Timed::new(
-                "snapmend-node-helper verify --content metadata",
-                || Ok(()),
-                || verify(Content::Metadata),
-            ),
-            Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
-        )?,
-        compare_side_by_side(
-            runs,
-            "full rebuild of the emptied snapshot vs tar -xzf into an empty dir",
-            "≤ 0.6×",
-            Timed::new(
-                "snapmend-node-helper repair (emptied snapshot)",
-                || empty_dir(&fs),
-                repair,
-            ),
-            Timed::new(
-                "tar -xzf BLOB -C empty-dir",
-                || {
-                    if extract_dir.exists() {
-                        std::fs::remove_dir_all(&extract_dir)
-                            .map_err(|e| TestError::io(&extract_dir, e))?;
-                    }
-                    std::fs::create_dir(&extract_dir).map_err(|e| TestError::io(&extract_dir, e))
-                },
-                || {
-                    let mut c = Command::new("tar");
-                    c.args(["-xzf", &blob_s, "-C", &extract_s]);
-                    c
-                },
-            ),
-        )?,
-        compare_side_by_side(
-            runs,
-            "repair of one missing file vs one full verify pass",
-            "≈ 1×",
-            Timed::new(
-                "snapmend-node-helper repair (one file missing)",
-                || std::fs::remove_file(&one_file).map_err(|e| TestError::io(&one_file, e)),
-                repair,
-            ),
-            Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
-        )?,
-    ];
+    let mut comparisons = Vec::new();
+    if !opts.toc_only {
+        comparisons = vec![
+            compare_side_by_side(
+                runs,
+                "full-content verify vs GNU tar --compare",
+                "≤ 0.5×",
+                Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
+                Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
+            )?,
+            compare_side_by_side(
+                runs,
+                "metadata verify vs GNU tar --compare",
+                "faster than full verify",
+                Timed::new(
+                    "snapmend-node-helper verify --content metadata",
+                    || Ok(()),
+                    || verify(Content::Metadata),
+                ),
+                Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
+            )?,
+            compare_side_by_side(
+                runs,
+                "full rebuild of the emptied snapshot vs tar -xzf into an empty dir",
+                "≤ 0.6×",
+                Timed::new(
+                    "snapmend-node-helper repair (emptied snapshot)",
+                    || empty_dir(&fs),
+                    repair,
+                ),
+                Timed::new(
+                    "tar -xzf BLOB -C empty-dir",
+                    || {
+                        if extract_dir.exists() {
+                            std::fs::remove_dir_all(&extract_dir)
+                                .map_err(|e| TestError::io(&extract_dir, e))?;
+                        }
+                        std::fs::create_dir(&extract_dir)
+                            .map_err(|e| TestError::io(&extract_dir, e))
+                    },
+                    || {
+                        let mut c = Command::new("tar");
+                        c.args(["-xzf", &blob_s, "-C", &extract_s]);
+                        c
+                    },
+                ),
+            )?,
+            compare_side_by_side(
+                runs,
+                "repair of one missing file vs one full verify pass",
+                "≈ 1×",
+                Timed::new(
+                    "snapmend-node-helper repair (one file missing)",
+                    || std::fs::remove_file(&one_file).map_err(|e| TestError::io(&one_file, e)),
+                    repair,
+                ),
+                Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
+            )?,
+        ];
+    }
+    // Issue 16: the same layer with its TOC cached. The warm-up run of each pair is the one
+    // that verifies against the blob and keeps the TOC; every timed run uses the TOC.
+    if toc_dir.exists() {
+        std::fs::remove_dir_all(&toc_dir).map_err(|e| TestError::io(&toc_dir, e))?;
+    }
+    const VERIFY_TOC_FULL: &str = "snapmend-node-helper verify --content full (TOC cached)";
+    const VERIFY_TOC_META: &str = "snapmend-node-helper verify --content metadata (TOC cached)";
+    comparisons.push(compare_side_by_side(
+        runs,
+        "full-content verify, TOC cached, vs GNU tar --compare",
+        "≤ 0.15×",
+        Timed::new(VERIFY_TOC_FULL, || Ok(()), || verify_toc("full")),
+        Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
+    )?);
+    comparisons.push(compare_side_by_side(
+        runs,
+        "metadata verify, TOC cached, vs GNU tar --compare",
+        "≤ 0.03×",
+        Timed::new(VERIFY_TOC_META, || Ok(()), || verify_toc("metadata")),
+        Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
+    )?);
+    check_toc_was_used(&helper, &toc_s)?;
     if extract_dir.exists() {
         std::fs::remove_dir_all(&extract_dir).map_err(|e| TestError::io(&extract_dir, e))?;
     }
     Ok(BenchReport {
+        title: if opts.toc_only {
+            "Verify with the TOC cache (issue 16)".into()
+        } else {
+            "Verify and repair (issues 2 and 3, 16)".into()
+        },
         machine: machine_info(fixture.dir()),
         layer,
         comparisons,
     })
+}
+
+/// The timed TOC runs must have read no blob: one more verify must say `checkedWith: Toc`.
+fn check_toc_was_used(helper: &NodeHelper, toc: &str) -> Result<(), TestError> {
+    let run = helper.run(
+        "verify",
+        &[
+            "--image",
+            IMAGE,
+            "--content",
+            "metadata",
+            "--json",
+            "--toc-cache",
+            toc,
+        ],
+    )?;
+    let report = run.report()?;
+    let all_toc = !report.layers.is_empty()
+        && report
+            .layers
+            .iter()
+            .all(|l| l.checked_with == Some(snapmend_crds::CheckedWith::Toc));
+    if all_toc {
+        Ok(())
+    } else {
+        Err(TestError::NodeHelper(format!(
+            "the TOC cache was not used:\n{run}"
+        )))
+    }
 }
 
 fn secs(d: Duration) -> String {
@@ -384,7 +466,7 @@ fn gib(bytes: u64) -> String {
 /// The Markdown section recorded in docs/BENCHMARKS.md.
 pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> String {
     let mut out = String::new();
-    out.push_str("## Verify and repair (issues 2 and 3)\n\n");
+    out.push_str(&format!("## {}\n\n", report.title));
     out.push_str(&format!("Measured {date} with `{command}`. Each pair of commands ran alternately, snapmend then the reference, after one warm-up run of each (warm page cache; before every run `sync`, then a wait until no block I/O has been in flight for a second). Times are medians; the ratio is the median of the per-round ratios snapmend ÷ reference, so load that drifts during the run cancels out of each back-to-back pair.\n\n"));
     out.push_str("| machine | |\n| --- | --- |\n");
     for (k, v) in &report.machine {
@@ -481,6 +563,7 @@ mod tests {
     #[test]
     fn markdown_lists_times_ratio_goal_and_each_command_once() {
         let report = BenchReport {
+            title: "Verify and repair".into(),
             machine: vec![("CPU".into(), "test cpu".into())],
             layer: BigLayer {
                 digest: "sha256:d".into(),

@@ -23,6 +23,9 @@ struct Args {
     /// Date written into the Markdown.
     #[arg(long, default_value = "")]
     date: String,
+    /// Only verify with a cached TOC against GNU tar (issue 16).
+    #[arg(long)]
+    toc_only: bool,
     /// Command line written into the Markdown.
     #[arg(long, default_value = "bench/run.sh")]
     command: String,
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
         files: args.files,
         runs: args.runs,
         node_helper: args.node_helper,
+        toc_only: args.toc_only,
     };
     match run_benchmarks(&opts) {
         Ok(report) => {

@@ -371,6 +371,9 @@ pub fn spawn_agent_with(
         fixture.root().display().to_string(),
         "--config".to_string(),
         fixture.config_path().display().to_string(),
+        // Never the machine's /var/lib/snapmend/toc.
+        "--toc-cache".to_string(),
+        "none".to_string(),
     ];
     args.extend(extra_args.iter().cloned());
     let pod_name = format!("snapmend-agent-{node}");

@@ -152,6 +152,16 @@ impl std::fmt::Display for HelperRun {
     }
 }
 
+/// `["--toc-cache", "none"]` for a subcommand that keeps TOCs and was given no cache.
+pub fn toc_guard(subcommand: &str, args: &[&str]) -> &'static [&'static str] {
+    let keeps_tocs = matches!(subcommand, "verify" | "repair" | "scan" | "agent");
+    if keeps_tocs && !args.iter().any(|a| a.starts_with("--toc-cache")) {
+        &["--toc-cache", "none"]
+    } else {
+        &[]
+    }
+}
+
 /// The helper bound to one private containerd (its root and config).
 #[derive(Clone, Debug)]
 pub struct NodeHelper {
@@ -169,7 +179,9 @@ impl NodeHelper {
         })
     }
 
-    /// `snapmend-node-helper <subcommand> --root R --config C <args>`, not yet run.
+    /// `snapmend-node-helper <subcommand> --root R --config C <args>`, not yet run. Commands
+    /// that keep TOCs get `--toc-cache none` unless `args` name a cache: a test never writes
+    /// to the machine's /var/lib/snapmend (and reads the blob, as before the TOC cache).
     pub fn command(&self, subcommand: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg(subcommand)
@@ -177,6 +189,7 @@ impl NodeHelper {
             .arg(&self.root)
             .arg("--config")
             .arg(&self.config)
+            .args(toc_guard(subcommand, args))
             .args(args)
             .stdin(Stdio::null());
         cmd
@@ -225,5 +238,36 @@ impl NodeHelper {
                     })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod toc_guard_tests {
+    use super::*;
+
+    #[test]
+    fn every_toc_keeping_command_gets_a_cache_that_is_not_the_machines() {
+        let h = NodeHelper {
+            binary: "snapmend-node-helper".into(),
+            root: "/r".into(),
+            config: "/c".into(),
+        };
+        for sub in ["verify", "repair", "scan", "agent"] {
+            let cmd = h.command(sub, &["--json"]);
+            let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+            let at = args.iter().position(|a| a == "--toc-cache").expect(sub);
+            assert_eq!(args[at + 1], "none", "{sub}");
+            let own = h.command(sub, &["--toc-cache", "/tmp/t"]);
+            assert_eq!(
+                own.get_args().filter(|a| *a == "--toc-cache").count(),
+                1,
+                "{sub}: a test's own cache is kept"
+            );
+        }
+        let guard = h.command("guard", &[]);
+        assert!(
+            guard.get_args().all(|a| a != "--toc-cache"),
+            "guard has no TOC"
+        );
     }
 }

@@ -229,6 +229,7 @@ impl AgentProcess {
             .arg(&root)
             .arg("--config")
             .arg(&config)
+            .args(["--toc-cache", "none"])
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,kube=warn,hyper=warn")
             .env("NO_COLOR", "1")
