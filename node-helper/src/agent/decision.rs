@@ -125,6 +125,7 @@ mod tests {
                 action: RepairAction::Repair,
                 cordon: true,
                 content_check: ContentCheck::Full,
+                pull_secrets: Vec::new(),
             },
         );
         sr.status = Some(SnapshotRepairStatus::default());
@@ -135,6 +136,7 @@ mod tests {
         sr.status.get_or_insert_with(Default::default).request = Some(RepairRequest {
             id: id.into(),
             action,
+            pull_secret: None,
         });
         sr
     }

@@ -478,6 +478,7 @@ pub fn build_repair(plan: &PlannedRepair) -> SnapshotRepair {
             action: plan.action,
             cordon: true,
             content_check: ContentCheck::Full,
+            pull_secrets: Vec::new(),
         },
     );
     sr.metadata = ObjectMeta {

@@ -333,6 +333,7 @@ pub async fn create_repair(client: &Client, name: &str, node: &str, image: &str)
         action: RepairAction::Repair,
         cordon: true,
         content_check: Default::default(),
+        pull_secrets: Vec::new(),
     };
     create_repair_with(client, name, spec).await
 }
