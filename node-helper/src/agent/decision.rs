@@ -17,6 +17,8 @@ pub struct Work {
     pub action: RepairAction,
     pub target: Target,
     pub content: ContentCheck,
+    /// The Secret (agent's namespace) with the repair's registry credentials, if any.
+    pub pull_secret: Option<String>,
 }
 
 /// Why an observed SnapshotRepair needs nothing from this agent.
@@ -72,6 +74,7 @@ pub fn decide(node: &str, sr: &SnapshotRepair) -> Decision {
             action: request.action,
             target,
             content: sr.spec.content_check,
+            pull_secret: request.pull_secret.clone(),
         }),
         Err(reason) => Decision::Refuse {
             name,
@@ -159,6 +162,7 @@ mod tests {
             action,
             target,
             content: ContentCheck::Full,
+            pull_secret: None,
         })
     }
 
@@ -250,8 +254,26 @@ mod tests {
                 action: RepairAction::Verify,
                 target: Target::Image("registry.k8s.io/pause:3.10".into()),
                 content: ContentCheck::Metadata,
+                pull_secret: None,
             })
         );
+    }
+
+    #[test]
+    fn the_work_names_the_requests_pull_secret() {
+        let mut sr = requested(sr("node-a"), "3", RepairAction::Repair);
+        if let Some(r) = sr.status.as_mut().and_then(|s| s.request.as_mut()) {
+            r.pull_secret = Some("snapmend-pull-node-a-pause".into());
+        }
+        match decide("node-a", &sr) {
+            Decision::Run(work) => {
+                assert_eq!(
+                    work.pull_secret.as_deref(),
+                    Some("snapmend-pull-node-a-pause")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
