@@ -8,6 +8,9 @@
 //! saying so. The operator's copy of the pull secrets is gone after each, and no password,
 //! its base64 or the `auth` value appears in any log, Event, status or report. Needs root.
 
+// Helpers of this test crate unwrap like the tests do (clippy.toml allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
 mod agent_support;
 
 use std::process::Command;
