@@ -14,7 +14,7 @@ pub use report::{
 };
 pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
 pub use snapshot_repair::{
-    ContentCheck, Phase, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
+    ContentCheck, Phase, PullSecretRef, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,
 };
 

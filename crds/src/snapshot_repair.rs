@@ -43,6 +43,9 @@ use crate::report::Report;
 // A target that changed after it was verified would be repaired unverified: the target is
 // immutable, including whether `image` is set at all (the field rule below covers its value).
 #[x_kube(validation = Rule::new("has(self.image) == has(oldSelf.image)").message("image is immutable: create a new SnapshotRepair for another target"))]
+// The pull secrets are copied for the agent when the first request is issued; a later change
+// would silently not apply, so they are immutable too (including whether they are set).
+#[x_kube(validation = Rule::new("has(self.pullSecrets) == has(oldSelf.pullSecrets)").message("pullSecrets is immutable: create a new SnapshotRepair"))]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRepairSpec {
     /// The node whose snapshots are checked. Immutable.
@@ -65,6 +68,31 @@ pub struct SnapshotRepairSpec {
     pub cordon: bool,
     #[serde(default)]
     pub content_check: ContentCheck,
+    /// Secrets (type `kubernetes.io/dockerconfigjson`) with registry credentials for layer
+    /// blobs the node lacks, e.g. a pod's imagePullSecrets. The operator reads them and hands
+    /// the agent a merged copy; their contents never appear in status, events or logs. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("pullSecrets is immutable: create a new SnapshotRepair"))]
+    #[schemars(length(max = 16))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<PullSecretRef>,
+}
+
+/// A Secret holding registry credentials, by namespace and name.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PullSecretRef {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+impl std::fmt::Display for PullSecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 fn default_true() -> bool {
@@ -112,6 +140,10 @@ pub struct RepairRequest {
     /// Changes for every new request.
     pub id: String,
     pub action: RepairAction,
+    /// The Secret (in the agent's own namespace) holding the merged docker config of
+    /// `spec.pullSecrets`, which the agent adds to its registry credentials for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
 }
 
 /// The node helper's Report for one request; written by the agent only.

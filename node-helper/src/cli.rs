@@ -95,6 +95,7 @@ impl FetchArgs {
             },
             registry_config: self.registry_config.clone(),
             auth_files: self.auth.clone(),
+            pull_secret_files: Vec::new(),
             credential_provider: self
                 .credential_provider_config
                 .clone()

@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod node_condition;
 pub mod phases;
 pub mod presence;
+pub mod pull_secrets;
 pub mod reconcile;
 pub mod run;

@@ -71,6 +71,18 @@ pub struct Settings {
     pub failure_policy: FailurePolicy,
 }
 
+/// The registry credentials of `spec.pullSecrets`, as the operator prepared them for the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum PullSecretState {
+    /// `spec.pullSecrets` is empty.
+    #[default]
+    NotRequested,
+    /// The merged copy, by name, in the operator's namespace.
+    Ready(String),
+    /// A referenced Secret cannot be used; the repair fails with this message.
+    Unusable(String),
+}
+
 /// Everything the next step depends on.
 #[derive(Clone, Debug)]
 pub struct Observed<'a> {
@@ -88,6 +100,8 @@ pub struct Observed<'a> {
     pub lease_namespace: &'a str,
     /// Who inherits this repair's cordon (see [`cordon_successor`]).
     pub successor: Option<&'a str>,
+    /// The pull secrets' copy that requests name.
+    pub pull_secret: PullSecretState,
 }
 
 /// What to do with the node before the new status is written.
@@ -168,6 +182,7 @@ pub mod reason {
     pub const REPAIR_INCOMPLETE: &str = "RepairIncomplete";
     pub const HELPER_ERROR: &str = "HelperError";
     pub const WAITING_FOR_CORDON_SLOT: &str = "WaitingForCordonSlot";
+    pub const PULL_SECRET_UNUSABLE: &str = "PullSecretUnusable";
 }
 
 /// Polling interval while waiting for a free cordon slot or for the node to show a cordon.
@@ -309,7 +324,14 @@ impl Machine<'_, '_> {
 
     fn issue_request(&mut self, action: RepairAction) {
         let id = next_request_id(self.step.status.request.as_ref());
-        self.step.status.request = Some(RepairRequest { id, action });
+        self.step.status.request = Some(RepairRequest {
+            id,
+            action,
+            pull_secret: match &self.o.pull_secret {
+                PullSecretState::Ready(name) => Some(name.clone()),
+                PullSecretState::NotRequested | PullSecretState::Unusable(_) => None,
+            },
+        });
         self.step.status.request_time = Some(Time(self.o.now));
         self.step.requeue_after = Some(self.o.settings.helper_timeout.min(AGENT_RECHECK));
     }
@@ -350,6 +372,9 @@ impl Machine<'_, '_> {
         }
         if let Some(why) = self.helper_absence() {
             return self.fail(reason::HELPER_UNAVAILABLE, why);
+        }
+        if let PullSecretState::Unusable(why) = &self.o.pull_secret {
+            return self.fail(reason::PULL_SECRET_UNUSABLE, why.clone());
         }
         if self.step.status.start_time.is_none() {
             self.step.status.start_time = Some(Time(self.o.now));

@@ -7,7 +7,7 @@
 //! watches (the repair itself, its Node, its helper's Lease); the only requeues are deadlines:
 //! `--helper-timeout` of an outstanding request, and the helper Lease going stale.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,10 +35,11 @@ use crate::error::{Error, kube_context};
 use crate::metrics::Metrics;
 use crate::node_condition::{self, Finished};
 use crate::phases::{
-    self, CordonBudget, EventKind, NodeIntent, Notice, Observed, Settings, Sibling, Step,
-    cleanup_intent, cordon_successor, current_report,
+    self, CordonBudget, EventKind, NodeIntent, Notice, Observed, PullSecretState, Settings,
+    Sibling, Step, cleanup_intent, cordon_successor, current_report,
 };
 use crate::presence::{helper_presence, stale_in};
+use crate::pull_secrets;
 
 /// Event reporter name and the field manager of the operator's status.
 pub const CONTROLLER_NAME: &str = "snapmend-operator";
@@ -67,6 +68,8 @@ pub struct Context {
     node_verdicts: Mutex<HashMap<String, (String, node_condition::Verdict)>>,
     /// Wakes repairs (e.g. those waiting for a cordon slot when one was given back).
     wake: UnboundedSender<ObjectRef<SnapshotRepair>>,
+    /// UIDs of the repairs whose pull secrets this operator has copied for the agent.
+    pull_copies: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -91,6 +94,7 @@ impl Context {
             written: WrittenStatus::default(),
             node_verdicts: Mutex::new(HashMap::new()),
             wake,
+            pull_copies: Mutex::new(HashSet::new()),
         }
     }
 
@@ -114,6 +118,15 @@ impl Context {
         for waiting in repairs_waiting_for_slot(&self.caches.repairs) {
             let _ = self.wake.send(waiting);
         }
+    }
+
+    fn pull_copies_lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.pull_copies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_pull_copy(&self, sr: &SnapshotRepair) {
+        self.pull_copies_lock()
+            .remove(sr.uid().as_deref().unwrap_or_default());
     }
 
     fn update_cordon_gauge(&self) {
@@ -216,6 +229,7 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     let facts = node.as_deref().map(node_facts);
     let lease = ctx.caches.lease(&helper_lease_name(node_name));
     let successor = successor_of(sr, &ctx.caches.repairs());
+    let pull_secret = pull_secret_state(sr, &status, ctx).await?;
     let max = ctx.slots.max();
     let now = Timestamp::now();
     let observed = Observed {
@@ -235,6 +249,7 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
         settings: ctx.settings(),
         lease_namespace: &ctx.config.env.namespace,
         successor: successor.as_deref(),
+        pull_secret,
     };
     let mut step = phases::next_step(&observed);
     if step.node == NodeIntent::Cordon
@@ -259,6 +274,13 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     }
     apply_node_intent(ctx, &name, node_name, node.as_deref(), &step.node).await?;
     ctx.update_cordon_gauge();
+    let finishing = step.status.phase.is_some_and(Phase::is_terminal)
+        && !before.is_some_and(Phase::is_terminal);
+    if finishing && !sr.spec.pull_secrets.is_empty() {
+        // Before the final status: should the delete fail, the retry still sees a live repair.
+        pull_secrets::delete_copy(&ctx.client, &name, &ctx.config.env.namespace).await?;
+        ctx.forget_pull_copy(sr);
+    }
     if operator_fields(&status) != operator_fields(&step.status) {
         write_status(
             &ctx.repairs(),
@@ -284,6 +306,29 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
         lease.as_deref(),
         now,
     ))
+}
+
+/// The copy of `spec.pullSecrets` that requests name: made once, before the first request
+/// (phase Pending); later phases name the copy made then.
+async fn pull_secret_state(
+    sr: &SnapshotRepair,
+    status: &SnapshotRepairStatus,
+    ctx: &Context,
+) -> Result<PullSecretState, Error> {
+    if sr.spec.pull_secrets.is_empty() {
+        return Ok(PullSecretState::NotRequested);
+    }
+    let copy = snapmend_crds::labels::pull_secret_copy_name(&sr.name_any());
+    let uid = sr.uid().unwrap_or_default();
+    let first_request = matches!(status.phase, None | Some(Phase::Pending));
+    if !first_request || ctx.pull_copies_lock().contains(&uid) {
+        return Ok(PullSecretState::Ready(copy));
+    }
+    let state = pull_secrets::prepare(&ctx.client, sr, &ctx.config.env.namespace).await?;
+    if matches!(state, PullSecretState::Ready(_)) {
+        ctx.pull_copies_lock().insert(uid);
+    }
+    Ok(state)
 }
 
 /// Writes the node's `SnapshotsDamaged` condition once `name` has finished, if it is the last
@@ -458,6 +503,11 @@ async fn cleanup(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
         }
         _ => None,
     };
+    if !sr.spec.pull_secrets.is_empty() {
+        // Garbage collection would remove it with the repair too; the operator does not wait.
+        pull_secrets::delete_copy(&ctx.client, &name, &ctx.config.env.namespace).await?;
+        ctx.forget_pull_copy(sr);
+    }
     ctx.slots.release(node_name, &name);
     ctx.written.forget(&name);
     ctx.update_cordon_gauge();
@@ -629,6 +679,7 @@ mod tests {
             request: Some(RepairRequest {
                 id: "1".into(),
                 action: RepairAction::Verify,
+                pull_secret: None,
             }),
             report: Some(RequestReport {
                 request_id: "1".into(),

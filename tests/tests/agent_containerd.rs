@@ -56,6 +56,7 @@ async fn the_agent_verifies_and_repairs_the_incident_on_request() {
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,
+        pull_secrets: Vec::new(),
     };
     create_repair_with(&client, &app, spec).await;
 

@@ -103,6 +103,7 @@ async fn a_repair_names_the_process_that_deleted_pause() {
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,
+        pull_secrets: Vec::new(),
     };
     create_repair_with(&client, "culprit-pause", spec).await;
     let srs: Api<SnapshotRepair> = Api::all(client.clone());

@@ -102,6 +102,7 @@ async fn a_culprit_becomes_a_node_event_and_the_agents_repair_does_not() {
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,
+        pull_secrets: Vec::new(),
     };
     create_repair_with(&client, &app, spec).await;
     request(&client, &app, "1", RepairAction::Repair).await;

@@ -80,6 +80,7 @@ async fn operator_and_agent_repair_the_incident_with_a_cordon_in_between() {
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,
+        pull_secrets: Vec::new(),
     };
     create_repair_with(&client, "node-a-pause", spec).await;
     let srs: Api<SnapshotRepair> = Api::all(client.clone());

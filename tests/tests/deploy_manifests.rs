@@ -229,11 +229,34 @@ fn the_agent_may_only_read_repairs_patch_their_status_and_keep_its_lease() {
             &["create", "get", "patch", "update"]
         )]
     );
+    // Secrets: get, in its own namespace only (the operator's pull-secret copies).
+    let pull: Role = object(&all, "Role", "snapmend-node-helper-pull-secrets");
+    assert_eq!(pull.metadata.namespace.as_deref(), Some("snapmend-system"));
+    assert_eq!(rules_of(&pull.rules), vec![rule("", "secrets", &["get"])]);
     let crb: ClusterRoleBinding = object(&all, "ClusterRoleBinding", "snapmend-node-helper");
     assert_eq!(crb.role_ref.name, "snapmend-node-helper");
     let rb: RoleBinding = object(&all, "RoleBinding", "snapmend-node-helper-presence");
     assert_eq!(rb.role_ref.kind, "Role");
-    for subjects in [crb.subjects, rb.subjects] {
+    let pull_rb: RoleBinding = object(&all, "RoleBinding", "snapmend-node-helper-pull-secrets");
+    assert_eq!(
+        (
+            pull_rb.role_ref.kind.as_str(),
+            pull_rb.role_ref.name.as_str()
+        ),
+        ("Role", "snapmend-node-helper-pull-secrets")
+    );
+    assert_eq!(
+        pull_rb.metadata.namespace.as_deref(),
+        Some("snapmend-system")
+    );
+    // No cluster-wide Secret access of any kind for the agent.
+    for o in all.iter().filter(|o| o["kind"] == "ClusterRole") {
+        let role: ClusterRole = serde_yaml::from_value(o.clone()).expect("ClusterRole");
+        if role.metadata.name.as_deref() == Some("snapmend-node-helper") {
+            assert!(rules_of(&role.rules).iter().all(|(_, r, _)| r != "secrets"));
+        }
+    }
+    for subjects in [crb.subjects, rb.subjects, pull_rb.subjects] {
         let s = subjects.expect("subjects");
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].kind, "ServiceAccount");
@@ -243,7 +266,7 @@ fn the_agent_may_only_read_repairs_patch_their_status_and_keep_its_lease() {
 }
 
 #[test]
-fn the_operator_has_what_it_needs_and_no_secrets_or_deletes() {
+fn the_operator_has_what_it_needs_and_reads_secrets_only_by_name() {
     let all = rendered();
     let cluster: ClusterRole = object(&all, "ClusterRole", "snapmend-operator");
     let rules = rules_of(&cluster.rules);
@@ -254,6 +277,9 @@ fn the_operator_has_what_it_needs_and_no_secrets_or_deletes() {
             rule("", "nodes", &["get", "list", "patch", "watch"]),
             rule("", "nodes/status", &["patch"]),
             rule("", "pods", &["get", "list", "watch"]),
+            // spec.pullSecrets and a failed pod's ServiceAccount: by name, never listed.
+            rule("", "secrets", &["get"]),
+            rule("", "serviceaccounts", &["get"]),
             rule(
                 "events.k8s.io",
                 "events",
@@ -284,10 +310,27 @@ fn the_operator_has_what_it_needs_and_no_secrets_or_deletes() {
     );
     for (g, r, verbs) in rules {
         assert!(
-            r != "secrets" && !verbs.iter().any(|v| v == "*" || v == "delete"),
+            !verbs.iter().any(|v| v == "*" || v == "delete"),
             "{g}/{r}: {verbs:?}"
         );
+        if r == "secrets" {
+            assert_eq!(verbs, ["get"], "no list or watch of Secrets cluster-wide");
+        }
     }
+    // Writing Secrets: only the pull-secret copies, in its own namespace.
+    let copies: Role = object(&all, "Role", "snapmend-operator-pull-secrets");
+    assert_eq!(
+        copies.metadata.namespace.as_deref(),
+        Some("snapmend-system")
+    );
+    assert_eq!(
+        rules_of(&copies.rules),
+        vec![rule("", "secrets", &["create", "delete", "patch"])]
+    );
+    let rb: RoleBinding = object(&all, "RoleBinding", "snapmend-operator-pull-secrets");
+    assert_eq!(rb.role_ref.name, "snapmend-operator-pull-secrets");
+    let subjects = rb.subjects.expect("subjects");
+    assert_eq!(subjects[0].name, "snapmend-operator");
 }
 
 #[test]
@@ -464,6 +507,45 @@ fn the_agent_daemonset_runs_privileged_on_every_node_with_the_containerd_store()
         host_path(&toc.name).as_deref(),
         Some("/var/lib/snapmend/toc")
     );
+
+    // Registry credentials of the node, read-only: kubelet's directory (for config.json,
+    // which may not exist: a hostPath of the file itself would get something created in its
+    // place) and the credential provider plugins at EKS's paths, passed to the agent.
+    let host_type = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.host_path.as_ref())
+            .and_then(|h| h.type_.clone())
+    };
+    let kubelet = mount("/var/lib/kubelet");
+    assert_eq!(kubelet.read_only, Some(true));
+    assert_eq!(
+        host_path(&kubelet.name).as_deref(),
+        Some("/var/lib/kubelet")
+    );
+    assert_eq!(host_type(&kubelet.name).as_deref(), Some("Directory"));
+    for v in volumes {
+        if let Some(h) = &v.host_path {
+            assert!(
+                !h.path.ends_with("config.json"),
+                "a file hostPath that may not exist: {}",
+                h.path
+            );
+        }
+    }
+    let providers = mount("/etc/eks/image-credential-provider");
+    assert_eq!(providers.read_only, Some(true));
+    assert_eq!(
+        host_path(&providers.name).as_deref(),
+        Some("/etc/eks/image-credential-provider")
+    );
+    for flag in [
+        "--credential-provider-config=/etc/eks/image-credential-provider/config.json",
+        "--credential-provider-bin-dir=/etc/eks/image-credential-provider",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{args:?}");
+    }
 }
 
 #[test]

@@ -251,6 +251,7 @@ fn spec(node: &str, image: &str, action: RepairAction) -> SnapshotRepairSpec {
         action,
         cordon: true,
         content_check: ContentCheck::Full,
+        pull_secrets: Vec::new(),
     }
 }
 

@@ -28,6 +28,7 @@ fn full_status() -> SnapshotRepairStatus {
         request: Some(RepairRequest {
             id: "2".into(),
             action: RepairAction::Repair,
+            pull_secret: None,
         }),
         request_time: Some(t.clone()),
         report: Some(RequestReport {
@@ -106,6 +107,7 @@ async fn fields_the_operator_stops_applying_are_removed_and_the_report_stays() {
         action: RepairAction::Repair,
         cordon: true,
         content_check: Default::default(),
+        pull_secrets: Vec::new(),
     };
     snapmend_tests::probe::wait_until(
         "SnapshotRepair served",

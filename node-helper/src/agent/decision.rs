@@ -17,6 +17,8 @@ pub struct Work {
     pub action: RepairAction,
     pub target: Target,
     pub content: ContentCheck,
+    /// The Secret (agent's namespace) with the repair's registry credentials, if any.
+    pub pull_secret: Option<String>,
 }
 
 /// Why an observed SnapshotRepair needs nothing from this agent.
@@ -72,6 +74,7 @@ pub fn decide(node: &str, sr: &SnapshotRepair) -> Decision {
             action: request.action,
             target,
             content: sr.spec.content_check,
+            pull_secret: request.pull_secret.clone(),
         }),
         Err(reason) => Decision::Refuse {
             name,
@@ -125,6 +128,7 @@ mod tests {
                 action: RepairAction::Repair,
                 cordon: true,
                 content_check: ContentCheck::Full,
+                pull_secrets: Vec::new(),
             },
         );
         sr.status = Some(SnapshotRepairStatus::default());
@@ -135,6 +139,7 @@ mod tests {
         sr.status.get_or_insert_with(Default::default).request = Some(RepairRequest {
             id: id.into(),
             action,
+            pull_secret: None,
         });
         sr
     }
@@ -157,6 +162,7 @@ mod tests {
             action,
             target,
             content: ContentCheck::Full,
+            pull_secret: None,
         })
     }
 
@@ -248,8 +254,26 @@ mod tests {
                 action: RepairAction::Verify,
                 target: Target::Image("registry.k8s.io/pause:3.10".into()),
                 content: ContentCheck::Metadata,
+                pull_secret: None,
             })
         );
+    }
+
+    #[test]
+    fn the_work_names_the_requests_pull_secret() {
+        let mut sr = requested(sr("node-a"), "3", RepairAction::Repair);
+        if let Some(r) = sr.status.as_mut().and_then(|s| s.request.as_mut()) {
+            r.pull_secret = Some("snapmend-pull-node-a-pause".into());
+        }
+        match decide("node-a", &sr) {
+            Decision::Run(work) => {
+                assert_eq!(
+                    work.pull_secret.as_deref(),
+                    Some("snapmend-pull-node-a-pause")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!   `status.report` (`report_patch`, pure).
 //! - `culprits`: the guard's last attribution per snapshot, filled into damaged layers of
 //!   the Reports the worker writes (`fill_culprits`, pure).
+//! - `pull_secret`: the request's pull secrets as a private docker config file for the job.
 //! - `presence`: the `snapmend-node-helper.<node>` Lease, renewed every 10 s.
 //! - `http`, `metrics`, `status`: `/metrics`, `/healthz`, `/readyz`.
 //!
@@ -18,6 +19,7 @@ pub mod guard_events;
 pub mod http;
 pub mod metrics;
 pub mod presence;
+pub mod pull_secret;
 pub mod report_patch;
 pub mod shutdown;
 pub mod status;
@@ -125,6 +127,7 @@ pub async fn run_with(
         status.guard_state("off (--guard off)".into());
     }
     let srs: Api<SnapshotRepair> = Api::all(client.clone());
+    let secrets = Api::namespaced(client.clone(), &opts.lease_namespace);
     let leases: Api<Lease> = Api::namespaced(client, &opts.lease_namespace);
     let (store, writer) = reflector::store();
     let wake = Arc::new(Notify::new());
@@ -153,6 +156,8 @@ pub async fn run_with(
             store,
             wake,
             store_options: opts.store.clone(),
+            secrets,
+            secrets_namespace: opts.lease_namespace.clone(),
             metrics,
             culprits,
             shutdown: shutdown.clone(),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
@@ -16,6 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::culprits::{SharedCulprits, fill_culprits};
 use super::decision::{Decision, Work, decide, queue_order};
 use super::metrics::Metrics;
+use super::pull_secret::{self, PullSecretFile};
 use super::report_patch::{FIELD_MANAGER, refusal, report_apply};
 use super::shutdown::Shutdown;
 use crate::error::{Error, Result};
@@ -46,6 +48,9 @@ pub struct Worker {
     pub store: Store<SnapshotRepair>,
     pub wake: Arc<Notify>,
     pub store_options: StoreOptions,
+    /// Secrets of the agent's own namespace: the operator's copies of requests' pull secrets.
+    pub secrets: Api<Secret>,
+    pub secrets_namespace: String,
     pub metrics: Metrics,
     /// The culprit guard's last attribution per snapshot (empty without the guard).
     pub culprits: SharedCulprits,
@@ -162,6 +167,23 @@ impl Worker {
     /// Runs the job on a blocking thread (it reads and hashes whole layers).
     async fn run_job(&self, work: &Work) -> RequestReport {
         let action = work.action;
+        let pull_secret = match self.pull_secret_file(work).await {
+            Ok(file) => file,
+            Err(message) => {
+                warn!(error = %message, "cannot use the request's pull secret");
+                let report = error_report(&work.target, message);
+                self.metrics
+                    .request_finished(action, &report, Duration::ZERO);
+                return RequestReport {
+                    request_id: work.request_id.clone(),
+                    report,
+                };
+            }
+        };
+        let mut fetch = self.store_options.fetch.clone();
+        fetch
+            .pull_secret_files
+            .extend(pull_secret.as_ref().map(PullSecretFile::path));
         let opts = match job::root_from(
             self.store_options.root.as_deref(),
             &self.store_options.config_path,
@@ -173,7 +195,7 @@ impl Worker {
                 target: work.target.clone(),
                 content: work.content,
                 dry_run: false,
-                fetch: self.store_options.fetch.clone(),
+                fetch,
                 toc: self.store_options.toc.clone(),
             },
             Err(e) => {
@@ -207,6 +229,8 @@ impl Worker {
                 format!("the {action:?} job did not finish: {e}"),
             ),
         };
+        // The credentials leave the disk as soon as the job is done.
+        drop(pull_secret);
         let elapsed = started.elapsed();
         self.metrics.request_finished(action, &report, elapsed);
         info!(
@@ -219,6 +243,25 @@ impl Worker {
             request_id: work.request_id.clone(),
             report,
         }
+    }
+
+    /// The request's pull secret as a private docker config file, if the request names one.
+    async fn pull_secret_file(
+        &self,
+        work: &Work,
+    ) -> std::result::Result<Option<PullSecretFile>, String> {
+        let Some(name) = &work.pull_secret else {
+            return Ok(None);
+        };
+        let config = pull_secret::read(&self.secrets, &self.secrets_namespace, name).await?;
+        let file = PullSecretFile::write(&config).map_err(|e| {
+            format!(
+                "writing pull secret {}/{name} to a private file: {e}",
+                self.secrets_namespace
+            )
+        })?;
+        debug!(secret = %name, "pull secret added to the registry credentials");
+        Ok(Some(file))
     }
 
     /// Writes the report, retrying through API outages for as long as the request is still the

@@ -71,12 +71,7 @@ impl BlobFetcher {
         }
         let hosts = load_hosts_source(containerd_config, opts.registry_config.as_deref())
             .map_err(|e| e.to_string());
-        let auth_files: Vec<(PathBuf, bool)> = if opts.auth_files.is_empty() {
-            vec![(PathBuf::from(super::DEFAULT_AUTH_FILE), true)]
-        } else {
-            opts.auth_files.iter().map(|f| (f.clone(), false)).collect()
-        };
-        let auth = DockerConfig::load(&auth_files).map_err(|e| e.to_string());
+        let auth = DockerConfig::load(&auth_files(opts)).map_err(|e| e.to_string());
         let providers = opts.credential_provider.as_ref().map(|(config, bin_dir)| {
             CredentialProviders::load(config, bin_dir).map_err(|e| e.to_string())
         });
@@ -227,6 +222,21 @@ impl BlobFetcher {
     }
 }
 
+/// The docker config files of a job, in the order their entries win ties: the request's pull
+/// secrets, then `--auth` (or kubelet's node-wide file, skipped when absent).
+fn auth_files(opts: &FetchOptions) -> Vec<(PathBuf, bool)> {
+    let node: Vec<(PathBuf, bool)> = if opts.auth_files.is_empty() {
+        vec![(PathBuf::from(super::DEFAULT_AUTH_FILE), true)]
+    } else {
+        opts.auth_files.iter().map(|f| (f.clone(), false)).collect()
+    };
+    opts.pull_secret_files
+        .iter()
+        .map(|f| (f.clone(), false))
+        .chain(node)
+        .collect()
+}
+
 /// A new file only this process can open, in the temp directory (`--cache-dir none`);
 /// `O_EXCL`, so a planted file or symlink is never followed.
 fn private_temp_file(digest: &str) -> Result<(PathBuf, std::fs::File)> {
@@ -269,5 +279,36 @@ fn hosts_for(source: &HostsSource, image_host: &str) -> Result<Vec<RegistryHost>
     match source {
         HostsSource::Dirs(roots) => resolve_hosts(roots, image_host),
         HostsSource::Legacy(legacy) => Ok(legacy_mirror_hosts(legacy, image_host)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_secrets_come_first_and_keep_the_node_default() {
+        let mut opts = FetchOptions {
+            mode: FetchMode::Auto,
+            pull_secret_files: vec![PathBuf::from("/tmp/p/config.json")],
+            ..Default::default()
+        };
+        assert_eq!(
+            auth_files(&opts),
+            [
+                (PathBuf::from("/tmp/p/config.json"), false),
+                (PathBuf::from(super::super::DEFAULT_AUTH_FILE), true),
+            ]
+        );
+        opts.auth_files = vec![PathBuf::from("/etc/a.json")];
+        assert_eq!(
+            auth_files(&opts),
+            [
+                (PathBuf::from("/tmp/p/config.json"), false),
+                (PathBuf::from("/etc/a.json"), false),
+            ]
+        );
+        opts.pull_secret_files.clear();
+        assert_eq!(auth_files(&opts), [(PathBuf::from("/etc/a.json"), false)]);
     }
 }

@@ -52,6 +52,9 @@ pub struct FetchOptions {
     pub registry_config: Option<PathBuf>,
     /// docker config.json files; empty: [`DEFAULT_AUTH_FILE`] when present.
     pub auth_files: Vec<PathBuf>,
+    /// docker config.json files of the request's pull secrets (agent only), tried before
+    /// `auth_files` as kubelet tries a pod's pull secrets before the node's credentials.
+    pub pull_secret_files: Vec<PathBuf>,
     /// kubelet's `--image-credential-provider-config` and `--image-credential-provider-bin-dir`.
     pub credential_provider: Option<(PathBuf, PathBuf)>,
     /// Verified fetched blobs; `None`: a temporary file per fetch, removed afterwards.
@@ -65,6 +68,7 @@ impl Default for FetchOptions {
             mode: FetchMode::Never,
             registry_config: None,
             auth_files: Vec::new(),
+            pull_secret_files: Vec::new(),
             credential_provider: None,
             cache_dir: None,
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,

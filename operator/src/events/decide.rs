@@ -16,7 +16,7 @@ use snapmend_crds::labels::{
     AUTO_REMEDIATE_LABEL, NODE_LABEL, TRIGGER_EVENT, TRIGGER_EVENT_ANNOTATION, TRIGGER_LABEL,
 };
 use snapmend_crds::{
-    ContentCheck, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
+    ContentCheck, Outcome, Phase, PullSecretRef, RepairAction, SnapshotRepair, SnapshotRepairSpec,
 };
 
 use super::classify::{Signature, Verdict};
@@ -263,6 +263,8 @@ pub struct Candidate {
     pub verdict: Verdict,
     pub signature: Signature,
     pub last_seen: Option<Timestamp>,
+    /// The failed pod's pull secrets (see `pull_secrets`), for `spec.pullSecrets`.
+    pub pull_secrets: Vec<PullSecretRef>,
 }
 
 /// The node as far as the decision cares.
@@ -337,6 +339,7 @@ pub struct PlannedRepair {
     pub event: String,
     pub signature: String,
     pub escalated_from: Option<String>,
+    pub pull_secrets: Vec<PullSecretRef>,
 }
 
 /// The checks that need no lookups: mode, freshness, in-flight and cooldown. The watcher runs this
@@ -398,6 +401,7 @@ pub fn decide(
         event: candidate.event.clone(),
         signature: candidate.signature.name().to_string(),
         escalated_from: None,
+        pull_secrets: candidate.pull_secrets.clone(),
     })
 }
 
@@ -437,6 +441,8 @@ pub fn decide_escalation(
         event: trigger_event.to_string(),
         signature: "verification-found-damage".to_string(),
         escalated_from: Some(finished.name.clone()),
+        // The verification's own pull secrets are added by the watcher (they are in its spec).
+        pull_secrets: Vec::new(),
     })
 }
 
@@ -478,6 +484,7 @@ pub fn build_repair(plan: &PlannedRepair) -> SnapshotRepair {
             action: plan.action,
             cordon: true,
             content_check: ContentCheck::Full,
+            pull_secrets: plan.pull_secrets.clone(),
         },
     );
     sr.metadata = ObjectMeta {

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod decide;
+pub mod pull_secrets;
 pub mod target;
 pub mod watch;
 

@@ -28,6 +28,7 @@ use super::decide::{
     AutoRemediate, Candidate, Ledger, NodeView, PlannedRepair, Policy, RepairRecord, Skip,
     TokenBucket, build_repair, decide, decide_escalation, precheck,
 };
+use super::pull_secrets::pull_secrets_for;
 use super::target::{EventFacts, Target, node_from_event, resolve_node, resolve_target};
 use crate::error::{Error, kube_context};
 
@@ -268,7 +269,14 @@ impl Remediation {
             info!(signature = %classification.signature, node = %node, "cannot tell the image of this event");
             return None;
         };
+        // The sandbox image is pulled by containerd with its own configuration, never with a
+        // pod's pull secrets; an application image with the pod's (fetched only then).
+        let pull_secrets = match (&target, &pod) {
+            (Target::Image(_), Some(pod)) => pull_secrets_for(&self.client, pod).await,
+            _ => Vec::new(),
+        };
         Some(Candidate {
+            pull_secrets,
             event: facts.key(),
             node,
             target,
@@ -399,6 +407,10 @@ impl Remediation {
             now,
         ) {
             info!(verification = %record.name, node = %record.node, target = %record.target, "verification found damage; repairing");
+            let plan = PlannedRepair {
+                pull_secrets: sr.spec.pull_secrets.clone(),
+                ..plan
+            };
             self.create(plan, None);
         }
     }

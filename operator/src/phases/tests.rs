@@ -19,6 +19,7 @@ fn spec() -> SnapshotRepairSpec {
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,
+        pull_secrets: Vec::new(),
     }
 }
 
@@ -67,6 +68,7 @@ struct World {
     now: Timestamp,
     settings: Settings,
     successor: Option<&'static str>,
+    pull_secret: PullSecretState,
 }
 
 impl World {
@@ -86,7 +88,13 @@ impl World {
                 failure_policy: FailurePolicy::KeepCordoned,
             },
             successor: None,
+            pull_secret: PullSecretState::NotRequested,
         }
+    }
+
+    fn pull_secret(mut self, state: PullSecretState) -> Self {
+        self.pull_secret = state;
+        self
     }
 
     fn successor(mut self, next: &'static str) -> Self {
@@ -107,6 +115,7 @@ impl World {
             settings: self.settings,
             successor: self.successor,
             lease_namespace: "snapmend-system",
+            pull_secret: self.pull_secret.clone(),
         })
     }
 
@@ -117,6 +126,7 @@ impl World {
             self.status.request = Some(RepairRequest {
                 id: id.into(),
                 action,
+                pull_secret: None,
             });
             self.status.request_time = Some(Time(t(0)));
         }
@@ -257,6 +267,7 @@ fn request_ids_count_up_and_survive_odd_values() {
     let r = |id: &str| RepairRequest {
         id: id.into(),
         action: RepairAction::Verify,
+        pull_secret: None,
     };
     assert_eq!(next_request_id(Some(&r("1"))), "2");
     assert_eq!(next_request_id(Some(&r("41"))), "42");
@@ -334,6 +345,42 @@ fn pending_requests_a_verification() {
     assert_eq!(cond(&s, READY).reason, "Verifying");
     assert_eq!(reasons(&s), ["VerifyRequested"]);
     assert!(s.requeue_after.unwrap() <= Duration::from_secs(10));
+}
+
+#[test]
+fn requests_name_the_pull_secret_copy() {
+    let copy = PullSecretState::Ready("snapmend-pull-node-a-pause".into());
+    let s = World::new().pull_secret(copy.clone()).decide();
+    let pull = |s: &Step| {
+        s.status
+            .request
+            .as_ref()
+            .and_then(|r| r.pull_secret.clone())
+    };
+    assert_eq!(phase(&s), Phase::Verifying);
+    assert_eq!(pull(&s).as_deref(), Some("snapmend-pull-node-a-pause"));
+    // The repair request after a damaged verification names it too.
+    let s = World::new()
+        .in_phase(Phase::Verifying, Some(("1", RepairAction::Verify)))
+        .answered("1", Outcome::Corrupted)
+        .no_cordon()
+        .pull_secret(copy)
+        .decide();
+    assert_eq!(request(&s), ("2".to_string(), RepairAction::Repair));
+    assert_eq!(pull(&s).as_deref(), Some("snapmend-pull-node-a-pause"));
+    assert_eq!(pull(&World::new().decide()), None);
+}
+
+#[test]
+fn an_unusable_pull_secret_fails_before_any_request() {
+    let why = "pull secret app/regcred not found";
+    let s = World::new()
+        .pull_secret(PullSecretState::Unusable(why.into()))
+        .decide();
+    assert_failed(&s, reason::PULL_SECRET_UNUSABLE);
+    assert!(message(&s).starts_with(why), "{}", message(&s));
+    assert_eq!(s.status.request, None, "the agent is never asked");
+    assert_eq!(s.node, NodeIntent::Leave);
 }
 
 #[test]

@@ -615,6 +615,23 @@ impl Cluster {
         if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
             served = super::crd::admit_crd(served, st.registry.all())?;
         }
+        if def.group.is_empty() && def.plural == "secrets" {
+            served = match super::secret::admit(served, old) {
+                Ok(s) => s,
+                Err(super::secret::AdmitError::BadRequest(why)) => {
+                    return Err(StatusError::bad_request(why));
+                }
+                Err(super::secret::AdmitError::Invalid(causes)) => {
+                    return Err(StatusError::invalid(
+                        &def.kind_group(),
+                        &name,
+                        &def.group,
+                        &def.kind,
+                        &causes,
+                    ));
+                }
+            };
+        }
         if def.group.is_empty() && def.plural == "namespaces" {
             let phase = if is_being_deleted(&served) {
                 "Terminating"

@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod patch;
 pub mod proto;
 pub mod registry;
+pub mod secret;
 pub mod selectors;
 pub mod ssa;
 pub mod status;

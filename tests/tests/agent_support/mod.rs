@@ -204,6 +204,23 @@ impl AgentProcess {
     /// Starts `snapmend-node-helper agent --node NODE` against `kubeconfig_yaml`; with no store
     /// given, an empty containerd root (every job reports Outcome Error: image unknown).
     pub fn spawn(kubeconfig_yaml: &str, node: &str, store: Option<&StoreArgs>) -> Self {
+        Self::spawn_with(
+            kubeconfig_yaml,
+            node,
+            store,
+            &[],
+            "info,kube=warn,hyper=warn",
+        )
+    }
+
+    /// [`AgentProcess::spawn`] with more agent flags and another `RUST_LOG`.
+    pub fn spawn_with(
+        kubeconfig_yaml: &str,
+        node: &str,
+        store: Option<&StoreArgs>,
+        extra_args: &[&str],
+        rust_log: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml).expect("write kubeconfig");
@@ -230,8 +247,9 @@ impl AgentProcess {
             .arg("--config")
             .arg(&config)
             .args(["--toc-cache", "none"])
+            .args(extra_args)
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,kube=warn,hyper=warn")
+            .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .env("POD_NAME", format!("agent-{node}"))
             .stdin(Stdio::null())
@@ -334,6 +352,7 @@ pub async fn create_repair(client: &Client, name: &str, node: &str, image: &str)
         action: RepairAction::Repair,
         cordon: true,
         content_check: Default::default(),
+        pull_secrets: Vec::new(),
     };
     create_repair_with(client, name, spec).await
 }

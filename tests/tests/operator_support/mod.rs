@@ -111,6 +111,7 @@ pub fn spec(node: &str, action: RepairAction) -> SnapshotRepairSpec {
         action,
         cordon: true,
         content_check: Default::default(),
+        pull_secrets: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ fn candidate(node: &str, verdict: Verdict) -> Candidate {
         verdict,
         signature: Signature::SandboxEntrypointBroken,
         last_seen: Some(ts("2026-01-01T11:59:58Z")),
+        pull_secrets: Vec::new(),
     }
 }
 
@@ -524,6 +525,7 @@ fn built_repairs_carry_the_contract_labels_and_annotations() {
         event: "default/web-0.17a1".into(),
         signature: "sandbox-entrypoint-broken".into(),
         escalated_from: None,
+        pull_secrets: Vec::new(),
     };
     let sr = build_repair(&plan);
     assert_eq!(sr.metadata.generate_name.as_deref(), Some("auto-node-a-"));
@@ -547,7 +549,7 @@ fn built_repairs_carry_the_contract_labels_and_annotations() {
         target: Target::Image("docker.io/library/app@sha256:ab".into()),
         escalated_from: Some("auto-node-a-v1".into()),
         action: RepairAction::Verify,
-        ..plan
+        ..plan.clone()
     });
     assert_eq!(
         image.spec.image.as_deref(),
@@ -555,6 +557,20 @@ fn built_repairs_carry_the_contract_labels_and_annotations() {
     );
     assert!(!image.spec.sandbox_image);
     assert_eq!(image.spec.action, RepairAction::Verify);
+    assert!(image.spec.pull_secrets.is_empty());
+    let with_secrets = build_repair(&PlannedRepair {
+        target: Target::Image("reg.example/app:1".into()),
+        pull_secrets: vec![snapmend_crds::PullSecretRef {
+            namespace: "default".into(),
+            name: "regcred".into(),
+        }],
+        ..plan.clone()
+    });
+    assert_eq!(
+        with_secrets.spec.pull_secrets[0].to_string(),
+        "default/regcred",
+        "the failed pod's pull secrets go into the spec"
+    );
     assert_eq!(
         image
             .metadata
@@ -576,6 +592,7 @@ fn long_node_names_are_kept_within_api_limits() {
         event: "a/b".into(),
         signature: "s".into(),
         escalated_from: None,
+        pull_secrets: Vec::new(),
     });
     assert!(sr.metadata.generate_name.as_ref().expect("prefix").len() <= 201);
     assert!(
@@ -597,6 +614,7 @@ fn records_are_read_from_snapshot_repairs() {
         event: "a/b".into(),
         signature: "s".into(),
         escalated_from: None,
+        pull_secrets: Vec::new(),
     });
     sr.metadata.name = Some("auto-node-a-xyz12".into());
     sr.metadata.creation_timestamp = Some(Time(ts("2026-01-01T11:00:00Z")));
