@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
+use super::auth::admission::{self, Requester};
 use super::convert::{stored_field_name, to_served, to_stored};
 use super::object::{
     finalizers, generated_suffix, is_being_deleted, meta_str, metadata_mut, new_uid, now_rfc3339,
@@ -97,6 +98,8 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     pub field_validation: FieldValidation,
     pub force: bool,
+    /// Who writes (`snapmend-sim --auth`): ValidatingAdmissionPolicies then apply.
+    pub admission: Option<Requester>,
 }
 
 /// A write's result: the object and warnings to send as `Warning` headers.
@@ -157,6 +160,55 @@ impl Cluster {
             }
         }
         cluster
+    }
+
+    /// Every stored object of a type (stored form), e.g. the RBAC objects an authorizer reads.
+    pub fn all_objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        let key = StorageKey {
+            group: group.to_string(),
+            plural: plural.to_string(),
+        };
+        Self::stored_of(&self.lock(), &key)
+    }
+
+    fn stored_of(st: &State, key: &StorageKey) -> Vec<Value> {
+        st.objects
+            .get(key)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The ValidatingAdmissionPolicies that bind this write (only for writes of a known user).
+    fn admit_by_policies(
+        st: &State,
+        def: &ResourceDef,
+        served: &Value,
+        old: Option<&Value>,
+        opts: &WriteOptions,
+    ) -> Result<(), StatusError> {
+        let Some(requester) = &opts.admission else {
+            return Ok(());
+        };
+        let key = |plural: &str| StorageKey {
+            group: "admissionregistration.k8s.io".into(),
+            plural: plural.into(),
+        };
+        let bindings = Self::stored_of(st, &key("validatingadmissionpolicybindings"));
+        if bindings.is_empty() {
+            return Ok(());
+        }
+        let policies = Self::stored_of(st, &key("validatingadmissionpolicies"));
+        let attributes = admission::Attributes {
+            def,
+            operation: if old.is_some() { "UPDATE" } else { "CREATE" },
+            requester,
+            name: meta_str(served, "name").unwrap_or(""),
+            namespace: meta_str(served, "namespace").unwrap_or(""),
+            object: Some(served),
+            old_object: old,
+            dry_run: opts.dry_run,
+        };
+        admission::validate(&policies, &bindings, &attributes)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -640,6 +692,7 @@ impl Cluster {
                 ));
             }
         }
+        Self::admit_by_policies(st, def, &served, old, opts)?;
         Ok(served)
     }
 
