@@ -75,7 +75,7 @@ fn canonical_json(v: serde_json::Value) -> serde_json::Value {
 fn rules_of(rules: &Option<Vec<PolicyRule>>) -> Vec<(String, String, Vec<String>)> {
     let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
     for r in rules.as_deref().unwrap_or_default() {
-        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
+        assert!(r.non_resource_urls.is_none());
         for g in r.api_groups.as_deref().unwrap_or_default() {
             for res in r.resources.as_deref().unwrap_or_default() {
                 let mut verbs = r.verbs.clone();
@@ -223,10 +223,11 @@ fn the_agent_may_only_read_repairs_patch_their_status_and_keep_its_lease() {
     assert_eq!(role.metadata.namespace.as_deref(), Some("snapmend-system"));
     assert_eq!(
         rules_of(&role.rules),
+        // Which Lease is the policy's business (deploy/policy/node-helper-own-node.yaml).
         vec![rule(
             "coordination.k8s.io",
             "leases",
-            &["create", "get", "patch", "update"]
+            &["create", "get", "update"]
         )]
     );
     let crb: ClusterRoleBinding = object(&all, "ClusterRoleBinding", "snapmend-node-helper");
@@ -276,11 +277,17 @@ fn the_operator_has_what_it_needs_and_no_secrets_or_deletes() {
     assert_eq!(role.metadata.namespace.as_deref(), Some("snapmend-system"));
     assert_eq!(
         rules_of(&role.rules),
-        vec![rule(
-            "coordination.k8s.io",
-            "leases",
-            &["create", "get", "list", "patch", "update", "watch"]
-        )]
+        vec![
+            rule("coordination.k8s.io", "leases", &["create"]),
+            rule("coordination.k8s.io", "leases", &["get", "patch", "update"]),
+            rule("coordination.k8s.io", "leases", &["list", "watch"]),
+        ]
+    );
+    let own = role.rules.as_ref().and_then(|r| r.last()).expect("rules");
+    assert_eq!(
+        own.resource_names.as_deref(),
+        Some(&["snapmend-operator".to_string()][..]),
+        "only its own leader Lease"
     );
     for (g, r, verbs) in rules {
         assert!(

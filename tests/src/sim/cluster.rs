@@ -21,7 +21,9 @@ use super::registry::{Registry, ResourceDef, StorageKey};
 use super::selectors::{FieldSelector, LabelSelector, field_string, object_labels};
 use super::ssa;
 use super::status::{Cause, StatusError, Target};
-use super::validation::{FieldValidation, validate_custom_resource, validate_object_meta};
+use super::validation::{
+    FieldValidation, NameRule, validate_custom_resource, validate_object_meta_with,
+};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -614,8 +616,7 @@ impl Cluster {
         warnings: &mut Vec<String>,
     ) -> Result<Value, StatusError> {
         let name = meta_str(&served, "name").unwrap_or("").to_string();
-        let meta_causes =
-            validate_object_meta(&served, def.group.is_empty() && def.plural == "namespaces");
+        let meta_causes = validate_object_meta_with(&served, NameRule::of(&def.group, &def.plural));
         if !meta_causes.is_empty() {
             return Err(StatusError::invalid(
                 &def.kind_group(),

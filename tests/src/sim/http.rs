@@ -41,6 +41,8 @@ pub struct App {
     pub tokens: Arc<Tokens>,
     /// `--auth`: requests need a token, RBAC and ValidatingAdmissionPolicies apply.
     pub auth: bool,
+    /// Under `--auth`: the certificate the server serves HTTPS with.
+    pub tls: Option<Arc<super::tls::ServingCert>>,
 }
 
 impl App {
@@ -225,7 +227,12 @@ pub async fn handle(
     let query = parse_query(uri.query());
     let resp = match authenticate(&app, &headers).and_then(|user| {
         if let Some(user) = &user {
-            authorize(&app.cluster, user, &request_action(&method, &path, &query), &path)?;
+            authorize(
+                &app.cluster,
+                user,
+                &request_action(&method, &path, &query),
+                &path,
+            )?;
         }
         Ok(user)
     }) {
@@ -693,7 +700,12 @@ async fn resource_request(
         }
         (Method::POST, None) => {
             let body = decode_body(headers, body)?;
-            let w = cluster.create(&t.def, ns, body, &write_options(q, user, t.subresource.as_deref())?)?;
+            let w = cluster.create(
+                &t.def,
+                ns,
+                body,
+                &write_options(q, user, t.subresource.as_deref())?,
+            )?;
             Ok(written_response(&t, w, rendering, q))
         }
         (Method::POST, Some(name)) if t.subresource.as_deref() == Some("eviction") => {
@@ -707,7 +719,14 @@ async fn resource_request(
         }
         (Method::PUT, Some(name)) => {
             let body = decode_body(headers, body)?;
-            let w = cluster.update(&t.def, ns, &name, body, status_only, &write_options(q, user, t.subresource.as_deref())?)?;
+            let w = cluster.update(
+                &t.def,
+                ns,
+                &name,
+                body,
+                status_only,
+                &write_options(q, user, t.subresource.as_deref())?,
+            )?;
             Ok(written_response(&t, w, rendering, q))
         }
         (Method::PATCH, Some(name)) => {

@@ -27,6 +27,7 @@ pub mod selectors;
 pub mod ssa;
 pub mod status;
 pub mod table;
+pub mod tls;
 pub mod validation;
 
 use std::net::SocketAddr;
@@ -108,10 +109,23 @@ fn create_default_rbac(cluster: &Cluster) {
     }
 }
 
-/// Serves `app` on `listener` until the app's current shutdown token is cancelled.
+/// Serves `app` on `listener` (TLS under `--auth`) until the app's current shutdown token is
+/// cancelled.
 fn serve(app: Arc<http::App>, listener: tokio::net::TcpListener) -> JoinHandle<()> {
     let shutdown = app.current_shutdown();
+    let acceptor = app.tls.as_ref().map(|c| c.acceptor.clone());
     let router = axum::Router::new().fallback(http::handle).with_state(app);
+    if let Some(acceptor) = acceptor {
+        let listener = tls::TlsListener::new(listener, acceptor, shutdown.clone());
+        return tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "snapmend-sim stopped serving");
+            }
+        });
+    }
     tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.cancelled().await;
@@ -136,6 +150,11 @@ impl SimServer {
         let addr = listener
             .local_addr()
             .map_err(|source| TestError::Bind { addr, source })?;
+        let tls = if config.auth {
+            Some(Arc::new(tls::ServingCert::generate()?))
+        } else {
+            None
+        };
         let cluster = Arc::new(Cluster::new(ClusterConfig {
             history_window: config.history_window,
         }));
@@ -149,6 +168,7 @@ impl SimServer {
             requests: audit::RequestLog::default(),
             tokens: Arc::new(auth::Tokens::new()),
             auth: config.auth,
+            tls,
         });
         if config.auth {
             create_default_rbac(&app.cluster);
@@ -167,9 +187,19 @@ impl SimServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://` under `--auth`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.app.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Under `--auth`: the PEM of the CA that signed the server's certificate.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.app.tls.as_ref().map(|c| c.ca_pem.as_slice())
     }
 
     /// The store behind the server, for tests that set up or inspect state directly.
@@ -201,6 +231,9 @@ impl SimServer {
         config.default_namespace = "default".into();
         if let Some(token) = token {
             config.auth_info.token = Some(token.to_string().into());
+        }
+        if let Some(tls) = &self.app.tls {
+            config.root_cert = Some(vec![tls.ca_der.clone()]);
         }
         Ok(config)
     }
@@ -235,8 +268,18 @@ impl SimServer {
             Some(t) => format!("\n    token: {t}\n"),
             None => " {}\n".to_string(),
         };
+        let ca = self
+            .ca_pem()
+            .map(|pem| {
+                use base64::Engine;
+                format!(
+                    "    certificate-authority-data: {}\n",
+                    base64::engine::general_purpose::STANDARD.encode(pem)
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: snapmend-sim\n  cluster:\n    server: {url}\ncontexts:\n- name: snapmend-sim\n  context:\n    cluster: snapmend-sim\n    user: snapmend-sim\n    namespace: default\ncurrent-context: snapmend-sim\nusers:\n- name: snapmend-sim\n  user:{user}",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: snapmend-sim\n  cluster:\n{ca}    server: {url}\ncontexts:\n- name: snapmend-sim\n  context:\n    cluster: snapmend-sim\n    user: snapmend-sim\n    namespace: default\ncurrent-context: snapmend-sim\nusers:\n- name: snapmend-sim\n  user:{user}",
             url = self.url()
         )
     }
@@ -251,9 +294,11 @@ impl SimServer {
         path: &Path,
         token: Option<&str>,
     ) -> Result<(), TestError> {
-        std::fs::write(path, self.kubeconfig_yaml_with_token(token)).map_err(|source| TestError::WriteKubeconfig {
-            path: path.to_path_buf(),
-            source,
+        std::fs::write(path, self.kubeconfig_yaml_with_token(token)).map_err(|source| {
+            TestError::WriteKubeconfig {
+                path: path.to_path_buf(),
+                source,
+            }
         })
     }
 

@@ -81,6 +81,26 @@ const EVICTION: &[Field] = &[
     f(2, "deleteOptions", Kind::Msg(DELETE_OPTIONS)),
 ];
 
+/// core/v1 ServiceAccount (`kubectl create serviceaccount`).
+const SERVICE_ACCOUNT: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(
+        2,
+        "secrets",
+        Kind::RepMsg(&[
+            f(1, "kind", Kind::Str),
+            f(2, "namespace", Kind::Str),
+            f(3, "name", Kind::Str),
+        ]),
+    ),
+    f(
+        3,
+        "imagePullSecrets",
+        Kind::RepMsg(&[f(1, "name", Kind::Str)]),
+    ),
+    f(4, "automountServiceAccountToken", Kind::Bool),
+];
+
 const BOUND_OBJECT_REF: &[Field] = &[
     f(1, "kind", Kind::Str),
     f(2, "apiVersion", Kind::Str),
@@ -133,6 +153,7 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
     match (api_version, kind) {
         ("v1", "ConfigMap") => Some(CONFIG_MAP),
         ("v1", "Namespace") => Some(NAMESPACE),
+        ("v1", "ServiceAccount") => Some(SERVICE_ACCOUNT),
         ("policy/v1", "Eviction") | ("policy/v1beta1", "Eviction") => Some(EVICTION),
         ("authentication.k8s.io/v1", "TokenRequest") => Some(TOKEN_REQUEST),
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(SELF_SUBJECT_ACCESS_REVIEW),

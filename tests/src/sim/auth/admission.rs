@@ -198,7 +198,8 @@ fn to_cel(v: &Value) -> Cel {
 /// The `request` variable: AdmissionRequest as CEL sees it.
 fn request_json(a: &Attributes<'_>) -> Value {
     let kind = json!({"group": a.def.group, "version": a.def.version, "kind": a.def.kind});
-    let resource = json!({"group": a.def.group, "version": a.def.version, "resource": a.def.plural});
+    let resource =
+        json!({"group": a.def.group, "version": a.def.version, "resource": a.def.plural});
     json!({
         "kind": kind, "resource": resource, "requestKind": kind, "requestResource": resource,
         "subResource": a.requester.subresource,
@@ -252,9 +253,10 @@ pub fn evaluate(policy: &Value, a: &Attributes<'_>) -> Option<Denial> {
             continue;
         };
         ctx.add_variable_from_value("variables", variables_value(&variables));
-        if let Ok(value) = Program::compile(expr).map_err(|e| e.to_string()).and_then(|p| {
-            p.execute(&ctx).map_err(|e| e.to_string())
-        }) {
+        if let Ok(value) = Program::compile(expr)
+            .map_err(|e| e.to_string())
+            .and_then(|p| p.execute(&ctx).map_err(|e| e.to_string()))
+        {
             variables.insert(name.to_string(), value);
         }
     }

@@ -208,9 +208,11 @@ mod tests {
         serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap()
     }
     fn role_binding(ns: &str, kind: &str, role: &str, subjects: Value) -> RoleBinding {
-        serde_json::from_value(json!({"metadata": {"name": format!("b-{role}"), "namespace": ns},
+        serde_json::from_value(
+            json!({"metadata": {"name": format!("b-{role}"), "namespace": ns},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
-            "subjects": subjects}))
+            "subjects": subjects}),
+        )
         .unwrap()
     }
     fn cluster_role_binding(role: &str, subjects: Value) -> ClusterRoleBinding {
@@ -311,22 +313,39 @@ mod tests {
             json!({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}),
         )
         .unwrap();
-        assert!(rule_allows(&rule, &res("get", "", "pods/log", "default", "p")));
+        assert!(rule_allows(
+            &rule,
+            &res("get", "", "pods/log", "default", "p")
+        ));
         assert!(rule_allows(&rule, &res("get", "", "pods", "default", "p")));
-        assert!(!rule_allows(&rule, &res("get", "", "pods/exec", "default", "p")));
-        assert!(!rule_allows(&rule, &res("get", "", "pods/status", "default", "p")));
+        assert!(!rule_allows(
+            &rule,
+            &res("get", "", "pods/exec", "default", "p")
+        ));
+        assert!(!rule_allows(
+            &rule,
+            &res("get", "", "pods/status", "default", "p")
+        ));
         // "*" is every resource and subresource; "*/scale" any resource's scale subresource.
-        let any: PolicyRule = serde_json::from_value(
-            json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}),
-        )
-        .unwrap();
-        assert!(rule_allows(&any, &res("patch", "snapmend.io", "snapshotrepairs/status", "", "r")));
+        let any: PolicyRule =
+            serde_json::from_value(json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}))
+                .unwrap();
+        assert!(rule_allows(
+            &any,
+            &res("patch", "snapmend.io", "snapshotrepairs/status", "", "r")
+        ));
         let scale: PolicyRule = serde_json::from_value(
             json!({"apiGroups": ["apps"], "resources": ["*/scale"], "verbs": ["update"]}),
         )
         .unwrap();
-        assert!(rule_allows(&scale, &res("update", "apps", "deployments/scale", "d", "x")));
-        assert!(!rule_allows(&scale, &res("update", "apps", "deployments", "d", "x")));
+        assert!(rule_allows(
+            &scale,
+            &res("update", "apps", "deployments/scale", "d", "x")
+        ));
+        assert!(!rule_allows(
+            &scale,
+            &res("update", "apps", "deployments", "d", "x")
+        ));
     }
 
     #[test]
@@ -335,15 +354,30 @@ mod tests {
         let rule: PolicyRule = serde_json::from_value(json!({"apiGroups": [""],
             "resources": ["configmaps"], "resourceNames": ["my-configmap"], "verbs": ["update", "get"]}))
         .unwrap();
-        assert!(rule_allows(&rule, &res("update", "", "configmaps", "default", "my-configmap")));
-        assert!(rule_allows(&rule, &res("get", "", "configmaps", "default", "my-configmap")));
-        assert!(!rule_allows(&rule, &res("update", "", "configmaps", "default", "other")));
+        assert!(rule_allows(
+            &rule,
+            &res("update", "", "configmaps", "default", "my-configmap")
+        ));
+        assert!(rule_allows(
+            &rule,
+            &res("get", "", "configmaps", "default", "my-configmap")
+        ));
+        assert!(!rule_allows(
+            &rule,
+            &res("update", "", "configmaps", "default", "other")
+        ));
         // A list, or a create (no name in the URL), cannot be restricted by name.
         let list_rule: PolicyRule = serde_json::from_value(json!({"apiGroups": [""],
             "resources": ["configmaps"], "resourceNames": ["my-configmap"], "verbs": ["list", "create"]}))
         .unwrap();
-        assert!(!rule_allows(&list_rule, &res("list", "", "configmaps", "default", "")));
-        assert!(!rule_allows(&list_rule, &res("create", "", "configmaps", "default", "")));
+        assert!(!rule_allows(
+            &list_rule,
+            &res("list", "", "configmaps", "default", "")
+        ));
+        assert!(!rule_allows(
+            &list_rule,
+            &res("create", "", "configmaps", "default", "")
+        ));
     }
 
     #[test]

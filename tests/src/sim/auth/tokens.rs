@@ -140,15 +140,14 @@ impl Tokens {
                 "the body of a token request must be a TokenRequest, not {kind}"
             )));
         }
-        let sa = object(cluster, "serviceaccounts", namespace, service_account).ok_or_else(
-            || {
+        let sa =
+            object(cluster, "serviceaccounts", namespace, service_account).ok_or_else(|| {
                 StatusError::not_found(Target {
                     group: "",
                     kind: "serviceaccounts",
                     name: service_account,
                 })
-            },
-        )?;
+            })?;
         let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
         let seconds = spec
             .get("expirationSeconds")
@@ -208,7 +207,10 @@ impl Tokens {
                 })
             })?;
             let pod_uid = meta_str(&pod, "uid").unwrap_or("").to_string();
-            if let Some(uid) = r.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty())
+            if let Some(uid) = r
+                .get("uid")
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty())
                 && uid != pod_uid
             {
                 return Err(StatusError::conflict(
@@ -233,7 +235,8 @@ impl Tokens {
             }
             user.extra
                 .insert(EXTRA_POD_NAME.into(), vec![name.to_string()]);
-            user.extra.insert(EXTRA_POD_UID.into(), vec![pod_uid.clone()]);
+            user.extra
+                .insert(EXTRA_POD_UID.into(), vec![pod_uid.clone()]);
             if let Some(node) = pod
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
@@ -315,7 +318,12 @@ mod tests {
 
     fn setup() -> (Cluster, Value) {
         let cluster = Cluster::new(ClusterConfig::default());
-        create(&cluster, "nodes", None, json!({"metadata": {"name": "node-a"}}));
+        create(
+            &cluster,
+            "nodes",
+            None,
+            json!({"metadata": {"name": "node-a"}}),
+        );
         create(
             &cluster,
             "serviceaccounts",
@@ -382,7 +390,10 @@ mod tests {
         let e = tokens
             .request_token(&cluster, "default", "nobody", &json!({}))
             .unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), (404, "serviceaccounts \"nobody\" not found"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "serviceaccounts \"nobody\" not found")
+        );
         let e = tokens
             .request_token(
                 &cluster,
