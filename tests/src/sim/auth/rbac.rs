@@ -129,7 +129,7 @@ fn subject_matches(
 ) -> bool {
     match s.kind.as_str() {
         "User" => user.username == s.name,
-        "Group" => user.groups.iter().any(|g| *g == s.name),
+        "Group" => user.groups.contains(&s.name),
         "ServiceAccount" => {
             let ns = s
                 .namespace
@@ -158,7 +158,7 @@ pub fn rule_allows(rule: &PolicyRule, action: &Action) -> bool {
             let names = rule.resource_names.as_deref().unwrap_or(&[]);
             has(groups, &r.group)
                 && resource_matches(resources, &r.resource, &r.subresource)
-                && (names.is_empty() || names.iter().any(|n| *n == r.name))
+                && (names.is_empty() || names.contains(&r.name))
         }
         Action::NonResource { path, .. } => rule
             .non_resource_urls
