@@ -849,3 +849,22 @@ fn the_binary_writes_a_kubeconfig_serves_kubectl_and_stops_on_sigterm() {
         "requests are logged at debug level:\n{log}"
     );
 }
+
+/// kubectl's default (client-side, then server-side) validation of a List: kubectl downloads
+/// `/openapi/v2` in protobuf for it, and gets a document it can parse.
+#[test]
+fn create_of_a_list_passes_kubectls_default_validation() {
+    let k = Kubectl::start();
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: one\n  data:\n    a: \"1\"\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: two\n";
+    let f = k.file("list.yaml", list);
+    let out = k.ok(&["create", "-f", &f]);
+    assert!(
+        out.contains("configmap/one created") && out.contains("configmap/two created"),
+        "{out}"
+    );
+    // Validation still happens, on the server: an unknown field is refused.
+    let bad = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: three\n  dta:\n    a: \"1\"\n";
+    let f = k.file("bad.yaml", bad);
+    let e = k.fails(&["create", "-f", &f]);
+    assert!(e.contains("unknown field \"dta\""), "{e}");
+}

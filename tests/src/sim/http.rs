@@ -478,7 +478,21 @@ async fn route(
                 .map(|l| json_response(StatusCode::OK, &l, "application/json"))
                 .ok_or_else(|| StatusError::path_not_found(path));
         }
-        ["openapi", "v2"] => return ok(openapi::v2(&reg)),
+        ["openapi", "v2"] => {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if accept.contains("protobuf") {
+                let mut resp = (StatusCode::OK, openapi::v2_protobuf()).into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(openapi::V2_PROTOBUF),
+                );
+                return Ok(resp);
+            }
+            return ok(openapi::v2(&reg));
+        }
         ["openapi", "v3"] => return ok(openapi::v3_root(&reg)),
         ["openapi", "v3", rest @ ..] => {
             return openapi::v3_group_version(&reg, &rest.join("/"))

@@ -330,3 +330,205 @@ fn variables_value(vars: &HashMap<String, Cel>) -> Cel {
         .collect();
     Cel::Map(Map { map: Arc::new(map) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::registry::builtin_defs;
+    use std::collections::BTreeMap;
+
+    fn leases() -> ResourceDef {
+        builtin_defs()
+            .into_iter()
+            .find(|d| d.plural == "leases")
+            .unwrap()
+    }
+
+    fn requester(node: Option<&str>, subresource: &str) -> Requester {
+        let mut extra = BTreeMap::new();
+        if let Some(n) = node {
+            extra.insert(
+                "authentication.kubernetes.io/node-name".to_string(),
+                vec![n.to_string()],
+            );
+        }
+        Requester {
+            user: UserInfo {
+                username: "system:serviceaccount:ns:agent".into(),
+                groups: vec!["system:authenticated".into()],
+                extra,
+                ..UserInfo::default()
+            },
+            subresource: subresource.into(),
+        }
+    }
+
+    fn policy(spec: Value) -> Value {
+        json!({"metadata": {"name": "p"}, "spec": spec})
+    }
+
+    fn binding() -> Value {
+        json!({"metadata": {"name": "b"}, "spec": {"policyName": "p", "validationActions": ["Deny"]}})
+    }
+
+    fn lease_rules(operations: Value, resources: Value) -> Value {
+        json!({"resourceRules": [{"apiGroups": ["coordination.k8s.io"], "apiVersions": ["v1"],
+            "operations": operations, "resources": resources}]})
+    }
+
+    fn check(
+        p: &Value,
+        b: &Value,
+        r: &Requester,
+        op: &str,
+        obj: &Value,
+    ) -> Result<(), StatusError> {
+        let def = leases();
+        let a = Attributes {
+            def: &def,
+            operation: op,
+            requester: r,
+            name: obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            namespace: "ns",
+            object: Some(obj),
+            old_object: (op == "UPDATE").then_some(obj),
+            dry_run: false,
+        };
+        validate(std::slice::from_ref(p), std::slice::from_ref(b), &a)
+    }
+
+    fn lease(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "ns"}, "spec": {"leaseDurationSeconds": 15}})
+    }
+
+    #[test]
+    fn variables_extra_and_message_expressions_decide_and_word_the_denial() {
+        let p = policy(json!({
+            "matchConstraints": lease_rules(json!(["CREATE", "UPDATE"]), json!(["leases"])),
+            "variables": [{"name": "node", "expression":
+                "'authentication.kubernetes.io/node-name' in request.userInfo.extra ? request.userInfo.extra['authentication.kubernetes.io/node-name'][0] : ''"}],
+            "validations": [{"expression": "object.metadata.name == 'agent.' + variables.node",
+                "messageExpression": "'only agent.' + variables.node", "reason": "Forbidden"}],
+        }));
+        let r = requester(Some("node-a"), "");
+        assert!(check(&p, &binding(), &r, "CREATE", &lease("agent.node-a")).is_ok());
+        let e = check(&p, &binding(), &r, "UPDATE", &lease("agent.node-b")).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert_eq!(e.reason, "Forbidden");
+        assert_eq!(
+            e.message,
+            "leases.coordination.k8s.io \"agent.node-b\" is forbidden: ValidatingAdmissionPolicy 'p' with binding 'b' denied request: only agent.node-a"
+        );
+        // Without the extra the variable is '' and the name cannot match.
+        assert!(
+            check(
+                &p,
+                &binding(),
+                &requester(None, ""),
+                "CREATE",
+                &lease("agent.")
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                &p,
+                &binding(),
+                &requester(None, ""),
+                "CREATE",
+                &lease("agent.x")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_default_reason_is_invalid_422_and_the_default_message_names_the_expression() {
+        let p = policy(json!({
+            "matchConstraints": lease_rules(json!(["*"]), json!(["*"])),
+            "validations": [{"expression": "object.spec.leaseDurationSeconds > 60"}],
+        }));
+        let e = check(&p, &binding(), &requester(None, ""), "CREATE", &lease("l")).unwrap_err();
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        assert!(
+            e.message.ends_with(
+                "denied request: failed expression: object.spec.leaseDurationSeconds > 60"
+            ),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn match_constraints_select_operations_and_subresources() {
+        let deny = |constraints: Value| {
+            policy(json!({"matchConstraints": constraints,
+                          "validations": [{"expression": "false", "message": "no"}]}))
+        };
+        let r = requester(None, "");
+        let status = requester(None, "status");
+        // Operation not listed: not matched.
+        let p = deny(lease_rules(json!(["UPDATE"]), json!(["leases"])));
+        assert!(check(&p, &binding(), &r, "CREATE", &lease("l")).is_ok());
+        assert!(check(&p, &binding(), &r, "UPDATE", &lease("l")).is_err());
+        // "leases" is not "leases/status"; "*" is no subresource; "*/*" and "leases/*" are.
+        assert!(check(&p, &binding(), &status, "UPDATE", &lease("l")).is_ok());
+        let p = deny(lease_rules(json!(["*"]), json!(["*"])));
+        assert!(check(&p, &binding(), &status, "UPDATE", &lease("l")).is_ok());
+        for all in ["*/*", "leases/*", "*/status", "leases/status"] {
+            let p = deny(lease_rules(json!(["*"]), json!([all])));
+            assert!(
+                check(&p, &binding(), &status, "UPDATE", &lease("l")).is_err(),
+                "{all}"
+            );
+        }
+        // Another group, or an excluded resource: not matched.
+        let p = deny(
+            json!({"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["*"],
+            "operations": ["*"], "resources": ["*"]}]}),
+        );
+        assert!(check(&p, &binding(), &r, "CREATE", &lease("l")).is_ok());
+        let mut c = lease_rules(json!(["*"]), json!(["*"]));
+        c["excludeResourceRules"] = c["resourceRules"].clone();
+        assert!(check(&deny(c), &binding(), &r, "CREATE", &lease("l")).is_ok());
+        // A binding that only warns or audits does not deny; a binding of another policy neither.
+        let p = deny(lease_rules(json!(["*"]), json!(["*"])));
+        let warn = json!({"metadata": {"name": "b"}, "spec": {"policyName": "p", "validationActions": ["Warn", "Audit"]}});
+        assert!(check(&p, &warn, &r, "CREATE", &lease("l")).is_ok());
+        let other = json!({"metadata": {"name": "b"}, "spec": {"policyName": "q", "validationActions": ["Deny"]}});
+        assert!(check(&p, &other, &r, "CREATE", &lease("l")).is_ok());
+    }
+
+    #[test]
+    fn match_conditions_skip_and_failure_policy_decides_errors() {
+        let r = requester(Some("node-a"), "");
+        let p = policy(json!({
+            "matchConstraints": lease_rules(json!(["*"]), json!(["*"])),
+            "matchConditions": [{"name": "agents", "expression": "request.userInfo.username.startsWith('system:serviceaccount:')"}],
+            "validations": [{"expression": "false", "message": "agents may not"}],
+        }));
+        assert!(check(&p, &binding(), &r, "CREATE", &lease("l")).is_err());
+        let mut admin = r.clone();
+        admin.user.username = "kubernetes-admin".into();
+        assert!(check(&p, &binding(), &admin, "CREATE", &lease("l")).is_ok());
+        // An expression that fails to evaluate denies (Fail, the default) or is ignored.
+        let broken = |failure: &str| {
+            policy(json!({
+                "failurePolicy": failure,
+                "matchConstraints": lease_rules(json!(["*"]), json!(["*"])),
+                "validations": [{"expression": "object.spec.missing.field == 1"}],
+            }))
+        };
+        let e = check(&broken("Fail"), &binding(), &r, "CREATE", &lease("l")).unwrap_err();
+        assert!(
+            e.message
+                .contains("expression 'object.spec.missing.field == 1' resulted in error"),
+            "{}",
+            e.message
+        );
+        assert!(check(&broken("Ignore"), &binding(), &r, "CREATE", &lease("l")).is_ok());
+    }
+}
