@@ -862,9 +862,15 @@ fn create_of_a_list_passes_kubectls_default_validation() {
         out.contains("configmap/one created") && out.contains("configmap/two created"),
         "{out}"
     );
-    // Validation still happens, on the server: an unknown field is refused.
-    let bad = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: three\n  dta:\n    a: \"1\"\n";
+    // The items are still validated, by the server (kubectl sends fieldValidation=Strict):
+    // a custom resource with an unknown field is refused.
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/crd/snapshotrepair.yaml"
+    );
+    k.ok(&["apply", "-f", crd]);
+    let bad = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: snapmend.io/v1alpha1\n  kind: SnapshotRepair\n  metadata:\n    name: r1\n  spec:\n    nodeName: node-a\n    sandboxImage: true\n    nodeNam: typo\n";
     let f = k.file("bad.yaml", bad);
     let e = k.fails(&["create", "-f", &f]);
-    assert!(e.contains("unknown field \"dta\""), "{e}");
+    assert!(e.contains("unknown field \"spec.nodeNam\""), "{e}");
 }

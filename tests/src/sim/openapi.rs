@@ -134,7 +134,7 @@ pub fn v2(_reg: &Registry) -> Value {
 }
 
 /// The media type kubectl asks `/openapi/v2` for (gnostic's `openapi_v2.Document`).
-pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 fn proto_field(out: &mut Vec<u8>, number: u8, payload: &[u8]) {
     // Wire type 2 (length-delimited); all our payloads are shorter than 128 bytes.

@@ -205,7 +205,13 @@ fn request_json(a: &Attributes<'_>) -> Value {
         "subResource": a.requester.subresource,
         "requestSubResource": a.requester.subresource,
         "name": a.name, "namespace": a.namespace, "operation": a.operation,
-        "userInfo": a.requester.user.to_json(),
+        // Every field present, as CEL sees an AdmissionRequest's UserInfo (empty, not absent).
+        "userInfo": {
+            "username": a.requester.user.username,
+            "uid": a.requester.user.uid,
+            "groups": a.requester.user.groups,
+            "extra": a.requester.user.extra,
+        },
         "dryRun": a.dry_run,
     })
 }
