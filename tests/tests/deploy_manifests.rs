@@ -251,7 +251,7 @@ fn the_operator_has_what_it_needs_and_no_secrets_or_deletes() {
     assert_eq!(
         rules,
         vec![
-            rule("", "events", &["create", "list", "patch", "watch"]),
+            rule("", "events", &["list", "watch"]),
             rule("", "nodes", &["get", "list", "patch", "watch"]),
             rule("", "nodes/status", &["patch"]),
             rule("", "pods", &["get", "list", "watch"]),
@@ -260,17 +260,13 @@ fn the_operator_has_what_it_needs_and_no_secrets_or_deletes() {
                 "events",
                 &["create", "list", "patch", "watch"]
             ),
+            // No update (PUT) anywhere: every write is a patch or an apply.
             rule(
                 "snapmend.io",
                 "snapshotrepairs",
-                &["create", "get", "list", "patch", "update", "watch"]
+                &["create", "get", "list", "patch", "watch"]
             ),
-            rule("snapmend.io", "snapshotrepairs/finalizers", &["update"]),
-            rule(
-                "snapmend.io",
-                "snapshotrepairs/status",
-                &["get", "patch", "update"]
-            ),
+            rule("snapmend.io", "snapshotrepairs/status", &["patch"]),
         ]
     );
     let role: Role = object(&all, "Role", "snapmend-operator-leases");
