@@ -54,6 +54,8 @@ pub enum TestError {
     },
     #[error("{0}")]
     Scenario(String),
+    #[error("serving TLS with the certificate in {dir}: {reason}")]
+    Tls { dir: PathBuf, reason: String },
 }
 
 impl TestError {

@@ -75,7 +75,7 @@ fn canonical_json(v: serde_json::Value) -> serde_json::Value {
 fn rules_of(rules: &Option<Vec<PolicyRule>>) -> Vec<(String, String, Vec<String>)> {
     let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
     for r in rules.as_deref().unwrap_or_default() {
-        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
+        assert!(r.non_resource_urls.is_none());
         for g in r.api_groups.as_deref().unwrap_or_default() {
             for res in r.resources.as_deref().unwrap_or_default() {
                 let mut verbs = r.verbs.clone();
@@ -223,10 +223,11 @@ fn the_agent_may_only_read_repairs_patch_their_status_and_keep_its_lease() {
     assert_eq!(role.metadata.namespace.as_deref(), Some("snapmend-system"));
     assert_eq!(
         rules_of(&role.rules),
+        // Which Lease is the policy's business (deploy/policy/node-helper-own-node.yaml).
         vec![rule(
             "coordination.k8s.io",
             "leases",
-            &["create", "get", "patch", "update"]
+            &["create", "get", "update"]
         )]
     );
     // Secrets: get, in its own namespace only (the operator's pull-secret copies).
@@ -273,7 +274,7 @@ fn the_operator_has_what_it_needs_and_reads_secrets_only_by_name() {
     assert_eq!(
         rules,
         vec![
-            rule("", "events", &["create", "list", "patch", "watch"]),
+            rule("", "events", &["list", "watch"]),
             rule("", "nodes", &["get", "list", "patch", "watch"]),
             rule("", "nodes/status", &["patch"]),
             rule("", "pods", &["get", "list", "watch"]),
@@ -285,28 +286,30 @@ fn the_operator_has_what_it_needs_and_reads_secrets_only_by_name() {
                 "events",
                 &["create", "list", "patch", "watch"]
             ),
+            // No update (PUT) anywhere: every write is a patch or an apply.
             rule(
                 "snapmend.io",
                 "snapshotrepairs",
-                &["create", "get", "list", "patch", "update", "watch"]
+                &["create", "get", "list", "patch", "watch"]
             ),
-            rule("snapmend.io", "snapshotrepairs/finalizers", &["update"]),
-            rule(
-                "snapmend.io",
-                "snapshotrepairs/status",
-                &["get", "patch", "update"]
-            ),
+            rule("snapmend.io", "snapshotrepairs/status", &["patch"]),
         ]
     );
     let role: Role = object(&all, "Role", "snapmend-operator-leases");
     assert_eq!(role.metadata.namespace.as_deref(), Some("snapmend-system"));
     assert_eq!(
         rules_of(&role.rules),
-        vec![rule(
-            "coordination.k8s.io",
-            "leases",
-            &["create", "get", "list", "patch", "update", "watch"]
-        )]
+        vec![
+            rule("coordination.k8s.io", "leases", &["create"]),
+            rule("coordination.k8s.io", "leases", &["get", "patch", "update"]),
+            rule("coordination.k8s.io", "leases", &["list", "watch"]),
+        ]
+    );
+    let own = role.rules.as_ref().and_then(|r| r.last()).expect("rules");
+    assert_eq!(
+        own.resource_names.as_deref(),
+        Some(&["snapmend-operator".to_string()][..]),
+        "only its own leader Lease"
     );
     for (g, r, verbs) in rules {
         assert!(

@@ -849,3 +849,28 @@ fn the_binary_writes_a_kubeconfig_serves_kubectl_and_stops_on_sigterm() {
         "requests are logged at debug level:\n{log}"
     );
 }
+
+/// kubectl's default (client-side, then server-side) validation of a List: kubectl downloads
+/// `/openapi/v2` in protobuf for it, and gets a document it can parse.
+#[test]
+fn create_of_a_list_passes_kubectls_default_validation() {
+    let k = Kubectl::start();
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: one\n  data:\n    a: \"1\"\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: two\n";
+    let f = k.file("list.yaml", list);
+    let out = k.ok(&["create", "-f", &f]);
+    assert!(
+        out.contains("configmap/one created") && out.contains("configmap/two created"),
+        "{out}"
+    );
+    // The items are still validated, by the server (kubectl sends fieldValidation=Strict):
+    // a custom resource with an unknown field is refused.
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/crd/snapshotrepair.yaml"
+    );
+    k.ok(&["apply", "-f", crd]);
+    let bad = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: snapmend.io/v1alpha1\n  kind: SnapshotRepair\n  metadata:\n    name: r1\n  spec:\n    nodeName: node-a\n    sandboxImage: true\n    nodeNam: typo\n";
+    let f = k.file("bad.yaml", bad);
+    let e = k.fails(&["create", "-f", &f]);
+    assert!(e.contains("unknown field \"spec.nodeNam\""), "{e}");
+}

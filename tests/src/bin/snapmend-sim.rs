@@ -1,4 +1,4 @@
-//! `snapmend-sim --kubeconfig PATH [--port N]`: serve a simulated Kubernetes API server until
+//! `snapmend-sim --kubeconfig PATH [--port N] [--auth]`: serve a simulated Kubernetes API server until
 //! SIGINT or SIGTERM. Each request is logged at debug level: see it with `--verbose` or
 //! `RUST_LOG=info,snapmend_tests=debug`.
 
@@ -23,6 +23,10 @@ struct Args {
     /// Changes kept for watches to resume from.
     #[arg(long, default_value_t = SimConfig::default().history_window)]
     history_window: usize,
+    /// Authenticate (bearer tokens, TokenRequest), authorize (RBAC) and admit
+    /// (ValidatingAdmissionPolicy) as a real cluster does; the kubeconfig gets an admin token.
+    #[arg(long)]
+    auth: bool,
     /// Log every request (debug level) unless RUST_LOG says otherwise.
     #[arg(long, short)]
     verbose: bool,
@@ -47,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let sim = SimServer::start_with(SimConfig {
         port: args.port,
         history_window: args.history_window,
+        auth: args.auth,
         ..SimConfig::default()
     })
     .await?;

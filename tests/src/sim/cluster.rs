@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
+use super::auth::admission::{self, Requester};
 use super::convert::{stored_field_name, to_served, to_stored};
 use super::object::{
     finalizers, generated_suffix, is_being_deleted, meta_str, metadata_mut, new_uid, now_rfc3339,
@@ -20,7 +21,9 @@ use super::registry::{Registry, ResourceDef, StorageKey};
 use super::selectors::{FieldSelector, LabelSelector, field_string, object_labels};
 use super::ssa;
 use super::status::{Cause, StatusError, Target};
-use super::validation::{FieldValidation, validate_custom_resource, validate_object_meta};
+use super::validation::{
+    FieldValidation, NameRule, validate_custom_resource, validate_object_meta_with,
+};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,8 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     pub field_validation: FieldValidation,
     pub force: bool,
+    /// Who writes (`snapmend-sim --auth`): ValidatingAdmissionPolicies then apply.
+    pub admission: Option<Requester>,
 }
 
 /// A write's result: the object and warnings to send as `Warning` headers.
@@ -157,6 +162,55 @@ impl Cluster {
             }
         }
         cluster
+    }
+
+    /// Every stored object of a type (stored form), e.g. the RBAC objects an authorizer reads.
+    pub fn all_objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        let key = StorageKey {
+            group: group.to_string(),
+            plural: plural.to_string(),
+        };
+        Self::stored_of(&self.lock(), &key)
+    }
+
+    fn stored_of(st: &State, key: &StorageKey) -> Vec<Value> {
+        st.objects
+            .get(key)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The ValidatingAdmissionPolicies that bind this write (only for writes of a known user).
+    fn admit_by_policies(
+        st: &State,
+        def: &ResourceDef,
+        served: &Value,
+        old: Option<&Value>,
+        opts: &WriteOptions,
+    ) -> Result<(), StatusError> {
+        let Some(requester) = &opts.admission else {
+            return Ok(());
+        };
+        let key = |plural: &str| StorageKey {
+            group: "admissionregistration.k8s.io".into(),
+            plural: plural.into(),
+        };
+        let bindings = Self::stored_of(st, &key("validatingadmissionpolicybindings"));
+        if bindings.is_empty() {
+            return Ok(());
+        }
+        let policies = Self::stored_of(st, &key("validatingadmissionpolicies"));
+        let attributes = admission::Attributes {
+            def,
+            operation: if old.is_some() { "UPDATE" } else { "CREATE" },
+            requester,
+            name: meta_str(served, "name").unwrap_or(""),
+            namespace: meta_str(served, "namespace").unwrap_or(""),
+            object: Some(served),
+            old_object: old,
+            dry_run: opts.dry_run,
+        };
+        admission::validate(&policies, &bindings, &attributes)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -562,8 +616,7 @@ impl Cluster {
         warnings: &mut Vec<String>,
     ) -> Result<Value, StatusError> {
         let name = meta_str(&served, "name").unwrap_or("").to_string();
-        let meta_causes =
-            validate_object_meta(&served, def.group.is_empty() && def.plural == "namespaces");
+        let meta_causes = validate_object_meta_with(&served, NameRule::of(&def.group, &def.plural));
         if !meta_causes.is_empty() {
             return Err(StatusError::invalid(
                 &def.kind_group(),
@@ -657,6 +710,7 @@ impl Cluster {
                 ));
             }
         }
+        Self::admit_by_policies(st, def, &served, old, opts)?;
         Ok(served)
     }
 

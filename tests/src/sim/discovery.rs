@@ -94,6 +94,13 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
                 "kind": d.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        if d.group.is_empty() && d.plural == "serviceaccounts" {
+            resources.push(json!({
+                "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if d.group.is_empty() && d.plural == "pods" {
             resources.push(json!({
                 "name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy",

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::admission::Requester;
+use super::auth::{self, Action, ResourceAttributes, Tokens, UserInfo};
 use super::cluster::{Change, Cluster, ListOptions, WriteOptions, Written};
 use super::convert::to_served;
 use super::discovery;
@@ -35,6 +37,12 @@ pub struct App {
     pub server_address: String,
     /// Every answered request, for tests that count LISTs, WATCHes and bytes.
     pub requests: super::audit::RequestLog,
+    /// The admin token and the tokens the TokenRequest API issued.
+    pub tokens: Arc<Tokens>,
+    /// `--auth`: requests need a token, RBAC and ValidatingAdmissionPolicies apply.
+    pub auth: bool,
+    /// Under `--auth`: the certificate the server serves HTTPS with.
+    pub tls: Option<Arc<super::tls::ServingCert>>,
 }
 
 impl App {
@@ -217,7 +225,20 @@ pub async fn handle(
 ) -> Response {
     let path = uri.path().to_string();
     let query = parse_query(uri.query());
-    let resp = route(&app, &method, &path, &query, &headers, &body).await;
+    let resp = match authenticate(&app, &headers).and_then(|user| {
+        if let Some(user) = &user {
+            authorize(
+                &app.cluster,
+                user,
+                &request_action(&method, &path, &query),
+                &path,
+            )?;
+        }
+        Ok(user)
+    }) {
+        Ok(user) => route(&app, &method, &path, &query, &headers, &body, user.as_ref()).await,
+        Err(e) => Err(e),
+    };
     let resp = match resp {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -226,6 +247,146 @@ pub async fn handle(
     tracing::debug!(%method, path = %path, query = uri.query().unwrap_or(""), status = resp.status().as_u16(), verb = %record.verb, user_agent = record.user_agent.as_deref().unwrap_or(""), "request");
     app.requests.record(record);
     resp
+}
+
+/// `--auth`: who sends the request (401 without a valid bearer token); `None` without `--auth`.
+fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<UserInfo>, StatusError> {
+    if !app.auth {
+        return Ok(None);
+    }
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = auth::bearer_token(header).ok_or_else(auth::unauthorized)?;
+    app.tokens
+        .authenticate(&app.cluster, token)
+        .map(Some)
+        .ok_or_else(auth::unauthorized)
+}
+
+/// The RBAC objects in the store.
+fn rbac_policy(cluster: &Cluster) -> auth::Policy {
+    fn parse<T: serde::de::DeserializeOwned>(cluster: &Cluster, plural: &str) -> Vec<T> {
+        cluster
+            .all_objects("rbac.authorization.k8s.io", plural)
+            .into_iter()
+            .filter_map(|o| serde_json::from_value(o).ok())
+            .collect()
+    }
+    auth::Policy {
+        cluster_roles: parse(cluster, "clusterroles"),
+        cluster_role_bindings: parse(cluster, "clusterrolebindings"),
+        roles: parse(cluster, "roles"),
+        role_bindings: parse(cluster, "rolebindings"),
+    }
+}
+
+fn allowed(cluster: &Cluster, user: &UserInfo, action: &Action) -> bool {
+    user.groups.iter().any(|g| g == auth::rbac::MASTERS_GROUP)
+        || rbac_policy(cluster).allows(user, action)
+}
+
+/// RBAC: 403 unless a rule bound to the user allows the action.
+fn authorize(
+    cluster: &Cluster,
+    user: &UserInfo,
+    action: &Action,
+    path: &str,
+) -> Result<(), StatusError> {
+    if allowed(cluster, user, action) {
+        Ok(())
+    } else {
+        Err(auth::forbidden(user, action, path))
+    }
+}
+
+/// What a request asks to do, read from its path the way kube-apiserver's RequestInfo does:
+/// `/api/v1/...` and `/apis/GROUP/VERSION/...` with a resource are resource requests (a
+/// namespace's own path is in that namespace; a list or watch selecting `metadata.name`
+/// names its object); everything else is a non-resource path.
+fn request_action(method: &Method, path: &str, q: &HashMap<String, String>) -> Action {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, rest) = match segs.as_slice() {
+        ["api", _v, rest @ ..] if !rest.is_empty() => ("", rest),
+        ["apis", g, _v, rest @ ..] if !rest.is_empty() => (*g, rest),
+        _ => {
+            return Action::NonResource {
+                path: path.to_string(),
+                verb: method.as_str().to_ascii_lowercase(),
+            };
+        }
+    };
+    let mut namespace = "";
+    let mut parts = rest;
+    if parts[0] == "namespaces" && parts.len() > 1 {
+        namespace = parts[1];
+        if parts.len() > 2 {
+            parts = &parts[2..];
+        }
+    }
+    let mut name = parts.get(1).copied().unwrap_or("").to_string();
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = super::audit::verb(method, !name.is_empty(), watch);
+    if (verb == "list" || verb == "watch")
+        && let Some(selected) = q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .filter(|n| !n.contains(','))
+    {
+        name = selected.to_string();
+    }
+    Action::Resource(ResourceAttributes {
+        verb,
+        group: group.to_string(),
+        resource: parts[0].to_string(),
+        subresource: parts.get(2).copied().unwrap_or("").to_string(),
+        namespace: namespace.to_string(),
+        name,
+    })
+}
+
+/// `POST .../selfsubjectaccessreviews` (`kubectl auth can-i`): the review, answered.
+fn review_access(app: &App, user: Option<&UserInfo>, body: &Value) -> Response {
+    let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let action = if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
+        Action::Resource(ResourceAttributes {
+            verb: text(r, "verb"),
+            group: text(r, "group"),
+            resource: text(r, "resource"),
+            subresource: text(r, "subresource"),
+            namespace: text(r, "namespace"),
+            name: text(r, "name"),
+        })
+    } else {
+        let n = spec
+            .get("nonResourceAttributes")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        Action::NonResource {
+            path: text(&n, "path"),
+            verb: text(&n, "verb"),
+        }
+    };
+    // Without --auth every request is allowed, so every review is too.
+    let allowed = user.is_none_or(|u| allowed(&app.cluster, u, &action));
+    let mut status = json!({"allowed": allowed});
+    if allowed && user.is_some() {
+        status["reason"] = json!("");
+    }
+    let mut out = body.clone();
+    out["apiVersion"] = json!("authorization.k8s.io/v1");
+    out["kind"] = json!("SelfSubjectAccessReview");
+    if !out.get("metadata").is_some_and(Value::is_object) {
+        out["metadata"] = json!({});
+    }
+    out["metadata"]["creationTimestamp"] = Value::Null;
+    out["status"] = status;
+    json_response(StatusCode::CREATED, &out, "application/json")
 }
 
 /// What the request log keeps about an answered request.
@@ -279,6 +440,7 @@ async fn route(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
+    user: Option<&UserInfo>,
 ) -> Result<Response, StatusError> {
     let segs: Vec<&str> = path
         .trim_matches('/')
@@ -316,7 +478,21 @@ async fn route(
                 .map(|l| json_response(StatusCode::OK, &l, "application/json"))
                 .ok_or_else(|| StatusError::path_not_found(path));
         }
-        ["openapi", "v2"] => return ok(openapi::v2(&reg)),
+        ["openapi", "v2"] => {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if accept.contains("protobuf") {
+                let mut resp = (StatusCode::OK, openapi::v2_protobuf()).into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(openapi::V2_PROTOBUF),
+                );
+                return Ok(resp);
+            }
+            return ok(openapi::v2(&reg));
+        }
         ["openapi", "v3"] => return ok(openapi::v3_root(&reg)),
         ["openapi", "v3", rest @ ..] => {
             return openapi::v3_group_version(&reg, &rest.join("/"))
@@ -328,7 +504,7 @@ async fn route(
     let Some(t) = resolve(app, &segs)? else {
         return Err(StatusError::path_not_found(path));
     };
-    resource_request(app, method, t, q, headers, body).await
+    resource_request(app, method, t, q, headers, body, user).await
 }
 
 fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, StatusError> {
@@ -346,7 +522,11 @@ fn list_options(q: &HashMap<String, String>) -> Result<ListOptions, StatusError>
     })
 }
 
-fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, StatusError> {
+fn write_options(
+    q: &HashMap<String, String>,
+    user: Option<&UserInfo>,
+    subresource: Option<&str>,
+) -> Result<WriteOptions, StatusError> {
     let fv = q.get("fieldValidation").map(String::as_str).unwrap_or("");
     Ok(WriteOptions {
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
@@ -357,6 +537,10 @@ fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, StatusErro
             ))
         })?,
         force: q.get("force").is_some_and(|f| f == "true"),
+        admission: user.map(|u| Requester {
+            user: u.clone(),
+            subresource: subresource.unwrap_or("").to_string(),
+        }),
     })
 }
 
@@ -434,6 +618,7 @@ async fn resource_request(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
+    user: Option<&UserInfo>,
 ) -> Result<Response, StatusError> {
     let cluster = &app.cluster;
     let ns = t.namespace.as_deref();
@@ -446,6 +631,13 @@ async fn resource_request(
         {
             false
         }
+        Some("token")
+            if t.def.plural == "serviceaccounts"
+                && t.def.group.is_empty()
+                && *method == Method::POST =>
+        {
+            false
+        }
         Some(other) => {
             return Err(StatusError::path_not_found(&format!(
                 "{}/{other}",
@@ -453,7 +645,26 @@ async fn resource_request(
             )));
         }
     };
+    if t.def.is_review() {
+        if *method != Method::POST || t.name.is_some() {
+            return Err(StatusError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            )));
+        }
+        return Ok(review_access(app, user, &decode_body(headers, body)?));
+    }
     match (method.clone(), t.name.clone()) {
+        (Method::POST, Some(name)) if t.subresource.as_deref() == Some("token") => {
+            let body = decode_body(headers, body)?;
+            let answer =
+                app.tokens
+                    .request_token(cluster, ns.unwrap_or("default"), &name, &body)?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &answer,
+                "application/json",
+            ))
+        }
         (Method::GET, None) => {
             let opts = list_options(q)?;
             if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
@@ -503,7 +714,12 @@ async fn resource_request(
         }
         (Method::POST, None) => {
             let body = decode_body(headers, body)?;
-            let w = cluster.create(&t.def, ns, body, &write_options(q)?)?;
+            let w = cluster.create(
+                &t.def,
+                ns,
+                body,
+                &write_options(q, user, t.subresource.as_deref())?,
+            )?;
             Ok(written_response(&t, w, rendering, q))
         }
         (Method::POST, Some(name)) if t.subresource.as_deref() == Some("eviction") => {
@@ -517,7 +733,14 @@ async fn resource_request(
         }
         (Method::PUT, Some(name)) => {
             let body = decode_body(headers, body)?;
-            let w = cluster.update(&t.def, ns, &name, body, status_only, &write_options(q)?)?;
+            let w = cluster.update(
+                &t.def,
+                ns,
+                &name,
+                body,
+                status_only,
+                &write_options(q, user, t.subresource.as_deref())?,
+            )?;
             Ok(written_response(&t, w, rendering, q))
         }
         (Method::PATCH, Some(name)) => {
@@ -551,7 +774,7 @@ async fn resource_request(
                 kind,
                 &patch,
                 status_only,
-                &write_options(q)?,
+                &write_options(q, user, t.subresource.as_deref())?,
             )?;
             Ok(written_response(&t, w, rendering, q))
         }

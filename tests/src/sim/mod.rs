@@ -12,6 +12,7 @@
 //! ```
 
 pub mod audit;
+pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod crd;
@@ -27,6 +28,7 @@ pub mod selectors;
 pub mod ssa;
 pub mod status;
 pub mod table;
+pub mod tls;
 pub mod validation;
 
 use std::net::SocketAddr;
@@ -51,6 +53,9 @@ pub struct SimConfig {
     pub history_window: usize,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// `--auth`: bearer tokens, RBAC and ValidatingAdmissionPolicies, as on a real cluster.
+    /// The kubeconfig and [`SimServer::client`] then carry an admin (`system:masters`) token.
+    pub auth: bool,
 }
 
 impl Default for SimConfig {
@@ -59,6 +64,7 @@ impl Default for SimConfig {
             port: 0,
             history_window: ClusterConfig::default().history_window,
             bookmark_interval: Duration::from_secs(5),
+            auth: false,
         }
     }
 }
@@ -85,10 +91,42 @@ fn spawn_namespace_controller(cluster: Arc<Cluster>, stop: CancellationToken) {
     });
 }
 
-/// Serves `app` on `listener` until the app's current shutdown token is cancelled.
+/// kube-apiserver's bootstrap ClusterRoles and ClusterRoleBindings.
+fn create_default_rbac(cluster: &Cluster) {
+    let (roles, bindings) = auth::bootstrap::default_policy();
+    for (plural, objects) in [("clusterroles", roles), ("clusterrolebindings", bindings)] {
+        let Some(def) = cluster
+            .registry()
+            .find("rbac.authorization.k8s.io", "v1", plural)
+            .cloned()
+        else {
+            continue;
+        };
+        for obj in objects {
+            if let Err(e) = cluster.create(&def, None, obj, &cluster::WriteOptions::default()) {
+                tracing::error!(error = %e, "creating a default RBAC object failed");
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` (TLS under `--auth`) until the app's current shutdown token is
+/// cancelled.
 fn serve(app: Arc<http::App>, listener: tokio::net::TcpListener) -> JoinHandle<()> {
     let shutdown = app.current_shutdown();
+    let acceptor = app.tls.as_ref().map(|c| c.acceptor.clone());
     let router = axum::Router::new().fallback(http::handle).with_state(app);
+    if let Some(acceptor) = acceptor {
+        let listener = tls::TlsListener::new(listener, acceptor, shutdown.clone());
+        return tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "snapmend-sim stopped serving");
+            }
+        });
+    }
     tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.cancelled().await;
@@ -113,6 +151,11 @@ impl SimServer {
         let addr = listener
             .local_addr()
             .map_err(|source| TestError::Bind { addr, source })?;
+        let tls = if config.auth {
+            Some(Arc::new(tls::ServingCert::generate()?))
+        } else {
+            None
+        };
         let cluster = Arc::new(Cluster::new(ClusterConfig {
             history_window: config.history_window,
         }));
@@ -124,7 +167,13 @@ impl SimServer {
             bookmark_interval: config.bookmark_interval,
             server_address: addr.to_string(),
             requests: audit::RequestLog::default(),
+            tokens: Arc::new(auth::Tokens::new()),
+            auth: config.auth,
+            tls,
         });
+        if config.auth {
+            create_default_rbac(&app.cluster);
+        }
         let task = serve(app.clone(), listener);
         spawn_namespace_controller(app.cluster.clone(), app.controllers.clone());
         tracing::info!(%addr, "snapmend-sim listening");
@@ -139,9 +188,19 @@ impl SimServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://` under `--auth`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.app.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Under `--auth`: the PEM of the CA that signed the server's certificate.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.app.tls.as_ref().map(|c| c.ca_pem.as_slice())
     }
 
     /// The store behind the server, for tests that set up or inspect state directly.
@@ -149,8 +208,19 @@ impl SimServer {
         &self.app.cluster
     }
 
-    /// A kube client configuration for this server (namespace `default`).
+    /// With `--auth`: the token of a `system:masters` user (the kubeconfig's).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.app.auth.then(|| self.app.tokens.admin_token())
+    }
+
+    /// A kube client configuration for this server (namespace `default`), with the admin token
+    /// under `--auth`.
     pub fn kube_config(&self) -> Result<kube::Config, TestError> {
+        self.kube_config_with_token(self.admin_token())
+    }
+
+    /// A kube client configuration that authenticates with `token` (none: anonymous).
+    pub fn kube_config_with_token(&self, token: Option<&str>) -> Result<kube::Config, TestError> {
         let url = self.url();
         let uri = url
             .parse()
@@ -160,7 +230,22 @@ impl SimServer {
             })?;
         let mut config = kube::Config::new(uri);
         config.default_namespace = "default".into();
+        if let Some(token) = token {
+            config.auth_info.token = Some(token.to_string().into());
+        }
+        if let Some(tls) = &self.app.tls {
+            config.root_cert = Some(vec![tls.ca_der.clone()]);
+        }
         Ok(config)
+    }
+
+    /// A kube client that authenticates with `token`. Needs a Tokio runtime context.
+    pub fn client_with_token(&self, token: &str) -> Result<kube::Client, TestError> {
+        let config = self.kube_config_with_token(Some(token))?;
+        kube::Client::try_from(config).map_err(|source| TestError::Client {
+            url: self.url(),
+            source,
+        })
     }
 
     /// A kube client for this server. Needs a Tokio runtime context.
@@ -172,18 +257,49 @@ impl SimServer {
         })
     }
 
-    /// A kubeconfig document pointing at this server, without credentials.
+    /// A kubeconfig document pointing at this server: with the admin token under `--auth`,
+    /// without credentials otherwise.
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_with_token(self.admin_token())
+    }
+
+    /// A kubeconfig document that authenticates with `token` (none: no credentials).
+    pub fn kubeconfig_yaml_with_token(&self, token: Option<&str>) -> String {
+        let user = match token {
+            Some(t) => format!("\n    token: {t}\n"),
+            None => " {}\n".to_string(),
+        };
+        let ca = self
+            .ca_pem()
+            .map(|pem| {
+                use base64::Engine;
+                format!(
+                    "    certificate-authority-data: {}\n",
+                    base64::engine::general_purpose::STANDARD.encode(pem)
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: snapmend-sim\n  cluster:\n    server: {url}\ncontexts:\n- name: snapmend-sim\n  context:\n    cluster: snapmend-sim\n    user: snapmend-sim\n    namespace: default\ncurrent-context: snapmend-sim\nusers:\n- name: snapmend-sim\n  user: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: snapmend-sim\n  cluster:\n{ca}    server: {url}\ncontexts:\n- name: snapmend-sim\n  context:\n    cluster: snapmend-sim\n    user: snapmend-sim\n    namespace: default\ncurrent-context: snapmend-sim\nusers:\n- name: snapmend-sim\n  user:{user}",
             url = self.url()
         )
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), TestError> {
-        std::fs::write(path, self.kubeconfig_yaml()).map_err(|source| TestError::WriteKubeconfig {
-            path: path.to_path_buf(),
-            source,
+        self.write_kubeconfig_with_token(path, self.admin_token())
+    }
+
+    /// Writes a kubeconfig that authenticates with `token`, e.g. a ServiceAccount's.
+    pub fn write_kubeconfig_with_token(
+        &self,
+        path: &Path,
+        token: Option<&str>,
+    ) -> Result<(), TestError> {
+        std::fs::write(path, self.kubeconfig_yaml_with_token(token)).map_err(|source| {
+            TestError::WriteKubeconfig {
+                path: path.to_path_buf(),
+                source,
+            }
         })
     }
 

@@ -133,9 +133,45 @@ pub fn v2(_reg: &Registry) -> Value {
     })
 }
 
+/// The media type kubectl asks `/openapi/v2` for (gnostic's `openapi_v2.Document`).
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+fn proto_field(out: &mut Vec<u8>, number: u8, payload: &[u8]) {
+    // Wire type 2 (length-delimited); all our payloads are shorter than 128 bytes.
+    out.push((number << 3) | 2);
+    out.push(u8::try_from(payload.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(payload);
+}
+
+/// `/openapi/v2` in protobuf, the form kubectl's client-side validation downloads (a `kubectl
+/// create -f` of a List validates its items with it): the same document as [`v2`], encoded as
+/// gnostic's `openapi.v2.Document` (swagger = 1, info = 2 {title = 1, version = 2},
+/// paths = 8, definitions = 9). Without definitions kubectl skips client-side checks of each
+/// item, and the server validates them (`fieldValidation`), as for any type it has no schema of.
+pub fn v2_protobuf() -> Vec<u8> {
+    let mut info = Vec::new();
+    proto_field(&mut info, 1, b"Kubernetes");
+    proto_field(&mut info, 2, b"v1.33.0");
+    let mut doc = Vec::new();
+    proto_field(&mut doc, 1, b"2.0");
+    proto_field(&mut doc, 2, &info);
+    proto_field(&mut doc, 8, &[]);
+    proto_field(&mut doc, 9, &[]);
+    doc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_v2_protobuf_document_is_the_json_one_encoded() {
+        let doc = v2_protobuf();
+        assert_eq!(&doc[..5], b"\x0a\x032.0");
+        let info = b"\x12\x15\x0a\x0aKubernetes\x12\x07v1.33.0";
+        assert_eq!(&doc[5..5 + info.len()], info);
+        assert_eq!(&doc[5 + info.len()..], b"\x42\x00\x4a\x00");
+    }
 
     #[test]
     fn v3_index_and_documents_cover_every_group_version() {

@@ -81,11 +81,82 @@ const EVICTION: &[Field] = &[
     f(2, "deleteOptions", Kind::Msg(DELETE_OPTIONS)),
 ];
 
+/// core/v1 ServiceAccount (`kubectl create serviceaccount`).
+const SERVICE_ACCOUNT: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(
+        2,
+        "secrets",
+        Kind::RepMsg(&[
+            f(1, "kind", Kind::Str),
+            f(2, "namespace", Kind::Str),
+            f(3, "name", Kind::Str),
+        ]),
+    ),
+    f(
+        3,
+        "imagePullSecrets",
+        Kind::RepMsg(&[f(1, "name", Kind::Str)]),
+    ),
+    f(4, "automountServiceAccountToken", Kind::Bool),
+];
+
+const BOUND_OBJECT_REF: &[Field] = &[
+    f(1, "kind", Kind::Str),
+    f(2, "apiVersion", Kind::Str),
+    f(3, "name", Kind::Str),
+    f(4, "uid", Kind::Str),
+];
+
+/// authentication/v1 TokenRequest (`kubectl create token`).
+const TOKEN_REQUEST: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Kind::Msg(&[
+            f(1, "audiences", Kind::RepStr),
+            f(3, "boundObjectRef", Kind::Msg(BOUND_OBJECT_REF)),
+            f(4, "expirationSeconds", Kind::Int),
+        ]),
+    ),
+];
+
+const RESOURCE_ATTRIBUTES: &[Field] = &[
+    f(1, "namespace", Kind::Str),
+    f(2, "verb", Kind::Str),
+    f(3, "group", Kind::Str),
+    f(4, "version", Kind::Str),
+    f(5, "resource", Kind::Str),
+    f(6, "subresource", Kind::Str),
+    f(7, "name", Kind::Str),
+];
+
+/// authorization/v1 SelfSubjectAccessReview (`kubectl auth can-i`).
+const SELF_SUBJECT_ACCESS_REVIEW: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Kind::Msg(&[
+            f(1, "resourceAttributes", Kind::Msg(RESOURCE_ATTRIBUTES)),
+            f(
+                2,
+                "nonResourceAttributes",
+                Kind::Msg(&[f(1, "path", Kind::Str), f(2, "verb", Kind::Str)]),
+            ),
+        ]),
+    ),
+];
+
 fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
     match (api_version, kind) {
         ("v1", "ConfigMap") => Some(CONFIG_MAP),
         ("v1", "Namespace") => Some(NAMESPACE),
+        ("v1", "ServiceAccount") => Some(SERVICE_ACCOUNT),
         ("policy/v1", "Eviction") | ("policy/v1beta1", "Eviction") => Some(EVICTION),
+        ("authentication.k8s.io/v1", "TokenRequest") => Some(TOKEN_REQUEST),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(SELF_SUBJECT_ACCESS_REVIEW),
         _ => None,
     }
 }

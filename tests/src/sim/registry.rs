@@ -100,7 +100,15 @@ impl ResourceDef {
             )
     }
 
+    /// Reviews are answered, never stored: create is their only verb.
+    pub fn is_review(&self) -> bool {
+        self.group == "authorization.k8s.io" && self.plural == "selfsubjectaccessreviews"
+    }
+
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.is_review() {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",
@@ -368,6 +376,31 @@ fn builtins() -> Vec<Builtin> {
             "clusterrolebindings",
             "clusterrolebinding",
             "ClusterRoleBinding",
+            false,
+            &[],
+        ),
+        stored_only(
+            "admissionregistration.k8s.io",
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicy",
+            "ValidatingAdmissionPolicy",
+            false,
+            &[],
+        ),
+        stored_only(
+            "admissionregistration.k8s.io",
+            "validatingadmissionpolicybindings",
+            "validatingadmissionpolicybinding",
+            "ValidatingAdmissionPolicyBinding",
+            false,
+            &[],
+        ),
+        // Answered, not stored (`kubectl auth can-i`): see `http.rs`.
+        stored_only(
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            "selfsubjectaccessreview",
+            "SelfSubjectAccessReview",
             false,
             &[],
         ),

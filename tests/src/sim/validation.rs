@@ -437,21 +437,60 @@ fn is_qualified_key(k: &str) -> bool {
 /// ObjectMeta validation every type gets: the name (a DNS-1123 label for namespaces, a
 /// subdomain otherwise), label keys and values, and annotation keys.
 pub fn validate_object_meta(obj: &Value, name_is_label: bool) -> Vec<Cause> {
+    let rule = if name_is_label {
+        NameRule::Label
+    } else {
+        NameRule::Subdomain
+    };
+    validate_object_meta_with(obj, rule)
+}
+
+/// What a type's names must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// Namespaces.
+    Label,
+    /// Most types.
+    Subdomain,
+    /// RBAC roles and bindings (`system:discovery`): any path segment, as
+    /// `path.IsValidPathSegmentName`.
+    PathSegment,
+}
+
+impl NameRule {
+    pub fn of(group: &str, plural: &str) -> Self {
+        match (group, plural) {
+            ("", "namespaces") => Self::Label,
+            ("rbac.authorization.k8s.io", _) => Self::PathSegment,
+            _ => Self::Subdomain,
+        }
+    }
+}
+
+fn is_path_segment(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
+}
+
+pub fn validate_object_meta_with(obj: &Value, rule: NameRule) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let name_ok = if name_is_label {
-        is_dns1123_label(name)
-    } else {
-        is_dns1123_subdomain(name)
+    let name_ok = match rule {
+        NameRule::Label => is_dns1123_label(name),
+        NameRule::Subdomain => is_dns1123_subdomain(name),
+        NameRule::PathSegment => is_path_segment(name),
     };
     if !name_ok {
-        let what = if name_is_label {
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
-        } else {
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        let what = match rule {
+            NameRule::Label => {
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+            }
+            NameRule::Subdomain => {
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            }
+            NameRule::PathSegment => "may not be '.' or '..', and may not contain '/' or '%'",
         };
         causes.push(Cause::new(
             "FieldValueInvalid",

@@ -527,12 +527,18 @@ impl OperatorProcess {
     /// Starts the operator with `--helper-timeout 5s` unless `args` says otherwise, a 3 s
     /// leader Lease, and identity `identity`.
     pub fn spawn(sim: &SimServer, identity: &str, args: &[&str]) -> Self {
+        Self::spawn_with_kubeconfig(sim.kubeconfig_yaml(), identity, args)
+    }
+
+    /// Like [`OperatorProcess::spawn`], with a kubeconfig of its own (e.g. the token of the
+    /// operator's ServiceAccount on `snapmend-sim --auth`).
+    pub fn spawn_with_kubeconfig(kubeconfig_yaml: String, identity: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut p = OperatorProcess {
             child: None,
             metrics_addr: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             log: dir.path().join(format!("{identity}.log")),
-            kubeconfig_yaml: sim.kubeconfig_yaml(),
+            kubeconfig_yaml,
             identity: identity.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
             dir,
