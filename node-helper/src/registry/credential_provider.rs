@@ -107,35 +107,10 @@ pub fn parse_config(file: &Path, text: &str) -> Result<Vec<Provider>> {
     Ok(config.providers)
 }
 
-/// Go's `time.ParseDuration` for the units kubelet configs use (`h`, `m`, `s`, `ms`).
+/// Go's `time.ParseDuration` (the shared jiff-based parser, limited to Go's units); `None` for
+/// anything else.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = s.trim();
-    if rest == "0" {
-        return Some(Duration::ZERO);
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            _ => return None,
-        };
-        total += value * factor;
-        rest = &rest[unit_len..];
-    }
-    Some(Duration::from_secs_f64(total))
+    snapmend_crds::runtime::duration::parse_go_duration(s).ok()
 }
 
 /// kubelet's `URLsMatchStr`: the image matches a `matchImages` pattern when the hosts have the
