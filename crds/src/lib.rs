@@ -1,9 +1,12 @@
 //! The shared vocabulary of snapmend: the `SnapshotRepair` custom resource and the
-//! node-helper `Report`, which the agent writes into `status.report`.
+//! node-helper `Report`, which the agent writes into `status.report`; with feature `runtime`,
+//! the process helpers the operator and the agent share (`runtime`).
 
 pub mod culprit;
 pub mod labels;
 pub mod report;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod scan_report;
 pub mod snapshot_repair;
 

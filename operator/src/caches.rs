@@ -22,6 +22,7 @@ use snapmend_crds::{Phase, SnapshotRepair};
 use tracing::warn;
 
 use crate::conditions::{self, READY};
+use crate::error::Error;
 use crate::node_condition::SNAPSHOTS_DAMAGED;
 use crate::phases::reason::WAITING_FOR_CORDON_SLOT;
 
@@ -37,22 +38,28 @@ pub struct Caches {
     pub lease_namespace: String,
 }
 
-/// What starting the stores gives the controller: the stores, the change streams of each, and
-/// the stream that keeps all three up to date (it must be polled for anything to happen).
+/// What starting the stores gives the operator: the stores, the change streams the controller
+/// and the automatic remediation follow, and the future that keeps all three stores up to date
+/// (it must be polled for anything to happen). A change stream nobody wants is dropped, which
+/// unsubscribes it (a subscriber that is kept but never read would stall its reflector).
 pub struct Started {
     pub caches: Caches,
     pub repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
     pub node_changes: BoxStream<'static, Arc<Node>>,
     pub lease_changes: BoxStream<'static, Arc<Lease>>,
+    /// SnapshotRepair changes for the automatic remediation's ledger and escalations.
+    pub remediation_repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
     pub drive: BoxFuture<'static, ()>,
 }
 
-/// Starts the reflectors (nothing is requested until `drive` is polled).
+/// Starts the reflectors (nothing is requested until `drive` is polled). The whole operator
+/// (controller and automatic remediation) reads these: one watch per type.
 pub fn start(client: &Client, lease_namespace: &str) -> Option<Started> {
     let (repairs, repairs_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let (nodes, nodes_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let (leases, leases_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let repair_changes = repairs_writer.subscribe()?;
+    let remediation_repair_changes = repairs_writer.subscribe()?;
     let node_changes = nodes_writer.subscribe()?;
     let lease_changes = leases_writer.subscribe()?;
     let drive_repairs = reflect(
@@ -79,8 +86,53 @@ pub fn start(client: &Client, lease_namespace: &str) -> Option<Started> {
         repair_changes: repair_changes.boxed(),
         node_changes: node_changes.boxed(),
         lease_changes: lease_changes.boxed(),
+        remediation_repair_changes: remediation_repair_changes.boxed(),
         drive: drive.boxed(),
     })
+}
+
+/// The stores once every one holds its first full list, with the change streams; the
+/// reflectors run in their own task, which ends when this is dropped.
+pub struct Filled {
+    pub caches: Caches,
+    pub repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
+    pub node_changes: BoxStream<'static, Arc<Node>>,
+    pub lease_changes: BoxStream<'static, Arc<Lease>>,
+    pub remediation_repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
+    /// Keep until the stores are no longer needed.
+    pub reflectors: Reflectors,
+}
+
+/// Starts the stores and waits for their first full lists. Nothing is decided before (the
+/// cordon cap is always counted from the whole cluster); waiting here, once per store, also
+/// keeps to one waiter at a time, since kube-runtime's readiness future wakes only the last of
+/// several concurrent waiters. Cancel by dropping the future.
+pub async fn start_filled(client: &Client, lease_namespace: &str) -> Result<Filled, Error> {
+    let started = start(client, lease_namespace)
+        .ok_or(Error::Caches("cannot subscribe to the reflector stores"))?;
+    let reflectors = Reflectors(tokio::spawn(started.drive));
+    if !started.caches.wait_until_ready().await {
+        return Err(Error::Caches(
+            "reflectors stopped before the stores were filled",
+        ));
+    }
+    Ok(Filled {
+        caches: started.caches,
+        repair_changes: started.repair_changes,
+        node_changes: started.node_changes,
+        lease_changes: started.lease_changes,
+        remediation_repair_changes: started.remediation_repair_changes,
+        reflectors,
+    })
+}
+
+/// The reflectors' task, aborted when dropped, so a leadership term's watches end with it.
+pub struct Reflectors(tokio::task::JoinHandle<()>);
+
+impl Drop for Reflectors {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One watch (one LIST at start, then WATCH, resuming from the last resourceVersion) feeding

@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use crate::duration::parse_duration;
 pub use crate::events::decide::AutoRemediate;
 use crate::phases::FailurePolicy;
+use snapmend_crds::runtime::duration::parse_duration;
 
 /// The pure modules (`phases`, `events::decide`) own these enums; only this module knows clap.
 fn auto_remediate_parser() -> impl TypedValueParser<Value = AutoRemediate> {

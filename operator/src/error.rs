@@ -33,6 +33,9 @@ pub enum Error {
         #[source]
         source: kube_lease_manager::LeaseManagerError,
     },
+    /// The reflector stores could not be started or stopped before their first full list.
+    #[error("reflector stores: {0}")]
+    Caches(&'static str),
     #[error("metrics server on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -49,6 +52,7 @@ impl Error {
             Error::Finalizer { .. } => "finalizer",
             Error::Kubeconfig { .. } | Error::ClientConfig(_) => "config",
             Error::LeaderElection { .. } => "leader_election",
+            Error::Caches(_) => "caches",
             Error::Serve { .. } => "serve",
         }
     }

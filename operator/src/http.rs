@@ -1,15 +1,15 @@
-//! `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`.
+//! `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`: the shared server
+//! (`snapmend_crds::runtime::http`) with the operator's metrics and readiness.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use snapmend_crds::runtime::http;
+use snapmend_crds::runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -30,55 +30,26 @@ impl Health {
     }
 }
 
-#[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-}
-
+/// The shared server's endpoints, answered from the operator's registry and readiness.
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+    http::router(
+        Arc::new(move || metrics.encode().map_err(|e| e.to_string())),
+        Arc::new(move || {
+            if health.is_ready() {
+                Ok("ok".to_string())
+            } else {
+                Err("not ready".to_string())
+            }
+        }),
+    )
 }
 
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    match state.metrics.encode() {
-        Ok(body) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-/// Serves until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let addr = listener.local_addr().map_err(|source| Error::Serve {
-        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+/// Serves until `shutdown` is triggered.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown) -> Result<(), Error> {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    http::serve(listener, app, shutdown)
         .await
         .map_err(|source| Error::Serve { addr, source })
 }
@@ -108,7 +79,7 @@ mod tests {
         let health = Arc::new(Health::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
+        let stop = Shutdown::new();
         let server = tokio::spawn(serve(
             listener,
             router(metrics, health.clone()),
@@ -121,7 +92,7 @@ mod tests {
         let (code, body) = get_text(addr, "/metrics").await;
         assert_eq!(code, 200);
         assert!(body.contains("snapmend_nodes_cordoned 2"), "{body}");
-        stop.cancel();
+        stop.trigger();
         server.await.unwrap().unwrap();
     }
 }

@@ -8,7 +8,6 @@ pub mod conditions;
 pub mod config;
 pub mod cordon;
 pub mod cordon_slots;
-pub mod duration;
 pub mod error;
 pub mod events;
 pub mod http;

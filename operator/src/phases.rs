@@ -16,7 +16,7 @@ use snapmend_crds::{
 };
 
 use crate::conditions::{self, CORDONED, READY, REPAIRED, Status, VERIFIED};
-use crate::duration::format_duration;
+use snapmend_crds::runtime::duration::format_duration;
 
 /// What `--failure-policy` says to do with a node this repair cordoned when it fails.
 /// (config.rs parses the flag; this module stays free of the command line.)

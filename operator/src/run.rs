@@ -7,28 +7,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::Controller;
-use tokio::net::TcpListener;
+use snapmend_crds::SnapshotRepair;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::caches::{self, NodeMapper, Started, repairs_for_lease};
+use crate::caches::{self, Caches, Filled, NodeMapper, repairs_for_lease};
 use crate::config::OperatorConfig;
 use crate::error::Error;
-use crate::events::{EventRemediationConfig, run_event_remediation};
+use crate::events::watch::{EventRemediationConfig, Shared, run_event_remediation_on};
 use crate::http::{self, Health};
 use crate::leader;
 use crate::metrics::Metrics;
 use crate::reconcile::{CONTROLLER_NAME, Context, error_policy, reconcile};
+use snapmend_crds::runtime::shutdown::Shutdown;
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run_operator(config: OperatorConfig) -> Result<(), Error> {
     let client = make_client(config.args.kubeconfig.as_deref()).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    run_operator_with(client, config, shutdown).await
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    run_operator_with(client, config, shutdown.token()).await
 }
 
 /// Runs the operator with a given client until `shutdown` is cancelled.
@@ -40,14 +44,13 @@ pub async fn run_operator_with(
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let addr = config.args.metrics_addr;
-    let listener = TcpListener::bind(addr)
+    let listener = snapmend_crds::runtime::http::bind(addr)
         .await
         .map_err(|source| Error::Serve { addr, source })?;
-    info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
     let server = tokio::spawn(http::serve(
         listener,
         http::router(metrics.clone(), health.clone()),
-        shutdown.clone(),
+        Shutdown::from_token(shutdown.clone()),
     ));
 
     let base = Arc::new(Base {
@@ -89,22 +92,58 @@ pub struct Base {
 /// How often the store-size gauges are refreshed.
 const STORE_GAUGE_EVERY: Duration = Duration::from_secs(5);
 
-/// Everything only the leader runs, until `stop` is cancelled. Each term starts its own caches
-/// (listed afresh, so a new leader counts the cordon cap from the cluster as it is).
+/// Everything only the leader runs, until `stop` is cancelled. Each term starts its own stores
+/// (listed afresh, so a new leader counts the cordon cap from the cluster as it is), shared by
+/// the SnapshotRepair controller and the automatic remediation: one watch per type.
 pub async fn run_as_leader(base: Arc<Base>, stop: CancellationToken) {
-    tokio::join!(
-        run_repair_controller(base.clone(), stop.clone()),
-        run_event_remediation_until(base, stop),
+    let filled = tokio::select! {
+        () = stop.cancelled() => return,
+        filled = caches::start_filled(&base.client, &base.config.env.namespace) => filled,
+    };
+    let Filled {
+        caches,
+        repair_changes,
+        node_changes,
+        lease_changes,
+        remediation_repair_changes,
+        reflectors,
+    } = match filled {
+        Ok(filled) => filled,
+        Err(error) => {
+            warn!(%error, "SnapshotRepair controller and automatic remediation not started");
+            return;
+        }
+    };
+    info!(
+        repairs = caches.repairs.len(),
+        nodes = caches.nodes.len(),
+        leases = caches.leases.len(),
+        "caches filled"
     );
+    let remediation = Shared {
+        repairs: caches.repairs.clone(),
+        nodes: caches.nodes.clone(),
+        repair_changes: remediation_repair_changes,
+    };
+    let triggers = Triggers {
+        repairs: repair_changes,
+        nodes: node_changes,
+        leases: lease_changes,
+    };
+    tokio::join!(
+        run_repair_controller(base.clone(), stop.clone(), caches, triggers),
+        run_event_remediation_until(base, stop, remediation),
+    );
+    drop(reflectors);
 }
 
 /// Automatic SnapshotRepairs from kubelet events (`--auto-remediate`, `--cooldown`), until `stop`.
-pub async fn run_event_remediation_until(base: Arc<Base>, stop: CancellationToken) {
+pub async fn run_event_remediation_until(base: Arc<Base>, stop: CancellationToken, shared: Shared) {
     let args = &base.config.args;
     let config = EventRemediationConfig::new(args.auto_remediate, args.cooldown);
     tokio::select! {
         _ = stop.cancelled() => {}
-        result = run_event_remediation(base.client.clone(), config) => {
+        result = run_event_remediation_on(base.client.clone(), config, shared) => {
             if let Err(error) = result {
                 warn!(%error, "automatic remediation stopped");
             }
@@ -112,38 +151,21 @@ pub async fn run_event_remediation_until(base: Arc<Base>, stop: CancellationToke
     }
 }
 
-/// The SnapshotRepair controller: reflector stores of SnapshotRepairs, Nodes and helper
-/// Leases, one watch each, shared by the controller's triggers and every reconcile.
-pub async fn run_repair_controller(base: Arc<Base>, stop: CancellationToken) {
-    let Some(Started {
-        caches,
-        repair_changes,
-        node_changes,
-        lease_changes,
-        drive,
-    }) = caches::start(&base.client, &base.config.env.namespace)
-    else {
-        warn!("cannot subscribe to the reflector stores; SnapshotRepair controller not started");
-        return;
-    };
-    // The reflectors run in their own task from now on; the controller starts once every store
-    // holds its first full list, so no reconcile decides (or counts the cordon cap) on a
-    // partial cluster. Waiting here, once per store, also keeps to one waiter at a time:
-    // kube-runtime's readiness future wakes only the last of several concurrent waiters.
-    let reflectors = AbortOnDrop(tokio::spawn(drive));
-    tokio::select! {
-        () = stop.cancelled() => return,
-        ready = caches.wait_until_ready() => if !ready {
-            warn!("reflectors stopped before the caches were filled");
-            return;
-        },
-    }
-    info!(
-        repairs = caches.repairs.len(),
-        nodes = caches.nodes.len(),
-        leases = caches.leases.len(),
-        "caches filled"
-    );
+/// The store change streams that trigger reconciles.
+struct Triggers {
+    repairs: BoxStream<'static, Arc<SnapshotRepair>>,
+    nodes: BoxStream<'static, Arc<Node>>,
+    leases: BoxStream<'static, Arc<Lease>>,
+}
+
+/// The SnapshotRepair controller on the filled stores: their change streams trigger it (Node
+/// and Lease changes mapped to the repairs they affect), every reconcile reads them.
+async fn run_repair_controller(
+    base: Arc<Base>,
+    stop: CancellationToken,
+    caches: Caches,
+    triggers: Triggers,
+) {
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(
         base.client.clone(),
@@ -155,9 +177,9 @@ pub async fn run_repair_controller(base: Arc<Base>, stop: CancellationToken) {
     let node_mapper = NodeMapper::new(caches.repairs.clone());
     let lease_repairs = caches.repairs.clone();
     info!("starting SnapshotRepair controller");
-    let controller = Controller::for_shared_stream(repair_changes, caches.repairs.clone())
-        .watches_shared_stream(node_changes, move |node| node_mapper.map(&node))
-        .watches_shared_stream(lease_changes, move |lease| {
+    let controller = Controller::for_shared_stream(triggers.repairs, caches.repairs.clone())
+        .watches_shared_stream(triggers.nodes, move |node| node_mapper.map(&node))
+        .watches_shared_stream(triggers.leases, move |lease| {
             repairs_for_lease(&lease_repairs, &lease)
         })
         .reconcile_on(futures::stream::poll_fn(move |cx| woken.poll_recv(cx)))
@@ -185,17 +207,7 @@ pub async fn run_repair_controller(base: Arc<Base>, stop: CancellationToken) {
         () = controller => {}
         () = gauges => {}
     }
-    drop(reflectors);
     info!("SnapshotRepair controller stopped");
-}
-
-/// Aborts the task when dropped, so a leadership term's reflectors end with it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn make_client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
@@ -227,21 +239,4 @@ pub fn with_user_agent(mut config: kube::Config) -> kube::Config {
         config.headers.push((axum::http::header::USER_AGENT, value));
     }
     config
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the operator");
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

@@ -16,10 +16,10 @@ use tracing::{info, warn};
 
 use super::culprits::SharedCulprits;
 use super::metrics::Metrics;
-use super::shutdown::Shutdown;
 use super::status::AgentStatus;
 use super::worker::StoreOptions;
 use crate::guard::{self, Change, Guard, Output};
+use snapmend_crds::runtime::shutdown::Shutdown;
 
 /// Changes waiting for their Event; beyond, Events are dropped (the metrics still count).
 const PENDING_EVENTS: usize = 256;
@@ -69,7 +69,7 @@ pub fn spawn(
     metrics: Metrics,
     status: AgentStatus,
     culprits: SharedCulprits,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
     let started = guard::layout_for(store.root.as_deref(), &store.config_path)
         .map_err(|e| e.to_string())

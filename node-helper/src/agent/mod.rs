@@ -21,7 +21,6 @@ pub mod metrics;
 pub mod presence;
 pub mod pull_secret;
 pub mod report_patch;
-pub mod shutdown;
 pub mod status;
 pub mod worker;
 
@@ -34,6 +33,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{reflector, watcher};
 use kube::{Api, Client};
 use snapmend_crds::SnapshotRepair;
+use snapmend_crds::runtime::retry::RetryPolicy;
+use snapmend_crds::runtime::shutdown::Shutdown;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -77,23 +78,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let client = Client::try_default()
         .await
         .map_err(|source| Error::kube("load Kubernetes client configuration", source))?;
-    let (trigger, shutdown) = shutdown::channel();
-    let signals = tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutting down");
-        trigger.trigger();
-    });
-    let result = run_with(client, opts, shutdown).await;
-    signals.abort();
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let result = run_with(client, opts, shutdown.clone()).await;
+    // Ends the signal task too.
+    shutdown.trigger();
     result
 }
 
 /// Runs the agent with `client` until `shutdown` fires.
-pub async fn run_with(
-    client: Client,
-    opts: AgentOptions,
-    shutdown: shutdown::Shutdown,
-) -> Result<()> {
+pub async fn run_with(client: Client, opts: AgentOptions, shutdown: Shutdown) -> Result<()> {
     let metrics = metrics::Metrics::new();
     let status = status::AgentStatus::default();
     let server = http::bind(
@@ -165,7 +159,7 @@ pub async fn run_with(
         .run(),
     );
 
-    let mut stop = shutdown;
+    let stop = shutdown;
     stop.wait().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, work).await.is_err() {
         warn!(grace = ?SHUTDOWN_GRACE, "a request was still running at shutdown; leaving it (repairs are crash-safe)");
@@ -186,9 +180,9 @@ pub async fn run_with(
     }
 }
 
-/// First pause before relisting after a watch error; doubles up to `WATCH_RETRY_MAX`.
-const WATCH_RETRY_FIRST: Duration = Duration::from_millis(500);
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(15);
+/// Pauses before relisting after a watch error: from 0.5 s, doubling up to 15 s.
+const WATCH_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(15));
 
 /// Mirrors this node's SnapshotRepairs into the reflector store and wakes the worker on every
 /// change. After any watch error it starts over with a fresh list instead of resuming from the
@@ -201,10 +195,10 @@ async fn watch_own_repairs(
     wake: Arc<Notify>,
     metrics: metrics::Metrics,
     status: status::AgentStatus,
-    mut shutdown: shutdown::Shutdown,
+    shutdown: Shutdown,
 ) {
     let config = watcher::Config::default().fields(&node_field_selector(&node));
-    let mut retry = WATCH_RETRY_FIRST;
+    let mut retry = WATCH_RETRY.delays();
     loop {
         let stream = watcher(api.clone(), config.clone());
         futures::pin_mut!(stream);
@@ -219,12 +213,12 @@ async fn watch_own_repairs(
                     if matches!(event, watcher::Event::InitDone) {
                         debug!(node, "SnapshotRepair watch listed");
                         status.watch_synced(true);
-                        retry = WATCH_RETRY_FIRST;
+                        retry.reset();
                     }
                     wake.notify_one();
                 }
                 Some(Err(error)) => {
-                    warn!(node, %error, retry_in = ?retry, "SnapshotRepair watch failed; relisting");
+                    warn!(node, %error, "SnapshotRepair watch failed; relisting");
                     metrics.watch_error();
                     status.watch_synced(false);
                     break;
@@ -235,28 +229,10 @@ async fn watch_own_repairs(
                 }
             }
         }
-        if shutdown.sleep_or_stop(retry).await {
+        let wait = retry.next_delay();
+        debug!(node, retry_in = ?wait, "relisting after a pause");
+        if shutdown.sleep_or_stop(wait).await {
             return;
-        }
-        retry = (retry * 2).min(WATCH_RETRY_MAX);
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // No signal handlers (should not happen on Linux): only Ctrl-C stops us.
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

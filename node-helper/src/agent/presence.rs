@@ -12,16 +12,18 @@ use kube::api::PostParams;
 use snapmend_crds::labels;
 use tracing::{debug, warn};
 
+use snapmend_crds::runtime::retry::RetryPolicy;
+use snapmend_crds::runtime::shutdown::Shutdown;
+
 use super::metrics::Metrics;
-use super::shutdown::Shutdown;
 use super::status::AgentStatus;
 use crate::error::{Error, Result};
 
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(10);
 /// What the Lease declares; the operator's presence window (contract: 40 s).
 pub const LEASE_DURATION_SECONDS: i32 = 40;
-/// First retry after a failed renewal; doubles up to `RENEW_INTERVAL`.
-const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Renewal retries after a failure: from 0.5 s, doubling up to the renew interval.
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(500), RENEW_INTERVAL);
 
 /// The Lease as it must be after renewing `existing` (or creating it) at `now`.
 /// Keeps `acquireTime` while the holder stays the same; counts a transition when it changes.
@@ -111,23 +113,22 @@ pub async fn keep_present(
     holder: String,
     metrics: Metrics,
     status: AgentStatus,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
-    let mut retry = RETRY_FIRST;
+    let mut retry = RETRY.delays();
     loop {
         let wait = match renew_once(&api, &node, &holder).await {
             Ok(()) => {
                 debug!(node, "presence lease renewed");
                 metrics.lease_renewed();
                 status.lease_renewed();
-                retry = RETRY_FIRST;
+                retry.reset();
                 RENEW_INTERVAL
             }
             Err(error) => {
-                warn!(node, %error, retry_in = ?retry, "presence lease renewal failed");
+                let wait = retry.next_delay();
+                warn!(node, %error, retry_in = ?wait, "presence lease renewal failed");
                 metrics.lease_renew_failed();
-                let wait = retry;
-                retry = (retry * 2).min(RENEW_INTERVAL);
                 wait
             }
         };

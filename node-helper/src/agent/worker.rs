@@ -19,9 +19,10 @@ use super::decision::{Decision, Work, decide, queue_order};
 use super::metrics::Metrics;
 use super::pull_secret::{self, PullSecretFile};
 use super::report_patch::{FIELD_MANAGER, refusal, report_apply};
-use super::shutdown::Shutdown;
 use crate::error::{Error, Result};
 use crate::job::{self, JobOptions, Target};
+use snapmend_crds::runtime::retry::RetryPolicy;
+use snapmend_crds::runtime::shutdown::Shutdown;
 
 /// Where the node's containerd store is; the same options the CLI takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,8 +40,8 @@ pub struct StoreOptions {
 
 /// Rescan the store at least this often, even without watch events.
 const RESCAN: Duration = Duration::from_secs(30);
-const RETRY_FIRST: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Report writes and reads through API outages: from 0.25 s, doubling up to 10 s.
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(10));
 
 pub struct Worker {
     pub node: String,
@@ -267,7 +268,7 @@ impl Worker {
     /// Writes the report, retrying through API outages for as long as the request is still the
     /// current one. True when written or no longer wanted; false on shutdown.
     async fn deliver(&mut self, name: &str, mut report: RequestReport) -> bool {
-        let mut retry = RETRY_FIRST;
+        let mut retry = RETRY.delays();
         let mut minimal = false;
         loop {
             match self.apply_report(name, &report).await {
@@ -291,13 +292,14 @@ impl Worker {
                 }
                 Err(error) => {
                     self.metrics.report_write_failed();
-                    warn!(%error, retry_in = ?retry, "writing the report failed");
+                    warn!(%error, "writing the report failed");
                 }
             }
-            if self.shutdown.sleep_or_stop(retry).await {
+            let wait = retry.next_delay();
+            debug!(retry_in = ?wait, "retrying the report");
+            if self.shutdown.sleep_or_stop(wait).await {
                 return false;
             }
-            retry = (retry * 2).min(RETRY_MAX);
             // The request may have moved on while the API server was away.
             match self.api.get_opt(name).await {
                 Ok(None) => return true,
@@ -346,18 +348,19 @@ impl Worker {
     /// GET with retries through API outages: Some(None) when the object is gone,
     /// None on shutdown.
     async fn get_until_ok(&mut self, name: &str) -> Option<Option<SnapshotRepair>> {
-        let mut retry = RETRY_FIRST;
+        let mut retry = RETRY.delays();
         loop {
-            match self.api.get_opt(name).await {
+            let wait = match self.api.get_opt(name).await {
                 Ok(found) => return Some(found),
                 Err(error) => {
-                    warn!(sr = name, %error, retry_in = ?retry, "reading SnapshotRepair failed")
+                    let wait = retry.next_delay();
+                    warn!(sr = name, %error, retry_in = ?wait, "reading SnapshotRepair failed");
+                    wait
                 }
-            }
-            if self.shutdown.sleep_or_stop(retry).await {
+            };
+            if self.shutdown.sleep_or_stop(wait).await {
                 return None;
             }
-            retry = (retry * 2).min(RETRY_MAX);
         }
     }
 }

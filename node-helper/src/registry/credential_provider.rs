@@ -16,9 +16,9 @@ use serde::Deserialize;
 use super::auth::{
     AuthEntry, Credentials, DockerConfig, Secret, host_matches, parse_auth_key, path_matches,
 };
-use super::go_duration::parse_go_duration;
 use crate::error::{Error, Result};
 use crate::store::bounded::read_text_capped;
+use snapmend_crds::runtime::go_duration::parse_go_duration;
 
 const MAX_CONFIG: u64 = 1 << 20;
 const MAX_RESPONSE: u64 = 1 << 20;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use toml::Value;
 
-use super::go_duration::parse_go_duration;
 use super::reference::is_localhost;
 use crate::error::{Error, Result};
 use crate::store::bounded::read_capped;
+use snapmend_crds::runtime::go_duration::parse_go_duration;
 
 /// hosts.toml files are a few lines; anything larger is not one.
 pub const MAX_HOSTS_TOML: u64 = 1 << 20;

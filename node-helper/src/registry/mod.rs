@@ -11,7 +11,6 @@
 //! client             reqwest + rustls per host; streaming, hashing, Range-free retries
 //! cache              verified fetched blobs, size cap, LRU
 //! fetch              per job: cache, then every source through every host
-//! go_duration        Go's time.ParseDuration (dial_timeout, kubelet cache durations)
 //! ```
 
 pub mod auth;
@@ -20,7 +19,6 @@ pub mod client;
 pub mod containerd_config;
 pub mod credential_provider;
 pub mod fetch;
-pub mod go_duration;
 pub mod hosts;
 pub mod layer_blob;
 pub mod reference;

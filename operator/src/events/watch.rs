@@ -1,6 +1,8 @@
 //! The I/O around the pure decisions: watch kubelet events (core/v1 and events.k8s.io/v1, filtered
-//! on the server by reason), look up the pod and node when needed, create SnapshotRepairs, and
-//! follow SnapshotRepairs to know what is in flight and to escalate verifications that found damage.
+//! on the server by reason), look up the pod when needed, create SnapshotRepairs, and follow
+//! SnapshotRepairs to know what is in flight and to escalate verifications that found damage.
+//! Nodes and SnapshotRepairs come from the operator's shared reflector stores (`caches`), so the
+//! whole operator holds one watch per type.
 //!
 //! Everything runs in one task, one input at a time, so the ledger of repairs is always current:
 //! a storm of repeats is settled by [`precheck`] without a single API call.
@@ -13,13 +15,13 @@ use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
 use k8s_openapi::api::events::v1::Event as EventsV1Event;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::{Client, ResourceExt};
 use snapmend_crds::SnapshotRepair;
-use snapmend_crds::labels::TRIGGER_EVENT_ANNOTATION;
+use snapmend_crds::labels::{DEFAULT_LEASE_NAMESPACE, TRIGGER_EVENT_ANNOTATION};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, instrument, warn};
 
@@ -30,6 +32,7 @@ use super::decide::{
 };
 use super::pull_secrets::pull_secrets_for;
 use super::target::{EventFacts, Target, node_from_event, resolve_node, resolve_target};
+use crate::caches::{Filled, start_filled};
 use crate::error::{Error, kube_context};
 
 /// The reasons kubelet gives for failed sandboxes and containers.
@@ -70,15 +73,54 @@ impl EventRemediationConfig {
 
 enum Input {
     Event(Box<EventFacts>),
-    Repair(Box<watcher::Event<SnapshotRepair>>),
-    Node(Box<watcher::Event<PartialObjectMeta<Node>>>),
+    Repair(Arc<SnapshotRepair>),
 }
 
-/// Watches events and creates automatic SnapshotRepairs until the watches end. Run it only on the
-/// leader. Returns at once in mode `off`.
+/// What the remediation reads from the operator's shared reflector stores: the SnapshotRepairs
+/// (its ledger of what is in flight) with their change stream, and the Nodes (opt-out labels).
+/// It opens no watch of its own on either type.
+pub struct Shared {
+    pub repairs: Store<SnapshotRepair>,
+    pub nodes: Store<Node>,
+    pub repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
+}
+
+/// Watches events and creates automatic SnapshotRepairs until the watches end, on stores of its
+/// own (for running it alone, as the in-process tests do; the operator uses
+/// [`run_event_remediation_on`] with its shared stores). Returns at once in mode `off`.
 pub async fn run_event_remediation(
     client: Client,
     config: EventRemediationConfig,
+) -> Result<(), Error> {
+    if config.policy.mode == AutoRemediate::Off {
+        info!("automatic remediation is off");
+        return Ok(());
+    }
+    // The controller's change streams are dropped (unsubscribed); the reflectors run until
+    // this returns.
+    let Filled {
+        caches,
+        remediation_repair_changes,
+        reflectors,
+        ..
+    } = start_filled(&client, DEFAULT_LEASE_NAMESPACE).await?;
+    let shared = Shared {
+        repairs: caches.repairs,
+        nodes: caches.nodes,
+        repair_changes: remediation_repair_changes,
+    };
+    let result = run_event_remediation_on(client, config, shared).await;
+    drop(reflectors);
+    result
+}
+
+/// Watches events and creates automatic SnapshotRepairs until the watches end, reading Nodes and
+/// SnapshotRepairs from the filled `shared` stores. Run it only on the leader. Returns at once in
+/// mode `off`.
+pub async fn run_event_remediation_on(
+    client: Client,
+    config: EventRemediationConfig,
+    shared: Shared,
 ) -> Result<(), Error> {
     if config.policy.mode == AutoRemediate::Off {
         info!("automatic remediation is off");
@@ -90,26 +132,38 @@ pub async fn run_event_remediation(
         reasons = ?config.reasons,
         "watching events for damaged snapshots"
     );
-    let mut inputs = stream::select_all(input_streams(&client, &config.reasons));
+    let mut streams = event_streams(&client, &config.reasons);
+    streams.push(shared.repair_changes.map(Input::Repair).boxed());
+    let mut inputs = stream::select_all(streams);
     let (created_tx, mut created_rx) = mpsc::unbounded_channel();
-    let mut remediation = Remediation::new(client, config.policy, created_tx);
+    let mut remediation = Remediation::new(
+        client,
+        config.policy,
+        created_tx,
+        shared.repairs,
+        shared.nodes,
+    );
     let mut retry = tokio::time::interval(config.retry_every);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             input = inputs.next() => match input {
                 Some(Input::Event(facts)) => remediation.on_event(&facts).await,
-                Some(Input::Repair(event)) => remediation.on_repair_event(*event).await,
-                Some(Input::Node(event)) => remediation.on_node_event(*event),
+                Some(Input::Repair(sr)) => remediation.on_repair_change(&sr).await,
                 None => return Ok(()),
             },
             Some(done) = created_rx.recv() => remediation.on_created(done),
-            _ = retry.tick() => remediation.retry_pending().await,
+            _ = retry.tick() => {
+                remediation.forget_deleted();
+                remediation.retry_pending().await;
+            }
         }
     }
 }
 
-fn input_streams(client: &Client, reasons: &[String]) -> Vec<BoxStream<'static, Input>> {
+/// One watch per reason and events API, filtered on the server (field selectors have no
+/// set form, so the reasons cannot share one watch).
+fn event_streams(client: &Client, reasons: &[String]) -> Vec<BoxStream<'static, Input>> {
     let mut streams: Vec<BoxStream<'static, Input>> = Vec::new();
     for reason in reasons {
         let selector = format!("reason={reason}");
@@ -133,37 +187,6 @@ fn input_streams(client: &Client, reasons: &[String]) -> Vec<BoxStream<'static, 
         });
         streams.push(v1.boxed());
     }
-    let repairs = watcher(
-        Api::<SnapshotRepair>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(|r| async move {
-        match r {
-            Ok(e) => Some(Input::Repair(Box::new(e))),
-            Err(error) => {
-                warn!(%error, "SnapshotRepair watch failed; retrying");
-                None
-            }
-        }
-    });
-    streams.push(repairs.boxed());
-    // Labels only (metadata requests): the opt-out check needs no API call per candidate.
-    let nodes = watcher(
-        Api::<PartialObjectMeta<Node>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(|r| async move {
-        match r {
-            Ok(e) => Some(Input::Node(Box::new(e))),
-            Err(error) => {
-                warn!(%error, "Node watch failed; retrying");
-                None
-            }
-        }
-    });
-    streams.push(nodes.boxed());
     streams
 }
 
@@ -183,13 +206,13 @@ fn applied<K>(r: Result<watcher::Event<K>, watcher::Error>, what: &'static str) 
 struct Remediation {
     client: Client,
     policy: Policy,
+    /// Every SnapshotRepair, kept from the shared store's changes, plus our creations in flight.
     ledger: Ledger,
-    relist: Vec<RepairRecord>,
     bucket: TokenBucket,
     pending: BTreeMap<(String, String), Candidate>,
-    /// Every node's eligibility, from the metadata watch; `None` until it first listed.
-    nodes: Option<BTreeMap<String, NodeView>>,
-    nodes_relist: BTreeMap<String, NodeView>,
+    repairs: Store<SnapshotRepair>,
+    /// Every node's labels (the opt-out), from the shared store.
+    nodes: Store<Node>,
     created: mpsc::UnboundedSender<Created>,
     create_permits: Arc<Semaphore>,
     /// Names of repairs this process created lately, with when.
@@ -214,7 +237,15 @@ struct Created {
 }
 
 impl Remediation {
-    fn new(client: Client, policy: Policy, created: mpsc::UnboundedSender<Created>) -> Self {
+    fn new(
+        client: Client,
+        policy: Policy,
+        created: mpsc::UnboundedSender<Created>,
+        repairs: Store<SnapshotRepair>,
+        nodes: Store<Node>,
+    ) -> Self {
+        let mut ledger = Ledger::default();
+        ledger.replace_all(records_of(&repairs), |_| false);
         Remediation {
             created,
             create_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_CREATES)),
@@ -222,11 +253,10 @@ impl Remediation {
             client,
             bucket: TokenBucket::new(policy.rate),
             policy,
-            ledger: Ledger::default(),
-            relist: Vec::new(),
+            ledger,
             pending: BTreeMap::new(),
-            nodes: None,
-            nodes_relist: BTreeMap::new(),
+            repairs,
+            nodes,
         }
     }
 
@@ -351,34 +381,25 @@ impl Remediation {
         }
     }
 
-    async fn on_repair_event(&mut self, event: watcher::Event<SnapshotRepair>) {
-        match event {
-            watcher::Event::Init => self.relist.clear(),
-            watcher::Event::InitApply(sr) => self.relist.extend(RepairRecord::from_repair(&sr)),
-            watcher::Event::InitDone => {
-                // Our own recent creations may postdate the list; keep them a while.
-                self.recently_created
-                    .retain(|_, at| at.elapsed() < RECENT_CREATION);
-                let recent = &self.recently_created;
-                self.ledger
-                    .replace_all(std::mem::take(&mut self.relist), |r| {
-                        r.name.starts_with(PLACEHOLDER_PREFIX) || recent.contains_key(&r.name)
-                    });
-                debug!(repairs = self.ledger.len(), "SnapshotRepairs listed");
-            }
-            watcher::Event::Apply(sr) => {
-                let Some(record) = RepairRecord::from_repair(&sr) else {
-                    return;
-                };
-                self.ledger.upsert(record.clone());
-                self.maybe_escalate(&sr, &record).await;
-            }
-            watcher::Event::Delete(sr) => {
-                if let Some(name) = &sr.metadata.name {
-                    self.ledger.remove(name);
-                }
-            }
-        }
+    /// A SnapshotRepair was added or changed (the store already holds this state or a newer one).
+    async fn on_repair_change(&mut self, sr: &SnapshotRepair) {
+        let Some(record) = RepairRecord::from_repair(sr) else {
+            return;
+        };
+        self.ledger.upsert(record.clone());
+        self.maybe_escalate(sr, &record).await;
+    }
+
+    /// Drops from the ledger the repairs that are gone from the store (the change stream tells
+    /// of additions and changes only), but keeps our own creations in flight or just made,
+    /// which the store may not show yet: dropping them would let a repeat create a second one.
+    fn forget_deleted(&mut self) {
+        self.recently_created
+            .retain(|_, at| at.elapsed() < RECENT_CREATION);
+        let recent = &self.recently_created;
+        self.ledger.replace_all(records_of(&self.repairs), |r| {
+            r.name.starts_with(PLACEHOLDER_PREFIX) || recent.contains_key(&r.name)
+        });
     }
 
     /// A verification of ours found damage: in `repair` mode, repair it now.
@@ -500,34 +521,11 @@ impl Remediation {
         }
     }
 
-    fn on_node_event(&mut self, event: watcher::Event<PartialObjectMeta<Node>>) {
-        let view = |n: &PartialObjectMeta<Node>| NodeView::from_labels(n.metadata.labels.as_ref());
-        match event {
-            watcher::Event::Init => self.nodes_relist.clear(),
-            watcher::Event::InitApply(n) => {
-                self.nodes_relist.insert(n.name_any(), view(&n));
-            }
-            watcher::Event::InitDone => {
-                self.nodes = Some(std::mem::take(&mut self.nodes_relist));
-            }
-            watcher::Event::Apply(n) => {
-                if let Some(nodes) = self.nodes.as_mut() {
-                    nodes.insert(n.name_any(), view(&n));
-                }
-            }
-            watcher::Event::Delete(n) => {
-                if let Some(nodes) = self.nodes.as_mut() {
-                    nodes.remove(&n.name_any());
-                }
-            }
-        }
-    }
-
-    /// The node's eligibility from the watch, else from the API server (a node the watch has
-    /// not delivered yet); `None` when it could not be looked up (try again later).
+    /// The node's eligibility from the store, else from the API server (a node the store has
+    /// not received yet); `None` when it could not be looked up (try again later).
     async fn node_view(&self, name: &str) -> Option<NodeView> {
-        if let Some(view) = self.nodes.as_ref().and_then(|n| n.get(name)) {
-            return Some(*view);
+        if let Some(node) = self.nodes.get(&ObjectRef::new(name)) {
+            return Some(NodeView::from_labels(node.metadata.labels.as_ref()));
         }
         let api = Api::<Node>::all(self.client.clone());
         match api.get_opt(name).await {
@@ -540,6 +538,15 @@ impl Remediation {
             }
         }
     }
+}
+
+/// The ledger records of every SnapshotRepair in the store.
+fn records_of(repairs: &Store<SnapshotRepair>) -> Vec<RepairRecord> {
+    repairs
+        .state()
+        .iter()
+        .filter_map(|sr| RepairRecord::from_repair(sr))
+        .collect()
 }
 
 fn pair_key(node: &str, target: &Target) -> (String, String) {
