@@ -19,12 +19,13 @@ lint:
 # The binaries are built first: end-to-end tests run the real snapmend-operator and
 # snapmend-node-helper, and `cargo test` only builds binaries of packages with integration tests.
 # The crash tests abort the helper at chosen points: only test builds have that knob.
-# tests/src/kubelet/scenario.rs (TEST_FEATURES) rebuilds the binaries with the same features.
+# tests/src/kubelet/scenario.rs (TEST_FEATURES) rebuilds the binaries with the same features
+# when a test is run alone; under `make test` SNAPMEND_TEST_BINS_BUILT says they are built.
 TEST_FEATURES := --features snapmend-node-helper/fault-injection
 
 test: deps lint
 	$(CARGO) build --workspace --bins $(TEST_FEATURES)
-	$(CARGO) test --workspace --no-fail-fast $(TEST_FEATURES)
+	SNAPMEND_TEST_BINS_BUILT=1 $(CARGO) test --workspace --no-fail-fast $(TEST_FEATURES)
 
 # Regenerate the CRD YAML from the Rust types.
 crds:

@@ -51,13 +51,19 @@ pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf, TestError> {
 /// The features `make test` builds and tests with (see the Makefile's `TEST_FEATURES`).
 pub const TEST_FEATURES: &str = "snapmend-node-helper/fault-injection";
 
+/// Set by `make test`, which builds the workspace binaries (with [`TEST_FEATURES`]) first.
+pub const BINS_BUILT_ENV: &str = "SNAPMEND_TEST_BINS_BUILT";
+
 /// `cargo build --workspace --bins` once per test process (the build lock is free while tests run).
 fn build_workspace_bins_once(release: bool) -> Result<(), TestError> {
     static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if *built {
+    // `make test` builds the binaries before the tests start. A nested cargo inherits the test
+    // process's environment, which makes some build scripts (ring's, through cc) rerun and
+    // rebuilds half the tree for nothing, so the Makefile says the binaries are built.
+    if *built || std::env::var_os(BINS_BUILT_ENV).is_some() {
         return Ok(());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
