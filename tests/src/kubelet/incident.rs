@@ -263,8 +263,9 @@ impl Incident {
     /// `/pause` from the pause snapshot, and schedules a pod on the node.
     pub async fn start(config: IncidentConfig) -> Result<Incident, TestError> {
         // From a test executable this runs `cargo build --workspace --bins` first (see
-        // workspace_binary): done before the clock starts, so a rebuild (minutes when the
-        // features differ from the last build) never counts against the agent's Lease deadline.
+        // workspace_binary), blocking this thread: done before the timeline starts, so a
+        // rebuild (a minute or more when `cargo test` last built the binaries with other
+        // features) is not shown as the agent taking that long to start.
         tokio::task::block_in_place(|| {
             workspace_binary("snapmend-node-helper", "SNAPMEND_NODE_HELPER")
         })?;
