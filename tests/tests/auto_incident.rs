@@ -1,6 +1,9 @@
 //! The incident end to end: the pause snapshot loses `/pause`, the kubelet simulator fails and
 //! posts FailedCreatePodSandBox, the operator (`--auto-remediate repair`) creates a repair on its
 //! own, the agent finds and restores `/pause`, the node is uncordoned and the sandbox runs.
+//! The first test runs on `snapmend-sim --auth` with deploy/'s RBAC and policies, the operator
+//! and the agent each on its own ServiceAccount's token: a permission the automatic path needs
+//! and deploy/ lacks fails it.
 
 use std::time::Duration;
 
@@ -10,7 +13,12 @@ use snapmend_tests::kubelet::incident::{Incident, IncidentConfig, NodeImages};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_incident_heals_itself_from_the_first_event() {
-    let mut incident = Incident::start(IncidentConfig::default()).await.unwrap();
+    let mut incident = Incident::start(IncidentConfig {
+        identities: true,
+        ..IncidentConfig::default()
+    })
+    .await
+    .unwrap();
     let report = incident.run_until_sandbox_running().await.unwrap();
     for line in incident.timeline.lines() {
         println!("{line}");
@@ -56,6 +64,15 @@ async fn the_incident_heals_itself_from_the_first_event() {
         "goal: under 10 s from the first event to the sandbox running, took {:?}",
         report.first_event_to_sandbox_running
     );
+    // Every request was authenticated and authorized: deploy/ grants what the path needs.
+    let refused: Vec<String> = incident
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .map(|r| format!("{} {} -> {}", r.key(), r.path, r.status))
+        .collect();
+    assert!(refused.is_empty(), "refused requests: {refused:#?}");
 }
 
 /// The demo's second act: the same incident on a node whose containerd's CRI pulled the pause

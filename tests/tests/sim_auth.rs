@@ -402,3 +402,54 @@ fn the_policy_guards_every_operator_status_field_of_the_crd() {
         }
     }
 }
+
+/// kube-apiserver never lets one connection stall the others: clients that connect and never
+/// finish their TLS handshake (silent, or half a ClientHello record) hold up no one, while 16
+/// concurrent requests of an authenticated client complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stalled_in_the_tls_handshake_hold_up_nobody() {
+    use tokio::io::AsyncWriteExt;
+    let sim = snapmend_tests::sim::SimServer::start_with(SimConfig {
+        auth: true,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start snapmend-sim --auth");
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        stalled.push(
+            tokio::net::TcpStream::connect(sim.addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    // A handshake record header announcing 512 bytes that never come.
+    let mut half = tokio::net::TcpStream::connect(sim.addr())
+        .await
+        .expect("connect");
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .expect("write");
+    let client = sim.client().expect("client");
+    let started = std::time::Instant::now();
+    let lists = (0..16).map(|_| {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        async move { namespaces.list(&Default::default()).await }
+    });
+    let results = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures::future::join_all(lists),
+    )
+    .await
+    .expect("the requests finished while other clients stall");
+    for r in results {
+        r.expect("list namespaces");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "16 lists took {took:?}"
+    );
+    drop((stalled, half));
+    sim.stop().await;
+}

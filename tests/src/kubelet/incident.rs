@@ -25,7 +25,7 @@ use snapmend_crds::{BlobSource, Phase, Report, SnapshotRepair};
 use super::registry_node::start_registry_node;
 use super::scenario::{
     ChildProcess, Damage, create_pod, install_snapmend, pod_on_node, spawn_agent_with,
-    spawn_operator,
+    spawn_operator, workspace_binary,
 };
 use super::{Backoff, KubeletConfig, KubeletSim, Observation};
 use crate::TestError;
@@ -33,7 +33,99 @@ use crate::containerd::ContainerdFixture;
 use crate::containerd::DEFAULT_SANDBOX_IMAGE;
 use crate::image_builder::pause_image;
 use crate::registry::Registry;
-use crate::sim::SimServer;
+use crate::sim::{SimConfig, SimServer};
+
+/// deploy/, applied as an operator of a real cluster would (`kubectl apply -k`).
+const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+/// The Pod the operator's token is bound to (a Deployment's replica on a real cluster).
+const OPERATOR_POD: &str = "snapmend-operator-0";
+
+/// Runs the real kubectl on `kubeconfig`; its stdout, or the command's stderr as the error.
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, TestError> {
+    let program = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(&program)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(kubeconfig.with_extension("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .map_err(|e| TestError::io("kubectl (scripts/install-test-deps.sh installs it)", e))?;
+    if !out.status.success() {
+        return Err(TestError::Command {
+            command: format!("kubectl {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Pods the DaemonSet and the Deployment would run, tokens bound to them
+/// (`kubectl create token --bound-object-kind Pod`), and a kubeconfig on each token:
+/// (agent's, operator's).
+fn own_identities(
+    sim: &SimServer,
+    admin: &std::path::Path,
+    dir: &std::path::Path,
+    node: &str,
+) -> Result<(PathBuf, PathBuf), TestError> {
+    let ns = DEFAULT_LEASE_NAMESPACE;
+    // The agent's Pod name is the one spawn_agent_with passes as POD_NAME.
+    let agent_pod = format!("snapmend-agent-{node}");
+    let pods = dir.join("identity-pods.yaml");
+    std::fs::write(
+        &pods,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {agent_pod}\n  namespace: {ns}\nspec:\n  nodeName: {node}\n  serviceAccountName: snapmend-node-helper\n  containers:\n  - name: agent\n    image: snapmend/node-helper\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {OPERATOR_POD}\n  namespace: {ns}\nspec:\n  nodeName: {node}\n  serviceAccountName: snapmend-operator\n  containers:\n  - name: operator\n    image: snapmend/operator\n"
+        ),
+    )
+    .map_err(|e| TestError::io(&pods, e))?;
+    kubectl(admin, &["apply", "-f", &pods.to_string_lossy()])?;
+    // They run already (the kubelet simulator starts only Pods that do not).
+    for pod in [agent_pod.as_str(), OPERATOR_POD] {
+        kubectl(
+            admin,
+            &[
+                "patch",
+                "pod",
+                pod,
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"phase":"Running"}}"#,
+            ],
+        )?;
+    }
+    let kubeconfig = |sa: &str, pod: &str| -> Result<PathBuf, TestError> {
+        let token = kubectl(
+            admin,
+            &[
+                "create",
+                "token",
+                sa,
+                "-n",
+                ns,
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                pod,
+            ],
+        )?;
+        let path = dir.join(format!("{sa}.kubeconfig"));
+        sim.write_kubeconfig_with_token(&path, Some(token.trim()))?;
+        Ok(path)
+    };
+    let agent = kubeconfig("snapmend-node-helper", &agent_pod)?;
+    let operator = kubeconfig("snapmend-operator", OPERATOR_POD)?;
+    Ok((agent, operator))
+}
 
 /// Timestamped lines, printed as they are recorded when `live`.
 #[derive(Clone)]
@@ -94,6 +186,11 @@ pub struct IncidentConfig {
     /// Print timeline lines as they happen.
     pub live: bool,
     pub node_images: NodeImages,
+    /// `snapmend-sim --auth` with deploy/'s RBAC and ValidatingAdmissionPolicies applied by
+    /// `kubectl apply -k`; the operator and the agent each on a token of their own
+    /// ServiceAccount (the agent's bound to its Pod on the node). The kubelet simulator and
+    /// the observer stay on the admin token, as kubelet and a human would not be snapmend's.
+    pub identities: bool,
 }
 
 /// How the node got its sandbox image, and so whether its layer blob is still there.
@@ -127,6 +224,7 @@ impl Default for IncidentConfig {
             timeout: Duration::from_secs(60),
             live: false,
             node_images: NodeImages::Imported,
+            identities: false,
         }
     }
 }
@@ -164,6 +262,13 @@ impl Incident {
     /// Starts the cluster, the node (containerd, agent, kubelet) and the operator, deletes
     /// `/pause` from the pause snapshot, and schedules a pod on the node.
     pub async fn start(config: IncidentConfig) -> Result<Incident, TestError> {
+        // From a test executable this runs `cargo build --workspace --bins` first (see
+        // workspace_binary), blocking this thread: done before the timeline starts, so a
+        // rebuild (a minute or more when `cargo test` last built the binaries with other
+        // features) is not shown as the agent taking that long to start.
+        tokio::task::block_in_place(|| {
+            workspace_binary("snapmend-node-helper", "SNAPMEND_NODE_HELPER")
+        })?;
         let timeline = Timeline::new(config.live);
         let dir = tempfile::Builder::new()
             .prefix("snapmend-incident-")
@@ -197,15 +302,24 @@ impl Incident {
                 (node.fixture, Some(node.registry), node.agent_args)
             }
         };
-        let sim = SimServer::start().await?;
+        let sim = SimServer::start_with(SimConfig {
+            auth: config.identities,
+            ..SimConfig::default()
+        })
+        .await?;
         let client = sim.client()?;
-        install_snapmend(&client).await?;
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig)?;
         timeline.record(
             Instant::now(),
             format!("snapmend-sim serving at {}", sim.url()),
         );
+        if config.identities {
+            kubectl(&kubeconfig, &["apply", "-k", DEPLOY_DIR])?;
+            timeline.record(Instant::now(), "kubectl apply -k deploy/ (RBAC, policies)");
+        } else {
+            install_snapmend(&client).await?;
+        }
 
         let kubelet_config = KubeletConfig {
             backoff: config.backoff,
@@ -214,7 +328,23 @@ impl Incident {
         let fixture = Arc::new(fixture);
         // The node registers before the agent starts, as on a real node.
         super::register_node(&client, &kubelet_config).await?;
-        let agent = spawn_agent_with(&kubeconfig, dir.path(), &config.node, &fixture, &agent_args)?;
+        let (agent_kubeconfig, operator_kubeconfig) = if config.identities {
+            let paths = own_identities(&sim, &kubeconfig, dir.path(), &config.node)?;
+            timeline.record(
+                Instant::now(),
+                "operator and agent tokens bound to their Pods (kubectl create token)",
+            );
+            paths
+        } else {
+            (kubeconfig.clone(), kubeconfig.clone())
+        };
+        let agent = spawn_agent_with(
+            &agent_kubeconfig,
+            dir.path(),
+            &config.node,
+            &fixture,
+            &agent_args,
+        )?;
         wait_for_helper_lease(&client, &config.node, Duration::from_secs(30), &agent).await?;
         timeline.record(
             Instant::now(),
@@ -224,7 +354,7 @@ impl Incident {
             ),
         );
         let args: Vec<&str> = config.operator_args.iter().map(String::as_str).collect();
-        let operator = spawn_operator(&kubeconfig, dir.path(), &args)?;
+        let operator = spawn_operator(&operator_kubeconfig, dir.path(), &args)?;
         timeline.record(
             Instant::now(),
             format!(
@@ -606,7 +736,17 @@ pub async fn wait_for_helper_lease(
     let leases = Api::<Lease>::namespaced(client.clone(), DEFAULT_LEASE_NAMESPACE);
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(Some(lease)) = leases.get_opt(&helper_lease_name(node)).await
+        // Each request is bounded too: a deadline checked between requests never fires
+        // while one request hangs.
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            leases.get_opt(&helper_lease_name(node)),
+        )
+        .await;
+        if got.is_err() {
+            tracing::warn!(%node, "GET of the agent's Lease took over 5 s");
+        }
+        if let Ok(Ok(Some(lease))) = got
             && lease.spec.and_then(|s| s.renew_time).is_some()
         {
             return Ok(());
