@@ -12,18 +12,14 @@
 
 mod operator_support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use futures::TryStreamExt;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
-use serde_json::{Value, json};
 use snapmend_crds::{Phase, RepairAction, SnapshotRepair};
 use snapmend_tests::bench::storm::{self, add_realistic_nodes, node_name};
 use snapmend_tests::kubelet::scenario::renew_helper_leases;
