@@ -71,6 +71,7 @@ struct StormArgs {
     /// Nodes in the large cluster of the latency comparison (the small one has one).
     #[arg(long, default_value_t = 2000)]
     batch_cluster_nodes: usize,
+    /// The operator's `--max-cordoned-nodes`.
     #[arg(long, default_value_t = 20)]
     max_cordoned_nodes: usize,
     /// The operator binary; default: target/release if fresh, else target/debug.
