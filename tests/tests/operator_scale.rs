@@ -7,23 +7,21 @@
 //! - a leader killed in the middle of a cordon-cap race: the standby recounts the cap from the
 //!   cluster and never more than the cap is cordoned.
 //!
-//! Agents are played by a protocol double that watches (Lease renewal, request → report).
+//! Agents are played by a protocol double that watches (Lease renewal, request → report); the
+//! realistic Nodes and the double are shared with `snapmend-bench storm` (`bench::storm`).
 
 mod operator_support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use futures::TryStreamExt;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
-use serde_json::{Value, json};
 use snapmend_crds::{Phase, RepairAction, SnapshotRepair};
+use snapmend_tests::bench::storm::{self, add_realistic_nodes, node_name};
 use snapmend_tests::kubelet::scenario::renew_helper_leases;
 use snapmend_tests::sim::count_by_key;
 use tokio::task::JoinHandle;
@@ -31,80 +29,7 @@ use tokio::task::JoinHandle;
 use operator_support::*;
 
 const CLUSTER_NODES: usize = 2000;
-const IMAGES_PER_NODE: usize = 30;
 const REPAIRS: usize = 20;
-
-fn node_name(i: usize) -> String {
-    format!("ip-10-0-{}-{}.ec2.internal", i / 250, i % 250)
-}
-
-/// A Node status the size of a real one: 30 images (digest and tag names, sizes), conditions,
-/// addresses, capacity and nodeInfo; about 9 KB of JSON.
-fn realistic_status(i: usize) -> Value {
-    let images: Vec<Value> = (0..IMAGES_PER_NODE)
-        .map(|k| {
-            json!({
-                "names": [
-                    format!("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team-{k}/service-{k}@sha256:{:064x}", i * 100 + k),
-                    format!("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team-{k}/service-{k}:v1.{k}.{i}"),
-                ],
-                "sizeBytes": 50_000_000 + k * 1_000_003,
-            })
-        })
-        .collect();
-    let now = Timestamp::now().to_string();
-    let conditions: Vec<Value> = [
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID"),
-        ("Ready", "True", "KubeletReady"),
-    ]
-    .iter()
-    .map(|(t, s, r)| json!({"type": t, "status": s, "reason": r, "message": format!("kubelet says {r}"), "lastHeartbeatTime": now, "lastTransitionTime": now}))
-    .collect();
-    json!({
-        "images": images,
-        "conditions": conditions,
-        "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", i / 250, i % 250)}, {"type": "Hostname", "address": node_name(i)}],
-        "capacity": {"cpu": "8", "memory": "32386544Ki", "pods": "110", "ephemeral-storage": "104845292Ki"},
-        "allocatable": {"cpu": "7910m", "memory": "31369712Ki", "pods": "110", "ephemeral-storage": "95551679124"},
-        "nodeInfo": {"machineID": format!("{i:032x}"), "systemUUID": format!("ec2{i:029x}"), "bootID": format!("{i:032x}"),
-            "kernelVersion": "6.1.0-28-cloud-amd64", "osImage": "Debian GNU/Linux 12 (bookworm)", "containerRuntimeVersion": "containerd://1.6.20",
-            "kubeletVersion": "v1.33.1", "kubeProxyVersion": "v1.33.1", "operatingSystem": "linux", "architecture": "amd64"},
-    })
-}
-
-/// Registers `count` Nodes with realistic statuses, 16 requests at a time.
-async fn add_realistic_nodes(client: &Client, count: usize) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let nodes = nodes.clone();
-            async move {
-                let name = node_name(i);
-                let node: Node = serde_json::from_value(json!({
-                    "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "node.kubernetes.io/instance-type": "m6i.2xlarge", "topology.kubernetes.io/zone": "eu-west-1a"}},
-                    "spec": {"providerID": format!("aws:///eu-west-1a/i-{i:017x}")},
-                }))
-                .expect("node");
-                nodes
-                    .create(&PostParams::default(), &node)
-                    .await
-                    .expect("create node");
-                nodes
-                    .patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&json!({"status": realistic_status(i)})),
-                    )
-                    .await
-                    .expect("node status");
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<()>>()
-        .await;
-}
 
 /// Keeps the presence Leases of `nodes` fresh, as their agents would.
 fn renew_leases(client: &Client, nodes: Vec<String>) -> JoinHandle<()> {
@@ -116,63 +41,9 @@ fn renew_leases(client: &Client, nodes: Vec<String>) -> JoinHandle<()> {
     ))
 }
 
-/// Answers every request like an agent: Verify finds `/pause` missing after 50 ms, Repair
-/// restores it after `repair_time`. Watches; never lists after its start.
+/// Answers Verify after 50 ms and Repair after `repair_time` (the shared agent double).
 fn answer_requests(client: &Client, repair_time: Duration) -> JoinHandle<()> {
-    let api = Api::<SnapshotRepair>::all(client.clone());
-    tokio::spawn(async move {
-        let stream = watcher(api.clone(), watcher::Config::default())
-            .default_backoff()
-            .applied_objects();
-        futures::pin_mut!(stream);
-        let mut answered = BTreeSet::new();
-        while let Ok(Some(sr)) = stream.try_next().await {
-            let Some(status) = sr.status.clone() else {
-                continue;
-            };
-            let Some(request) = status.request.clone() else {
-                continue;
-            };
-            if status
-                .report
-                .as_ref()
-                .is_some_and(|r| r.request_id == request.id)
-                || !answered.insert((sr.name_any(), request.id.clone()))
-            {
-                continue;
-            }
-            let (outcome, state, restored, delay) = match request.action {
-                RepairAction::Verify => (
-                    "Corrupted",
-                    "Corrupted",
-                    json!(null),
-                    Duration::from_millis(50),
-                ),
-                RepairAction::Repair => ("Repaired", "Repaired", json!(1), repair_time),
-            };
-            let report = json!({
-                "apiVersion": "snapmend.io/v1alpha1", "kind": "SnapshotRepair",
-                "metadata": {"name": sr.name_any()},
-                "status": { "report": {
-                "requestId": request.id, "image": IMAGE, "outcome": outcome,
-                "layers": [{ "index": 0, "digest": "sha256:aa", "diffId": "sha256:bb", "chainId": "sha256:bb",
-                    "snapshotId": "1", "blob": "Verified", "state": state,
-                    "findingsTotal": 1, "findings": [{ "path": "/pause", "kind": "Missing" }], "entriesRestored": restored }],
-            }}});
-            let api = api.clone();
-            let name = sr.name_any();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                api.patch_status(
-                    &name,
-                    &PatchParams::apply("snapmend-node-helper").force(),
-                    &Patch::Apply(&report),
-                )
-                .await
-                .expect("report");
-            });
-        }
-    })
+    storm::answer_requests(client, Duration::from_millis(50), repair_time)
 }
 
 /// Every phase each repair was seen in, with when.
@@ -233,7 +104,9 @@ async fn wait_all_succeeded(client: &Client, names: &[String], timeout: Duration
 async fn two_thousand_nodes_repairs_issue_no_list_and_run_in_parallel() {
     let (sim, client) = start_cluster(&[]).await;
     let started = Instant::now();
-    add_realistic_nodes(&client, CLUSTER_NODES).await;
+    add_realistic_nodes(&client, CLUSTER_NODES)
+        .await
+        .expect("register Nodes");
     eprintln!(
         "{CLUSTER_NODES} realistic Nodes registered in {:?}",
         started.elapsed()

@@ -12,6 +12,7 @@ use crate::image_builder::{BigLayer, write_big_layer_archive, write_big_layer_bl
 use crate::node_helper_cli::{Content, NodeHelper};
 
 pub mod registry;
+pub mod storm;
 
 pub const IMAGE: &str = "snapmend.bench/big:1";
 

@@ -1,13 +1,36 @@
-//! Runs the verify/repair benchmark (see `snapmend_tests::bench`) and prints its Markdown.
+//! Runs the verify/repair benchmark (see `snapmend_tests::bench`) or, with `storm`, the
+//! operator storm benchmark (`snapmend_tests::bench::storm`), and prints its Markdown.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use snapmend_tests::bench::storm::{
+    StormOptions, choose_operator, render_storm_markdown, run_storm,
+};
 use snapmend_tests::bench::{BenchOptions, render_markdown, run_benchmarks};
 
 #[derive(Parser)]
-#[command(about = "snapmend verify/repair benchmark against GNU tar")]
-struct Args {
+#[command(
+    about = "snapmend benchmarks: verify/repair against GNU tar, or the operator storm",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    verify: VerifyArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The operator at scale: an event storm on thousands of realistic Nodes (issue 14).
+    Storm(StormArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
     /// Directory for the generated layer and image archive.
     #[arg(long, default_value = "/var/tmp/snapmend-bench")]
     work_dir: PathBuf,
@@ -18,8 +41,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// The node-helper binary to measure (build it with --release).
-    #[arg(long)]
-    node_helper: PathBuf,
+    #[arg(long, required = true)]
+    node_helper: Option<PathBuf>,
     /// Date written into the Markdown.
     #[arg(long, default_value = "")]
     date: String,
@@ -31,18 +54,46 @@ struct Args {
     command: String,
 }
 
+#[derive(Args)]
+struct StormArgs {
+    /// Realistic Nodes in the storm's cluster.
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Nodes that get a FailedCreatePodSandBox event.
+    #[arg(long, default_value_t = 200)]
+    storm_nodes: usize,
+    /// Updates of each event after its creation.
+    #[arg(long, default_value_t = 4)]
+    updates: u32,
+    /// Repairs applied one after another on each cluster of the latency comparison.
+    #[arg(long, default_value_t = 200)]
+    batch_repairs: usize,
+    /// Nodes in the large cluster of the latency comparison (the small one has one).
+    #[arg(long, default_value_t = 2000)]
+    batch_cluster_nodes: usize,
+    /// The operator's `--max-cordoned-nodes`.
+    #[arg(long, default_value_t = 20)]
+    max_cordoned_nodes: usize,
+    /// The operator binary; default: target/release if fresh, else target/debug.
+    #[arg(long)]
+    operator: Option<PathBuf>,
+    /// Date written into the Markdown.
+    #[arg(long, default_value = "")]
+    date: String,
+    /// Command line written into the Markdown.
+    #[arg(long, default_value = "snapmend-bench storm")]
+    command: String,
+}
+
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let opts = BenchOptions {
-        work_dir: args.work_dir,
-        files: args.files,
-        runs: args.runs,
-        node_helper: args.node_helper,
-        toc_only: args.toc_only,
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Storm(args)) => storm(args),
+        None => verify(cli.verify),
     };
-    match run_benchmarks(&opts) {
-        Ok(report) => {
-            print!("{}", render_markdown(&report, &args.date, &args.command));
+    match result {
+        Ok(markdown) => {
+            print!("{markdown}");
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -50,4 +101,54 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn verify(args: VerifyArgs) -> Result<String, String> {
+    let node_helper = args.node_helper.ok_or("--node-helper is required")?;
+    let opts = BenchOptions {
+        work_dir: args.work_dir,
+        files: args.files,
+        runs: args.runs,
+        node_helper,
+        toc_only: args.toc_only,
+    };
+    let report = run_benchmarks(&opts).map_err(|e| e.to_string())?;
+    Ok(render_markdown(&report, &args.date, &args.command))
+}
+
+fn storm(args: StormArgs) -> Result<String, String> {
+    let operator = match args.operator {
+        Some(path) => path,
+        None => {
+            // This binary lives in target/<profile>/.
+            let exe = std::env::current_exe().map_err(|e| format!("/proc/self/exe: {e}"))?;
+            let target = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or_else(|| format!("{} has no target directory", exe.display()))?;
+            let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/src");
+            choose_operator(target, &sources).map_err(|e| e.to_string())?
+        }
+    };
+    eprintln!("snapmend-bench storm: operator {}", operator.display());
+    let opts = StormOptions {
+        operator,
+        nodes: args.nodes,
+        storm_nodes: args.storm_nodes,
+        updates: args.updates,
+        batch_repairs: args.batch_repairs,
+        batch_cluster_nodes: args.batch_cluster_nodes,
+        max_cordoned: args.max_cordoned_nodes,
+        verify_time: Duration::from_millis(50),
+        repair_time: Duration::from_millis(200),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let report = runtime
+        .block_on(run_storm(&opts))
+        .map_err(|e| e.to_string())?;
+    Ok(render_storm_markdown(&report, &args.date, &args.command))
 }
