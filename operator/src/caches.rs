@@ -52,6 +52,11 @@ pub struct Started {
     pub drive: BoxFuture<'static, ()>,
 }
 
+/// Nodes per LIST page at start-up. A real Node is 10–30 KB of JSON, almost all of it status
+/// that `slim_node` drops; a page is held whole while it is decoded, so a small page keeps the
+/// operator's peak memory low (kube's default of 500 is 5–15 MB of Nodes at once).
+const NODE_LIST_PAGE: u32 = 100;
+
 /// Starts the reflectors (nothing is requested until `drive` is polled). The whole operator
 /// (controller and automatic remediation) reads these: one watch per type.
 pub fn start(client: &Client, lease_namespace: &str) -> Option<Started> {
@@ -64,12 +69,21 @@ pub fn start(client: &Client, lease_namespace: &str) -> Option<Started> {
     let lease_changes = leases_writer.subscribe()?;
     let drive_repairs = reflect(
         Api::<SnapshotRepair>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
         repairs_writer,
         |sr: &mut SnapshotRepair| sr.managed_fields_mut().clear(),
     );
-    let drive_nodes = reflect(Api::<Node>::all(client.clone()), nodes_writer, slim_node);
+    let drive_nodes = reflect(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(NODE_LIST_PAGE),
+        nodes_writer,
+        slim_node,
+    );
     let drive_leases = reflect(
         Api::<Lease>::namespaced(client.clone(), lease_namespace),
+        watcher::Config::default().any_semantic(),
         leases_writer,
         |l: &mut Lease| l.managed_fields_mut().clear(),
     );
@@ -137,13 +151,13 @@ impl Drop for Reflectors {
 
 /// One watch (one LIST at start, then WATCH, resuming from the last resourceVersion) feeding
 /// a store; `slim` drops what no reconcile reads before it is kept.
-async fn reflect<K>(api: Api<K>, writer: Writer<K>, slim: fn(&mut K))
+async fn reflect<K>(api: Api<K>, config: watcher::Config, writer: Writer<K>, slim: fn(&mut K))
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
     K: Send + Sync + 'static,
 {
     let kind = K::kind(&()).to_string();
-    watcher(api, watcher::Config::default().any_semantic())
+    watcher(api, config)
         .default_backoff()
         .modify(slim)
         .reflect_shared(writer)
