@@ -128,6 +128,25 @@ async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() 
         nodes.clone(),
         "storm-agents",
     ));
+    // Every helper present before the first event: a repair on a node whose Lease the first
+    // renewal pass has not written yet would rightly fail as HelperUnavailable.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        DEFAULT_LEASE_NAMESPACE,
+    );
+    let leases_deadline = Instant::now() + Duration::from_secs(60);
+    while leases
+        .list(&Default::default())
+        .await
+        .map_or(0, |l| l.items.len())
+        < NODES
+    {
+        assert!(
+            Instant::now() < leases_deadline,
+            "helper Leases not written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::spawn(answer_requests(client.clone()));
     let max_cordoned = Arc::new(Mutex::new(0usize));
     tokio::spawn(track_cordons(client.clone(), max_cordoned.clone()));
@@ -239,8 +258,10 @@ async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() 
         assert_eq!(
             sr.status.as_ref().and_then(|s| s.phase),
             Some(Phase::Succeeded),
-            "{}",
-            sr.name_any()
+            "{}: {:?}\n{}",
+            sr.name_any(),
+            sr.status.as_ref().and_then(|s| s.message.clone()),
+            cluster.logs()
         );
     }
     assert_eq!(per_node.len(), NODES, "{per_node:?}");
