@@ -27,7 +27,7 @@ use crate::report::Report;
         name = "Target",
         type_ = "string",
         json_path = ".status.target",
-        description = "the image, or \"sandbox\" for the node's sandbox image"
+        description = "the image, \"sandbox\" for the node's sandbox image, or \"all\" for every image"
     ),
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -39,12 +39,13 @@ use crate::report::Report;
     ),
     selectable = ".spec.nodeName"
 )]
-#[x_kube(validation = Rule::new("(has(self.image) && self.image != '') != (has(self.sandboxImage) && self.sandboxImage)").message("exactly one of image and sandboxImage must be set"))]
+#[x_kube(validation = Rule::new("[has(self.image) && self.image != '', has(self.sandboxImage) && self.sandboxImage, has(self.allImages) && self.allImages].filter(x, x).size() == 1").message("exactly one of image, sandboxImage and allImages must be set"))]
 // A target that changed after it was verified would be repaired unverified: the target is
 // immutable, including whether `image` is set at all (the field rule below covers its value).
 #[x_kube(validation = Rule::new("has(self.image) == has(oldSelf.image)").message("image is immutable: create a new SnapshotRepair for another target"))]
 // The pull secrets are copied for the agent when the first request is issued; a later change
 // would silently not apply, so they are immutable too (including whether they are set).
+#[x_kube(validation = Rule::new("(has(self.sandboxImage) && self.sandboxImage) == (has(oldSelf.sandboxImage) && oldSelf.sandboxImage) && (has(self.allImages) && self.allImages) == (has(oldSelf.allImages) && oldSelf.allImages)").message("the target is immutable: create a new SnapshotRepair for another target"))]
 #[x_kube(validation = Rule::new("has(self.pullSecrets) == has(oldSelf.pullSecrets)").message("pullSecrets is immutable: create a new SnapshotRepair"))]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRepairSpec {
@@ -61,6 +62,10 @@ pub struct SnapshotRepairSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("sandboxImage is immutable: create a new SnapshotRepair for another target"))]
     #[serde(default)]
     pub sandbox_image: bool,
+    /// true: every image of the node (a scan of the node's snapshot store). Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("allImages is immutable: create a new SnapshotRepair for another target"))]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_images: bool,
     #[serde(default)]
     pub action: RepairAction,
     /// Cordon the node while repairing.
@@ -192,8 +197,11 @@ pub struct SnapshotRepairStatus {
 }
 
 impl SnapshotRepairSpec {
-    /// The Target column: the image, or `sandbox`.
+    /// The Target column: the image, `sandbox`, or `all`.
     pub fn target(&self) -> String {
+        if self.all_images {
+            return "all".to_string();
+        }
         match &self.image {
             Some(i) if !i.is_empty() && !self.sandbox_image => i.clone(),
             _ => "sandbox".to_string(),

@@ -59,7 +59,7 @@ fn crd_has_the_contract_names() {
         "nodeName immutability rule"
     );
     assert!(
-        text.contains("exactly one of image and sandboxImage"),
+        text.contains("exactly one of image, sandboxImage and allImages"),
         "one-of rule"
     );
 }

@@ -332,6 +332,7 @@ mod tests {
                 node_name: "n1".into(),
                 image: Some("reg.example/app:1".into()),
                 sandbox_image: false,
+                all_images: false,
                 action: snapmend_crds::RepairAction::Repair,
                 cordon: true,
                 content_check: snapmend_crds::ContentCheck::Full,

@@ -53,6 +53,7 @@ async fn the_agent_verifies_and_repairs_the_incident_on_request() {
         node_name: node.clone(),
         image: None,
         sandbox_image: true,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,

@@ -100,6 +100,7 @@ async fn a_repair_names_the_process_that_deleted_pause() {
         node_name: NODE.into(),
         image: None,
         sandbox_image: true,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,

@@ -99,6 +99,7 @@ async fn a_culprit_becomes_a_node_event_and_the_agents_repair_does_not() {
         node_name: node.clone(),
         image: None,
         sandbox_image: true,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,

@@ -62,6 +62,7 @@ fn spec(secret: &str) -> SnapshotRepairSpec {
         node_name: NODE.into(),
         image: Some(PAUSE.into()),
         sandbox_image: false,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: false,
         content_check: ContentCheck::Full,

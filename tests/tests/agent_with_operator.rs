@@ -77,6 +77,7 @@ async fn operator_and_agent_repair_the_incident_with_a_cordon_in_between() {
         node_name: "node-a".into(),
         image: None,
         sandbox_image: true,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,

@@ -248,6 +248,7 @@ fn spec(node: &str, image: &str, action: RepairAction) -> SnapshotRepairSpec {
         node_name: node.into(),
         image: Some(image.into()),
         sandbox_image: false,
+        all_images: false,
         action,
         cordon: true,
         content_check: ContentCheck::Full,

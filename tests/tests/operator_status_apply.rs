@@ -104,6 +104,7 @@ async fn fields_the_operator_stops_applying_are_removed_and_the_report_stays() {
         node_name: "node-a".into(),
         image: Some("registry.k8s.io/pause:3.10".into()),
         sandbox_image: false,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: true,
         content_check: Default::default(),

@@ -408,8 +408,43 @@ async fn status_subresource_generation_validation_and_finalizers_on_a_crd() {
     assert!(
         invalid
             .message
-            .contains("exactly one of image and sandboxImage")
+            .contains("exactly one of image, sandboxImage and allImages")
     );
+    let all_and_image: SnapshotRepair = serde_json::from_value(json!({
+        "apiVersion": "snapmend.io/v1alpha1", "kind": "SnapshotRepair", "metadata": {"name": "r3"},
+        "spec": {"nodeName": "n", "allImages": true, "image": "busybox"}
+    }))
+    .unwrap();
+    let invalid = api_error(
+        srs.create(&PostParams::default(), &all_and_image)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(invalid.code, 422, "{}", invalid.message);
+    let all: SnapshotRepair = serde_json::from_value(json!({
+        "apiVersion": "snapmend.io/v1alpha1", "kind": "SnapshotRepair", "metadata": {"name": "r4"},
+        "spec": {"nodeName": "n", "allImages": true}
+    }))
+    .unwrap();
+    let created = srs.create(&PostParams::default(), &all).await.unwrap();
+    assert!(created.spec.all_images);
+    assert_eq!(created.spec.target(), "all");
+    let retarget = api_error(
+        srs.patch(
+            "r4",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"allImages": null, "sandboxImage": true}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(retarget.code, 422, "{}", retarget.message);
+    assert!(
+        retarget.message.contains("the target is immutable"),
+        "{}",
+        retarget.message
+    );
+    srs.delete("r4", &Default::default()).await.unwrap();
     let bad_enum = api_error(
         srs.patch(
             "r1",

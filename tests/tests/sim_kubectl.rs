@@ -402,7 +402,7 @@ fn project_crd_shows_its_columns() {
     );
     let both = k.fails(&["apply", "-f", &k.file("bad.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotRepair\nmetadata:\n  name: bad\nspec:\n  nodeName: node-x\n  image: busybox\n  sandboxImage: true\n")]);
     assert!(
-        both.contains("exactly one of image and sandboxImage must be set"),
+        both.contains("exactly one of image, sandboxImage and allImages must be set"),
         "{both}"
     );
     let moved = k.fails(&[

@@ -125,6 +125,7 @@ mod tests {
                 node_name: node.into(),
                 image: None,
                 sandbox_image: true,
+                all_images: false,
                 action: RepairAction::Repair,
                 cordon: true,
                 content_check: ContentCheck::Full,

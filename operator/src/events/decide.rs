@@ -481,6 +481,7 @@ pub fn build_repair(plan: &PlannedRepair) -> SnapshotRepair {
             node_name: plan.node.clone(),
             image,
             sandbox_image,
+            all_images: false,
             action: plan.action,
             cordon: true,
             content_check: ContentCheck::Full,

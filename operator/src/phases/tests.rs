@@ -16,6 +16,7 @@ fn spec() -> SnapshotRepairSpec {
         node_name: NODE.into(),
         image: Some("registry.k8s.io/pause:3.10".into()),
         sandbox_image: false,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: true,
         content_check: ContentCheck::Full,

@@ -678,6 +678,7 @@ async fn run_batch(opts: &StormOptions, nodes: usize) -> Result<Latency, TestErr
             node_name: node.clone(),
             image: Some(IMAGE.into()),
             sandbox_image: false,
+            all_images: false,
             action: RepairAction::Repair,
             cordon: true,
             content_check: Default::default(),

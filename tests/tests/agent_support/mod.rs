@@ -349,6 +349,7 @@ pub async fn create_repair(client: &Client, name: &str, node: &str, image: &str)
         node_name: node.into(),
         image: Some(image.into()),
         sandbox_image: false,
+        all_images: false,
         action: RepairAction::Repair,
         cordon: true,
         content_check: Default::default(),

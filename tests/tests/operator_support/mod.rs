@@ -108,6 +108,7 @@ pub fn spec(node: &str, action: RepairAction) -> SnapshotRepairSpec {
         node_name: node.into(),
         image: Some(IMAGE.into()),
         sandbox_image: false,
+        all_images: false,
         action,
         cordon: true,
         content_check: Default::default(),
