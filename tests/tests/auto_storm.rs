@@ -17,7 +17,8 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
-use snapmend_crds::{Phase, RepairAction, SnapshotRepair};
+use snapmend_crds::{Phase, SnapshotRepair};
+use snapmend_tests::bench::storm;
 use snapmend_tests::kubelet::cluster::TestCluster;
 use snapmend_tests::kubelet::scenario::{kubelet_event, register_node, renew_helper_leases};
 
@@ -29,48 +30,6 @@ const PAUSE_GONE: &str = r#"Failed to create pod sandbox: rpc error: code = Unkn
 
 fn node_name(i: usize) -> String {
     format!("storm-{i:02}")
-}
-
-/// Answers every request like an agent: Verify finds `/pause` missing, Repair restores it.
-async fn answer_requests(client: Client) {
-    let api = Api::<SnapshotRepair>::all(client);
-    let stream = watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
-        .applied_objects();
-    futures::pin_mut!(stream);
-    while let Ok(Some(sr)) = stream.try_next().await {
-        let Some(status) = sr.status.clone() else {
-            continue;
-        };
-        let Some(request) = status.request.clone() else {
-            continue;
-        };
-        if status
-            .report
-            .as_ref()
-            .is_some_and(|r| r.request_id == request.id)
-        {
-            continue;
-        }
-        let (outcome, restored) = match request.action {
-            RepairAction::Verify => ("Corrupted", json!(null)),
-            RepairAction::Repair => ("Repaired", json!(1)),
-        };
-        let report = json!({ "status": { "report": {
-            "requestId": request.id, "image": "snapmend.test/pause:3.10", "outcome": outcome,
-            "layers": [{ "index": 0, "digest": "sha256:aa", "diffId": "sha256:bb", "chainId": "sha256:bb",
-                "snapshotId": "1", "blob": "Verified", "state": if outcome == "Repaired" { "Repaired" } else { "Corrupted" },
-                "findingsTotal": 1, "findings": [{ "path": "/pause", "kind": "Missing" }], "entriesRestored": restored }],
-        }}});
-        let api = api.clone();
-        let name = sr.name_any();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            let _ = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&report))
-                .await;
-        });
-    }
 }
 
 /// Largest number of nodes unschedulable at the same time.
@@ -147,7 +106,13 @@ async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::spawn(answer_requests(client.clone()));
+    // The shared agent double (also the storm benchmark's): Verify finds `/pause` missing,
+    // Repair restores it.
+    let _agents = storm::answer_requests(
+        &client,
+        Duration::from_millis(30),
+        Duration::from_millis(30),
+    );
     let max_cordoned = Arc::new(Mutex::new(0usize));
     tokio::spawn(track_cordons(client.clone(), max_cordoned.clone()));
     let repair_seen = Arc::new(Mutex::new(HashMap::new()));
