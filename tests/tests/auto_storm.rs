@@ -68,11 +68,6 @@ async fn track_repairs(client: Client, seen: Arc<Mutex<HashMap<String, Instant>>
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() {
     let mut cluster = TestCluster::start().await.unwrap();
@@ -247,7 +242,10 @@ async fn a_storm_from_fifty_nodes_gives_one_repair_each_within_the_cordon_cap() 
         .map(|n| seen[n].saturating_duration_since(first_event[n]))
         .collect();
     latencies.sort();
-    let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    let (p50, p99) = (
+        storm::percentile(&latencies, 50.0),
+        storm::percentile(&latencies, 99.0),
+    );
     let rss_kib = cluster
         .operator
         .as_ref()
