@@ -124,7 +124,7 @@ pub struct ScheduleState<'a> {
     pub suspend: bool,
     /// `status.lastScheduleTime`.
     pub last_schedule: Option<Timestamp>,
-    /// The scan's creation time: no time before it was ever due.
+    /// The scan's creation time: counted from when there is no `lastScheduleTime`.
     pub created: Timestamp,
     /// The `snapmend.io/run-now` annotation.
     pub run_now: Option<&'a str>,
@@ -167,7 +167,8 @@ pub fn decide(schedule: &Schedule, s: &ScheduleState<'_>) -> Decision {
     let due = if s.suspend {
         None
     } else {
-        schedule.missed(s.last_schedule.unwrap_or(s.created).max(s.created), s.now)
+        // As a CronJob: from the last scheduled time acted on, else from creation.
+        schedule.missed(s.last_schedule.unwrap_or(s.created), s.now)
     };
     let next = (!s.suspend).then(|| schedule.next_after(s.now)).flatten();
     let run_now = s
@@ -348,10 +349,16 @@ mod tests {
     }
 
     #[test]
-    fn last_schedule_time_before_creation_counts_from_creation() {
-        let mut s = state("2026-12-01T00:59:00Z");
-        s.last_schedule = Some(t("2026-11-01T00:00:00Z"));
+    fn a_new_scan_counts_from_its_creation_and_then_from_its_last_scheduled_time() {
+        let s = state("2026-12-01T00:59:00Z");
         assert!(matches!(decide(&hourly(), &s), Decision::Wait { .. }));
+        // A status carried over (restored from a backup, say) counts from lastScheduleTime.
+        let mut restored = state("2026-12-01T00:59:00Z");
+        restored.last_schedule = Some(t("2026-11-30T20:00:00Z"));
+        let Decision::Start { covers, .. } = decide(&hourly(), &restored) else {
+            panic!("start")
+        };
+        assert_eq!(covers.map(|m| m.count), Some(4));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Shared by the `operator_*` tests: a snapmend-sim with the CRD, Nodes and the snapmend-system
+//! Shared by the `operator_*` tests: a snapmend-sim with the CRDs, Nodes and the snapmend-system
 //! namespace; the real `snapmend-operator` binary as a child process; a fake node agent written
 //! here (renews the presence Lease and answers requests by patching `status.report`); and a
 //! Node watch that records every change of `spec.unschedulable`.
@@ -27,7 +27,7 @@ use serde_json::json;
 use snapmend_crds::labels::{CORDONED_BY_ANNOTATION, helper_lease_name};
 use snapmend_crds::{
     BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Phase, RepairAction, Report,
-    SnapshotRepair, SnapshotRepairSpec,
+    SnapshotRepair, SnapshotRepairSpec, SnapshotScan,
 };
 use snapmend_tests::sim::SimServer;
 use tokio::task::JoinHandle;
@@ -42,14 +42,16 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A simulated API server with the CRD, the snapmend-system namespace and `nodes` Nodes.
+/// A simulated API server with the CRDs, the snapmend-system namespace and `nodes` Nodes.
 pub async fn start_cluster(nodes: &[&str]) -> (SimServer, Client) {
     let sim = SimServer::start().await.expect("start snapmend-sim");
     let client = sim.client().expect("client");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &SnapshotRepair::crd())
-        .await
-        .expect("create CRD");
+    for crd in [SnapshotRepair::crd(), SnapshotScan::crd()] {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("create CRD");
+    }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).expect("ns");
