@@ -2,7 +2,8 @@
 //! agent of the operator tests: a run started by the run-now annotation creates one `allImages`
 //! SnapshotRepair per node, never more than `maxConcurrentNodes` unfinished at once; lastRun
 //! counts what they found; old runs are pruned to `historyLimit`; a Repair scan waits for the
-//! cordon cap; a restart after missed schedules produces exactly one catch-up run.
+//! cordon cap; a restart after missed schedules produces exactly one catch-up run; a schedule
+//! cron cannot parse is reported.
 
 mod operator_support;
 
@@ -335,6 +336,36 @@ async fn a_restart_after_missed_schedules_runs_one_catch_up() {
     assert!(
         scan_repairs(&client, "hourly").await.is_empty(),
         "nothing due yet"
+    );
+    // A schedule the schema's shape check lets through but cron cannot parse: a false Ready
+    // condition naming the reason, and a Warning event.
+    create_scan(
+        &client,
+        "broken",
+        scan_spec("61 * * * *", RepairAction::Verify, 1, 3),
+        Some("now"),
+    )
+    .await;
+    let ready = wait_for("the invalid schedule reported", RUN, || async {
+        scan(&client, "broken")
+            .await
+            .status
+            .and_then(|st| st.conditions.into_iter().find(|c| c.type_ == "Ready"))
+    })
+    .await;
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSchedule")
+    );
+    assert!(
+        ready.message.contains("not a valid cron expression"),
+        "{}",
+        ready.message
+    );
+    wait_events(&client, "broken", &["InvalidSchedule"]).await;
+    assert!(
+        scan_repairs(&client, "broken").await.is_empty(),
+        "nothing runs"
     );
 
     // The operator is down for five scheduled times: its last record is from 5 h ago.

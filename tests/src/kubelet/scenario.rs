@@ -14,8 +14,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
-use snapmend_crds::{SnapshotRepair, SnapshotScan};
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
+use snapmend_crds::{SnapshotRepair, SnapshotScan};
 
 use crate::TestError;
 use crate::containerd::ContainerdFixture;
