@@ -425,3 +425,118 @@ async fn a_restart_after_missed_schedules_runs_one_catch_up() {
     op.wait_metric("snapmend_scan_missed_schedules_total", 4.0)
         .await;
 }
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(kubeconfig.with_extension("cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("kubectl must be installed (scripts/install-test-deps.sh)")
+    });
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// deploy/'s RBAC is enough for scans: `snapmend-sim --auth` with `kubectl apply -k deploy/`, the
+/// operator on a token of its ServiceAccount; two runs with historyLimit 1 (so the first run's
+/// repairs are deleted) and not one request refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_run_on_the_operators_own_least_privilege_identity() {
+    use snapmend_tests::sim::{BackgroundSim, SimConfig};
+    let sim = tokio::task::block_in_place(|| {
+        std::thread::spawn(|| {
+            BackgroundSim::start_with(SimConfig {
+                auth: true,
+                ..SimConfig::default()
+            })
+        })
+        .join()
+    })
+    .expect("sim thread")
+    .expect("start snapmend-sim --auth");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = dir.path().join("admin");
+    sim.write_kubeconfig(&admin).expect("kubeconfig");
+    kubectl(
+        &admin,
+        &[
+            "apply",
+            "-k",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"),
+        ],
+    );
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: op-1\n  namespace: {NAMESPACE}\nspec:\n  serviceAccountName: snapmend-operator\n  containers:\n  - name: operator\n    image: snapmend/operator\n"),
+    )
+    .expect("pod");
+    kubectl(&admin, &["apply", "-f", pod.to_str().expect("utf-8")]);
+    let token = kubectl(
+        &admin,
+        &[
+            "create",
+            "token",
+            "snapmend-operator",
+            "-n",
+            NAMESPACE,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "op-1",
+        ],
+    );
+    let client = Client::try_from(sim.server().kube_config().expect("config")).expect("client");
+    for node in ["rbac-a", "rbac-b"] {
+        add_node(&client, node, false).await;
+    }
+    let _a = FakeAgent::start(&client, "rbac-a", NodeState::Healthy, Duration::ZERO);
+    let _b = FakeAgent::start(&client, "rbac-b", NodeState::Incident, Duration::ZERO);
+    let op = OperatorProcess::spawn_with_kubeconfig(
+        sim.server().kubeconfig_yaml_with_token(Some(token.trim())),
+        "op-1",
+        &[],
+    );
+    op.wait_leader().await;
+    create_scan(
+        &client,
+        "rbac",
+        scan_spec("0 3 * * *", RepairAction::Verify, 2, 1),
+        Some("1"),
+    )
+    .await;
+    let first = wait_run_finished(&client, "rbac", &BTreeSet::new()).await;
+    assert_eq!((first.nodes, first.healthy, first.damaged), (2, 1, 1));
+    run_now(&client, "rbac", "2").await;
+    let second = wait_run_finished(&client, "rbac", &BTreeSet::from([first.id.clone()])).await;
+    wait_for("the first run pruned", RUN, || async {
+        let repairs = scan_repairs(&client, "rbac").await;
+        repairs
+            .iter()
+            .all(|sr| sr.labels()[SCAN_RUN_LABEL] == second.id)
+            .then_some(())
+    })
+    .await;
+    wait_events(&client, "rbac", &["RunStarted", "RunFinished"]).await;
+    let refused: Vec<String> = sim
+        .server()
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .map(|r| format!("{} {} -> {}", r.key(), r.path, r.status))
+        .collect();
+    assert!(refused.is_empty(), "refused requests: {refused:#?}");
+    drop(op);
+    let _ = std::thread::spawn(move || drop(sim)).join();
+}
