@@ -11,12 +11,13 @@ mod agent_support;
 mod operator_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::{AgentProcess, StoreArgs, lease_of};
 use kube::{Api, Client};
-use operator_support::{OperatorProcess, add_node, condition, is_unschedulable, node, wait_for};
+use operator_support::{
+    OperatorProcess, add_node, condition, is_unschedulable, kubectl, node, wait_for,
+};
 use snapmend_crds::{Outcome, Phase, SnapshotRepair};
 use snapmend_tests::containerd::{ContainerdFixture, RunOutcome};
 use snapmend_tests::image_builder::pause_image;
@@ -25,28 +26,6 @@ use tokio::task::block_in_place;
 
 const NS: &str = "snapmend-system";
 const FLOW: Duration = Duration::from_secs(60);
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = block_in_place(|| {
-        Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(kubeconfig.with_extension("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("kubectl must be installed (scripts/install-test-deps.sh)")
-    });
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn apply(kubeconfig: &Path, yaml: &str) {
     let file = kubeconfig.with_extension("apply.yaml");
@@ -86,22 +65,7 @@ async fn the_incident_is_repaired_with_each_binary_on_its_own_identity() {
         ),
     );
     let token = |sa: &str, pod: &str| {
-        kubectl(
-            &admin,
-            &[
-                "create",
-                "token",
-                sa,
-                "-n",
-                NS,
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                pod,
-            ],
-        )
-        .trim()
-        .to_string()
+        snapmend_tests::kubectl::bound_token(&admin, NS, sa, pod).unwrap_or_else(|e| panic!("{e}"))
     };
     let agent_token = token("snapmend-node-helper", "agent-node-a");
     let operator_token = token("snapmend-operator", "op-1");

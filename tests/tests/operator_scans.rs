@@ -426,28 +426,6 @@ async fn a_restart_after_missed_schedules_runs_one_catch_up() {
         .await;
 }
 
-fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(kubeconfig.with_extension("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("kubectl must be installed (scripts/install-test-deps.sh)")
-    });
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// deploy/'s RBAC is enough for scans: `snapmend-sim --auth` with `kubectl apply -k deploy/`, the
 /// operator on a token of its ServiceAccount; two runs with historyLimit 1 (so the first run's
 /// repairs are deleted) and not one request refused.
@@ -483,20 +461,9 @@ async fn scans_run_on_the_operators_own_least_privilege_identity() {
     )
     .expect("pod");
     kubectl(&admin, &["apply", "-f", pod.to_str().expect("utf-8")]);
-    let token = kubectl(
-        &admin,
-        &[
-            "create",
-            "token",
-            "snapmend-operator",
-            "-n",
-            NAMESPACE,
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "op-1",
-        ],
-    );
+    let token =
+        snapmend_tests::kubectl::bound_token(&admin, NAMESPACE, "snapmend-operator", "op-1")
+            .unwrap_or_else(|e| panic!("{e}"));
     let client = Client::try_from(sim.server().kube_config().expect("config")).expect("client");
     for node in ["rbac-a", "rbac-b"] {
         add_node(&client, node, false).await;
@@ -504,7 +471,7 @@ async fn scans_run_on_the_operators_own_least_privilege_identity() {
     let _a = FakeAgent::start(&client, "rbac-a", NodeState::Healthy, Duration::ZERO);
     let _b = FakeAgent::start(&client, "rbac-b", NodeState::Incident, Duration::ZERO);
     let op = OperatorProcess::spawn_with_kubeconfig(
-        sim.server().kubeconfig_yaml_with_token(Some(token.trim())),
+        sim.server().kubeconfig_yaml_with_token(Some(&token)),
         "op-1",
         &[],
     );

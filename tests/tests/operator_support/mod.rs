@@ -686,3 +686,8 @@ where
 {
     snapmend_tests::probe::wait_until(what, timeout, Duration::from_millis(50), check).await
 }
+
+/// The real kubectl on `kubeconfig`, its stdout; panics with kubectl's stderr when it fails.
+pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    snapmend_tests::kubectl::kubectl(kubeconfig, args).unwrap_or_else(|e| panic!("{e}"))
+}
