@@ -431,29 +431,8 @@ async fn a_restart_after_missed_schedules_runs_one_catch_up() {
 /// repairs are deleted) and not one request refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_run_on_the_operators_own_least_privilege_identity() {
-    use snapmend_tests::sim::{BackgroundSim, SimConfig};
-    let sim = tokio::task::block_in_place(|| {
-        std::thread::spawn(|| {
-            BackgroundSim::start_with(SimConfig {
-                auth: true,
-                ..SimConfig::default()
-            })
-        })
-        .join()
-    })
-    .expect("sim thread")
-    .expect("start snapmend-sim --auth");
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = dir.path().join("admin");
-    sim.write_kubeconfig(&admin).expect("kubeconfig");
-    kubectl(
-        &admin,
-        &[
-            "apply",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"),
-        ],
-    );
+    let (sim, admin) = start_auth_sim_with_deploy(dir.path());
     let pod = dir.path().join("pod.yaml");
     std::fs::write(
         &pod,
@@ -496,13 +475,7 @@ async fn scans_run_on_the_operators_own_least_privilege_identity() {
     })
     .await;
     wait_events(&client, "rbac", &["RunStarted", "RunFinished"]).await;
-    let refused: Vec<String> = sim
-        .server()
-        .requests()
-        .into_iter()
-        .filter(|r| r.status == 401 || r.status == 403)
-        .map(|r| format!("{} {} -> {}", r.key(), r.path, r.status))
-        .collect();
+    let refused = sim.server().refused_requests();
     assert!(refused.is_empty(), "refused requests: {refused:#?}");
     drop(op);
     let _ = std::thread::spawn(move || drop(sim)).join();

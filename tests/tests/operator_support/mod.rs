@@ -29,7 +29,7 @@ use snapmend_crds::{
     BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Phase, RepairAction, Report,
     SnapshotRepair, SnapshotRepairSpec, SnapshotScan,
 };
-use snapmend_tests::sim::SimServer;
+use snapmend_tests::sim::{BackgroundSim, SimConfig, SimServer};
 use tokio::task::JoinHandle;
 
 pub const NAMESPACE: &str = "snapmend-system";
@@ -690,4 +690,26 @@ where
 /// The real kubectl on `kubeconfig`, its stdout; panics with kubectl's stderr when it fails.
 pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
     snapmend_tests::kubectl::kubectl(kubeconfig, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `snapmend-sim --auth` with deploy/ applied by kubectl as the admin: the sim, and the
+/// admin's kubeconfig (written in `dir`).
+pub fn start_auth_sim_with_deploy(dir: &std::path::Path) -> (BackgroundSim, PathBuf) {
+    let sim = tokio::task::block_in_place(|| {
+        // The sim runs its own runtime on its own thread.
+        std::thread::spawn(|| {
+            BackgroundSim::start_with(SimConfig {
+                auth: true,
+                ..SimConfig::default()
+            })
+        })
+        .join()
+    })
+    .expect("sim thread")
+    .expect("start snapmend-sim --auth");
+    let admin = dir.join("admin");
+    sim.write_kubeconfig(&admin).expect("kubeconfig");
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    kubectl(&admin, &["apply", "-k", deploy]);
+    (sim, admin)
 }
