@@ -43,29 +43,43 @@ fn check_or_update(file: &str, generated: &str) {
     }
 }
 
-#[test]
-fn crd_has_the_contract_names() {
-    let yaml = snapmend_crds::crd_yaml().expect("yaml");
-    let crd: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("parse");
-    assert_eq!(crd["metadata"]["name"], "snapshotrepairs.snapmend.io");
+/// The names, scope, version, status subresource and printer columns the contract fixes;
+/// returns the version for further checks.
+fn assert_contract_shape(
+    yaml: &str,
+    name: &str,
+    short: &str,
+    columns: &[&str],
+) -> serde_yaml::Value {
+    let crd: serde_yaml::Value = serde_yaml::from_str(yaml).expect("parse");
+    assert_eq!(crd["metadata"]["name"], name);
     assert_eq!(crd["spec"]["scope"], "Cluster");
-    assert_eq!(crd["spec"]["names"]["shortNames"][0], "sr");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], short);
     assert_eq!(crd["spec"]["names"]["categories"][0], "snapmend");
-    let v = &crd["spec"]["versions"][0];
+    let v = crd["spec"]["versions"][0].clone();
     assert_eq!(v["name"], "v1alpha1");
     assert!(v["subresources"]["status"].is_mapping());
-    assert_eq!(v["selectableFields"][0]["jsonPath"], ".spec.nodeName");
     let cols: Vec<&str> = v["additionalPrinterColumns"]
         .as_sequence()
         .expect("columns")
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(
-        cols,
-        ["Node", "Target", "Action", "Phase", "Findings", "Age"]
+    assert_eq!(cols, columns);
+    v
+}
+
+#[test]
+fn crd_has_the_contract_names() {
+    let yaml = snapmend_crds::crd_yaml().expect("yaml");
+    let v = assert_contract_shape(
+        &yaml,
+        "snapshotrepairs.snapmend.io",
+        "sr",
+        &["Node", "Target", "Action", "Phase", "Findings", "Age"],
     );
-    let text = serde_yaml::to_string(v).expect("yaml");
+    assert_eq!(v["selectableFields"][0]["jsonPath"], ".spec.nodeName");
+    let text = serde_yaml::to_string(&v).expect("yaml");
     assert!(
         text.contains("self == oldSelf"),
         "nodeName immutability rule"
@@ -79,24 +93,11 @@ fn crd_has_the_contract_names() {
 #[test]
 fn scan_crd_has_the_contract_names_columns_and_defaults() {
     let yaml = snapmend_crds::scan_crd_yaml().expect("yaml");
-    let crd: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("parse");
-    assert_eq!(crd["metadata"]["name"], "snapshotscans.snapmend.io");
-    assert_eq!(crd["spec"]["scope"], "Cluster");
-    assert_eq!(crd["spec"]["names"]["kind"], "SnapshotScan");
-    assert_eq!(crd["spec"]["names"]["shortNames"][0], "sscan");
-    assert_eq!(crd["spec"]["names"]["categories"][0], "snapmend");
-    let v = &crd["spec"]["versions"][0];
-    assert_eq!(v["name"], "v1alpha1");
-    assert!(v["subresources"]["status"].is_mapping());
-    let cols: Vec<&str> = v["additionalPrinterColumns"]
-        .as_sequence()
-        .expect("columns")
-        .iter()
-        .map(|c| c["name"].as_str().expect("name"))
-        .collect();
-    assert_eq!(
-        cols,
-        ["Schedule", "Action", "Last Run", "Nodes", "Damaged", "Age"]
+    let v = assert_contract_shape(
+        &yaml,
+        "snapshotscans.snapmend.io",
+        "sscan",
+        &["Schedule", "Action", "Last Run", "Nodes", "Damaged", "Age"],
     );
     let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["required"][0], "schedule");
