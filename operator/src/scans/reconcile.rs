@@ -291,10 +291,12 @@ fn step(
                     covers,
                 } => {
                     let id = run_id(scheduled, status.last_run.as_ref().map(|r| r.id.as_str()));
-                    let eligible = eligible_nodes(sel, nodes, now);
+                    // The same instant later steps select nodes by (status keeps whole seconds).
+                    let start = whole_second(now);
+                    let eligible = eligible_nodes(sel, nodes, start);
                     let run = ScanRun {
                         id,
-                        start_time: Time(whole_second(now)),
+                        start_time: Time(start),
                         completion_time: None,
                         nodes: u32::try_from(eligible.len()).unwrap_or(u32::MAX),
                         healthy: 0,
