@@ -3,7 +3,8 @@
 # (PyPI; it ships the schemas, so no cluster and no network beyond the one-time install).
 #  - every object of `kubectl kustomize deploy/`, strictly (unknown fields are errors), for the
 #    oldest Kubernetes snapmend supports (1.33, kube 5's floor) and the newest the validator knows;
-#  - every SnapshotRepair in deploy/examples/ against the CRD's own openAPIV3Schema, strictly.
+#  - every example in deploy/examples/ (SnapshotRepairs, SnapshotScans) against its CRD's own
+#    openAPIV3Schema, strictly.
 # Installs the validator into target/tools/ when missing; exits non-zero if it cannot.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -39,8 +40,9 @@ for v in "${k8s_versions[@]}"; do
   echo "validate-manifests: $objects objects of deploy/ valid against Kubernetes $v (strict)"
 done
 
-"$venv/bin/python" - "$deploy/crd/snapshotrepair.yaml" "$deploy"/examples/*.yaml <<'PY'
-"""Validates SnapshotRepair examples against the CRD schema, rejecting fields the API server would prune."""
+"$venv/bin/python" - "$deploy"/crd/*.yaml -- "$deploy"/examples/*.yaml <<'PY'
+"""Validates the examples (SnapshotRepairs, SnapshotScans) against their CRD's schema, rejecting
+fields the API server would prune."""
 import sys
 import jsonschema
 import yaml
@@ -58,13 +60,16 @@ def strict(schema):
     return out
 
 
-crd_path, examples = sys.argv[1], sys.argv[2:]
-with open(crd_path) as f:
-    crd = yaml.safe_load(f)
-group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-schemas = {
-    f"{group}/{v['name']}": strict(v["schema"]["openAPIV3Schema"]) for v in crd["spec"]["versions"]
-}
+split = sys.argv.index("--")
+crd_paths, examples = sys.argv[1:split], sys.argv[split + 1:]
+# (apiVersion, kind) -> schema, for every version of every CRD.
+schemas = {}
+for crd_path in crd_paths:
+    with open(crd_path) as f:
+        crd = yaml.safe_load(f)
+    group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+    for v in crd["spec"]["versions"]:
+        schemas[(f"{group}/{v['name']}", kind)] = strict(v["schema"]["openAPIV3Schema"])
 failed = 0
 count = 0
 for path in examples:
@@ -74,21 +79,22 @@ for path in examples:
                 continue
             count += 1
             name = f"{path}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-            if doc.get("kind") != kind or doc.get("apiVersion") not in schemas:
-                print(f"ERROR {name}: not a {kind} of {sorted(schemas)}", file=sys.stderr)
+            key = (doc.get("apiVersion"), doc.get("kind"))
+            if key not in schemas:
+                print(f"ERROR {name}: not one of {sorted(schemas)}", file=sys.stderr)
                 failed += 1
                 continue
             body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
-            errors = list(jsonschema.Draft7Validator(schemas[doc["apiVersion"]]).iter_errors(body))
+            errors = list(jsonschema.Draft7Validator(schemas[key]).iter_errors(body))
             for e in errors:
                 where = ".".join(str(p) for p in e.absolute_path) or "(root)"
                 print(f"ERROR {name}: {where}: {e.message}", file=sys.stderr)
             failed += bool(errors)
 if count == 0:
-    print("ERROR no SnapshotRepair examples found", file=sys.stderr)
+    print("ERROR no examples found", file=sys.stderr)
     sys.exit(1)
 if failed:
-    print(f"validate-manifests: {failed} of {count} SnapshotRepair examples invalid", file=sys.stderr)
+    print(f"validate-manifests: {failed} of {count} examples invalid", file=sys.stderr)
     sys.exit(1)
-print(f"validate-manifests: {count} SnapshotRepair examples valid against the CRD schema (strict)")
+print(f"validate-manifests: {count} examples valid against their CRD schemas (strict)")
 PY

@@ -8,6 +8,13 @@ pub const TRIGGER_LABEL: &str = "snapmend.io/trigger";
 pub const TRIGGER_EVENT: &str = "event";
 /// Annotation on automatic SnapshotRepairs naming the event that caused them.
 pub const TRIGGER_EVENT_ANNOTATION: &str = "snapmend.io/trigger-event";
+/// Label on the SnapshotRepairs of a SnapshotScan: the scan's name (left off when the name is
+/// too long for a label value; the ownerReference still says).
+pub const SCAN_LABEL: &str = "snapmend.io/scan";
+/// Label on the SnapshotRepairs of a SnapshotScan: the run id.
+pub const SCAN_RUN_LABEL: &str = "snapmend.io/scan-run";
+/// Annotation on a SnapshotScan: a value not yet handled starts a run at once.
+pub const RUN_NOW_ANNOTATION: &str = "snapmend.io/run-now";
 pub const FINALIZER: &str = "snapmend.io/cleanup";
 /// Annotation on a Node that the operator cordoned; value is the SnapshotRepair name.
 pub const CORDONED_BY_ANNOTATION: &str = "snapmend.io/cordoned-by";
@@ -33,12 +40,17 @@ const MAX_NAME: usize = 253;
 /// pull secrets of SnapshotRepair `repair`. Unique per repair: a name too long to prefix is cut
 /// and made unique again by a hash of the whole name.
 pub fn pull_secret_copy_name(repair: &str) -> String {
-    let full = format!("{PULL_SECRET_PREFIX}{repair}");
+    bounded_name(format!("{PULL_SECRET_PREFIX}{repair}"))
+}
+
+/// `full` when it is short enough for an object name (a DNS subdomain, at most 253
+/// characters); otherwise cut, and made unique again by a hash of the whole of `full`.
+pub fn bounded_name(full: String) -> String {
     if full.len() <= MAX_NAME {
         return full;
     }
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = repair.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     let suffix = format!("-{hash:016x}");

@@ -1,6 +1,7 @@
 //! The shared vocabulary of snapmend: the `SnapshotRepair` custom resource and the
-//! node-helper `Report`, which the agent writes into `status.report`; with feature `runtime`,
-//! the process helpers the operator and the agent share (`runtime`).
+//! node-helper `Report`, which the agent writes into `status.report`; the `SnapshotScan`
+//! schedule; with feature `runtime`, the process helpers the operator and the agent share
+//! (`runtime`).
 
 pub mod culprit;
 pub mod labels;
@@ -9,6 +10,7 @@ pub mod report;
 pub mod runtime;
 pub mod scan_report;
 pub mod snapshot_repair;
+pub mod snapshot_scan;
 
 pub use culprit::{Culprit, CulpritProcess, RepairCulprit};
 pub use report::{
@@ -20,12 +22,22 @@ pub use snapshot_repair::{
     ContentCheck, Phase, PullSecretRef, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,
 };
+pub use snapshot_scan::{ScanRun, SnapshotScan, SnapshotScanSpec, SnapshotScanStatus};
 
 use kube::CustomResourceExt;
 
 /// The CRD manifest exactly as it is committed in `crds/snapshotrepair.yaml`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let crd = SnapshotRepair::crd();
+    generated_yaml::<SnapshotRepair>()
+}
+
+/// The CRD manifest exactly as it is committed in `crds/snapshotscan.yaml`.
+pub fn scan_crd_yaml() -> Result<String, serde_yaml::Error> {
+    generated_yaml::<SnapshotScan>()
+}
+
+fn generated_yaml<K: CustomResourceExt>() -> Result<String, serde_yaml::Error> {
+    let crd = K::crd();
     Ok(format!(
         "# Generated from the Rust types in crds/src; do not edit. Regenerate with `make crds`.\n{}",
         serde_yaml::to_string(&crd)?

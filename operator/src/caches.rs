@@ -49,6 +49,8 @@ pub struct Started {
     pub lease_changes: BoxStream<'static, Arc<Lease>>,
     /// SnapshotRepair changes for the automatic remediation's ledger and escalations.
     pub remediation_repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
+    /// SnapshotRepair changes that wake the SnapshotScans owning them.
+    pub scan_repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
     pub drive: BoxFuture<'static, ()>,
 }
 
@@ -65,6 +67,7 @@ pub fn start(client: &Client, lease_namespace: &str) -> Option<Started> {
     let (leases, leases_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let repair_changes = repairs_writer.subscribe()?;
     let remediation_repair_changes = repairs_writer.subscribe()?;
+    let scan_repair_changes = repairs_writer.subscribe()?;
     let node_changes = nodes_writer.subscribe()?;
     let lease_changes = leases_writer.subscribe()?;
     let drive_repairs = reflect(
@@ -101,6 +104,7 @@ pub fn start(client: &Client, lease_namespace: &str) -> Option<Started> {
         node_changes: node_changes.boxed(),
         lease_changes: lease_changes.boxed(),
         remediation_repair_changes: remediation_repair_changes.boxed(),
+        scan_repair_changes: scan_repair_changes.boxed(),
         drive: drive.boxed(),
     })
 }
@@ -113,6 +117,7 @@ pub struct Filled {
     pub node_changes: BoxStream<'static, Arc<Node>>,
     pub lease_changes: BoxStream<'static, Arc<Lease>>,
     pub remediation_repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
+    pub scan_repair_changes: BoxStream<'static, Arc<SnapshotRepair>>,
     /// Keep until the stores are no longer needed.
     pub reflectors: Reflectors,
 }
@@ -136,6 +141,7 @@ pub async fn start_filled(client: &Client, lease_namespace: &str) -> Result<Fill
         node_changes: started.node_changes,
         lease_changes: started.lease_changes,
         remediation_repair_changes: started.remediation_repair_changes,
+        scan_repair_changes: started.scan_repair_changes,
         reflectors,
     })
 }

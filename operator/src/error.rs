@@ -36,6 +36,12 @@ pub enum Error {
     /// The reflector stores could not be started or stopped before their first full list.
     #[error("reflector stores: {0}")]
     Caches(&'static str),
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("metrics server on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -54,6 +60,7 @@ impl Error {
             Error::LeaderElection { .. } => "leader_election",
             Error::Caches(_) => "caches",
             Error::Serve { .. } => "serve",
+            Error::Encode { .. } => "encode",
         }
     }
 }

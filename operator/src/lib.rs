@@ -1,7 +1,8 @@
 //! snapmend-operator: drives SnapshotRepairs through verify, cordon, repair and uncordon.
 //!
 //! `phases` decides (pure); `reconcile` observes and executes around it; `run` wires the
-//! controller, leader election, metrics and health endpoints together.
+//! controller, leader election, metrics and health endpoints together. `scans` schedules
+//! SnapshotScans, each run a set of `allImages` SnapshotRepairs.
 
 pub mod caches;
 pub mod conditions;
@@ -19,3 +20,4 @@ pub mod presence;
 pub mod pull_secrets;
 pub mod reconcile;
 pub mod run;
+pub mod scans;

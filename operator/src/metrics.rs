@@ -11,6 +11,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use snapmend_crds::Phase;
 
+use crate::scans::metrics::ScanMetrics;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
@@ -51,6 +53,8 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_duration: Histogram,
     store_objects: Family<StoreLabels, Gauge>,
+    /// SnapshotScan runs.
+    pub scans: ScanMetrics,
     /// Last known phase of every SnapshotRepair, the source of the `repairs` gauge.
     phases: Mutex<HashMap<String, Phase>>,
 }
@@ -142,8 +146,10 @@ impl Metrics {
                 })
                 .set(0);
         }
+        let scans = ScanMetrics::register(&mut registry);
         Metrics {
             registry,
+            scans,
             repairs,
             finished,
             duration,

@@ -25,6 +25,7 @@ use crate::http::{self, Health};
 use crate::leader;
 use crate::metrics::Metrics;
 use crate::reconcile::{CONTROLLER_NAME, Context, error_policy, reconcile};
+use crate::scans;
 use snapmend_crds::runtime::shutdown::Shutdown;
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -106,6 +107,7 @@ pub async fn run_as_leader(base: Arc<Base>, stop: CancellationToken) {
         node_changes,
         lease_changes,
         remediation_repair_changes,
+        scan_repair_changes,
         reflectors,
     } = match filled {
         Ok(filled) => filled,
@@ -131,8 +133,9 @@ pub async fn run_as_leader(base: Arc<Base>, stop: CancellationToken) {
         leases: lease_changes,
     };
     tokio::join!(
-        run_repair_controller(base.clone(), stop.clone(), caches, triggers),
-        run_event_remediation_until(base, stop, remediation),
+        run_repair_controller(base.clone(), stop.clone(), caches.clone(), triggers),
+        run_event_remediation_until(base.clone(), stop.clone(), remediation),
+        scans::controller::run_scan_controller(base, stop, caches, scan_repair_changes),
     );
     drop(reflectors);
 }

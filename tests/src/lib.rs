@@ -4,6 +4,7 @@ pub mod cri;
 mod error;
 pub mod fs_tree;
 pub mod image_builder;
+pub mod kubectl;
 pub mod kubelet;
 pub mod node_helper_cli;
 pub mod probe;

@@ -65,13 +65,7 @@ async fn the_incident_heals_itself_from_the_first_event() {
         report.first_event_to_sandbox_running
     );
     // Every request was authenticated and authorized: deploy/ grants what the path needs.
-    let refused: Vec<String> = incident
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.status == 401 || r.status == 403)
-        .map(|r| format!("{} {} -> {}", r.key(), r.path, r.status))
-        .collect();
+    let refused = incident.sim.refused_requests();
     assert!(refused.is_empty(), "refused requests: {refused:#?}");
 }
 

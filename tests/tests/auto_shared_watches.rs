@@ -38,17 +38,19 @@ async fn auto_remediation_shares_the_operators_watches_and_never_lists_after_sta
     let op = OperatorProcess::spawn(&sim, "op-1", &["--auto-remediate", "repair"]);
     op.wait_leader().await;
 
-    // Start-up ends when the remediation watches events: it starts once the stores are filled.
+    // Start-up ends when the remediation watches events and the SnapshotScan controller watches
+    // scans: both start once the stores are filled.
     let startup = wait_for(
-        "the operator watches events",
+        "the operator watches events and SnapshotScans",
         Duration::from_secs(20),
         || async {
             let ops = operator_requests(&sim);
-            let event_watches = ops
-                .iter()
-                .filter(|r| r.verb == "watch" && r.resource == "events")
-                .count();
-            (event_watches == 8).then_some(ops.len())
+            let watches = |resource: &str| {
+                ops.iter()
+                    .filter(|r| r.verb == "watch" && r.resource == resource)
+                    .count()
+            };
+            (watches("events") == 8 && watches("snapshotscans") == 1).then_some(ops.len())
         },
     )
     .await;
@@ -88,7 +90,7 @@ async fn auto_remediation_shares_the_operators_watches_and_never_lists_after_sta
         after_startup.is_empty(),
         "the operator listed after start-up: {after_startup:#?}"
     );
-    for resource in ["nodes", "snapshotrepairs", "leases"] {
+    for resource in ["nodes", "snapshotrepairs", "leases", "snapshotscans"] {
         let of = |verb: &str| {
             ops.iter()
                 .filter(|r| r.verb == verb && r.resource == resource)

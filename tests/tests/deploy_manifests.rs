@@ -130,7 +130,7 @@ fn every_manifest_validates_offline_against_the_kubernetes_schemas() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("SnapshotRepair examples valid against the CRD schema"),
+        stdout.contains("examples valid against their CRD schemas"),
         "{stdout}"
     );
 }
@@ -176,34 +176,47 @@ fn the_validator_rejects_a_broken_manifest_and_a_broken_example() {
         "an invalid SnapshotRepair example must fail validation"
     );
     assert!(stderr.contains("spec.action"), "{stderr}");
+
+    // A SnapshotScan example is checked against its own CRD: a schedule of six fields fails.
+    std::fs::remove_file(copy.join("examples/zz-broken.yaml")).expect("rm");
+    std::fs::write(
+        copy.join("examples/zz-broken-scan.yaml"),
+        "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotScan\nmetadata: {name: x}\n\
+         spec: {schedule: '0 0 3 * * *'}\n",
+    )
+    .expect("write example");
+    let out = run_validator(Some(&copy));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a six-field schedule must fail");
+    assert!(stderr.contains("spec.schedule"), "{stderr}");
 }
 
 #[test]
-fn namespace_and_crd_are_part_of_the_base() {
+fn namespace_and_crds_are_part_of_the_base() {
     let all = rendered();
     let ns: Value = object(&all, "Namespace", "snapmend-system");
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "privileged"
     );
-    let crd: Value = object(
-        &all,
-        "CustomResourceDefinition",
-        "snapshotrepairs.snapmend.io",
-    );
-    let committed: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(repo().join("crds/snapshotrepair.yaml")).expect("crd"),
-    )
-    .expect("yaml");
-    let mut crd_without_labels = crd.clone();
-    if let Some(meta) = crd_without_labels["metadata"].as_mapping_mut() {
-        meta.remove("labels");
+    for (name, file) in [
+        ("snapshotrepairs.snapmend.io", "crds/snapshotrepair.yaml"),
+        ("snapshotscans.snapmend.io", "crds/snapshotscan.yaml"),
+    ] {
+        let crd: Value = object(&all, "CustomResourceDefinition", name);
+        let committed: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(repo().join(file)).expect("crd"))
+                .expect("yaml");
+        let mut crd_without_labels = crd.clone();
+        if let Some(meta) = crd_without_labels["metadata"].as_mapping_mut() {
+            meta.remove("labels");
+        }
+        assert_eq!(
+            canonical(crd_without_labels),
+            canonical(committed),
+            "deploy/ ships the generated {name} unchanged"
+        );
     }
-    assert_eq!(
-        canonical(crd_without_labels),
-        canonical(committed),
-        "deploy/ ships the generated CRD unchanged"
-    );
 }
 
 #[test]
@@ -290,9 +303,12 @@ fn the_operator_has_what_it_needs_and_reads_secrets_only_by_name() {
             rule(
                 "snapmend.io",
                 "snapshotrepairs",
-                &["create", "get", "list", "patch", "watch"]
+                &["create", "delete", "get", "list", "patch", "watch"]
             ),
             rule("snapmend.io", "snapshotrepairs/status", &["patch"]),
+            // SnapshotScans: read, and only their status written.
+            rule("snapmend.io", "snapshotscans", &["get", "list", "watch"]),
+            rule("snapmend.io", "snapshotscans/status", &["patch"]),
         ]
     );
     let role: Role = object(&all, "Role", "snapmend-operator-leases");
@@ -312,8 +328,10 @@ fn the_operator_has_what_it_needs_and_reads_secrets_only_by_name() {
         "only its own leader Lease"
     );
     for (g, r, verbs) in rules {
+        assert!(!verbs.iter().any(|v| v == "*"), "{g}/{r}: {verbs:?}");
+        // Deleting: only SnapshotRepairs, those of scan runs beyond spec.historyLimit.
         assert!(
-            !verbs.iter().any(|v| v == "*" || v == "delete"),
+            r == "snapshotrepairs" || !verbs.iter().any(|v| v == "delete"),
             "{g}/{r}: {verbs:?}"
         );
         if r == "secrets" {

@@ -11,42 +11,21 @@ mod agent_support;
 mod operator_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::{AgentProcess, StoreArgs, lease_of};
 use kube::{Api, Client};
-use operator_support::{OperatorProcess, add_node, condition, is_unschedulable, node, wait_for};
+use operator_support::{
+    OperatorProcess, add_node, condition, is_unschedulable, kubectl, node,
+    start_auth_sim_with_deploy, wait_for,
+};
 use snapmend_crds::{Outcome, Phase, SnapshotRepair};
 use snapmend_tests::containerd::{ContainerdFixture, RunOutcome};
 use snapmend_tests::image_builder::pause_image;
-use snapmend_tests::sim::{BackgroundSim, SimConfig};
 use tokio::task::block_in_place;
 
 const NS: &str = "snapmend-system";
 const FLOW: Duration = Duration::from_secs(60);
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = block_in_place(|| {
-        Command::new(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(kubeconfig.with_extension("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("kubectl must be installed (scripts/install-test-deps.sh)")
-    });
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn apply(kubeconfig: &Path, yaml: &str) {
     let file = kubeconfig.with_extension("apply.yaml");
@@ -60,22 +39,8 @@ fn apply(kubeconfig: &Path, yaml: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_incident_is_repaired_with_each_binary_on_its_own_identity() {
     let fixture = block_in_place(ContainerdFixture::start).expect("private containerd");
-    let sim = block_in_place(|| {
-        std::thread::spawn(|| {
-            BackgroundSim::start_with(SimConfig {
-                auth: true,
-                ..SimConfig::default()
-            })
-        })
-        .join()
-    })
-    .expect("sim thread")
-    .expect("start snapmend-sim --auth");
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = dir.path().join("admin");
-    sim.write_kubeconfig(&admin).expect("kubeconfig");
-    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
-    kubectl(&admin, &["apply", "-k", deploy]);
+    let (sim, admin) = start_auth_sim_with_deploy(dir.path());
     let client = Client::try_from(sim.server().kube_config().expect("config")).expect("client");
     add_node(&client, "node-a", false).await;
     // The Pods the tokens are bound to, as the Deployment and the DaemonSet would run them.
@@ -86,22 +51,7 @@ async fn the_incident_is_repaired_with_each_binary_on_its_own_identity() {
         ),
     );
     let token = |sa: &str, pod: &str| {
-        kubectl(
-            &admin,
-            &[
-                "create",
-                "token",
-                sa,
-                "-n",
-                NS,
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                pod,
-            ],
-        )
-        .trim()
-        .to_string()
+        snapmend_tests::kubectl::bound_token(&admin, NS, sa, pod).unwrap_or_else(|e| panic!("{e}"))
     };
     let agent_token = token("snapmend-node-helper", "agent-node-a");
     let operator_token = token("snapmend-operator", "op-1");
@@ -180,13 +130,7 @@ async fn the_incident_is_repaired_with_each_binary_on_its_own_identity() {
     block_in_place(|| fixture.remove_container("identities-after")).expect("remove");
 
     // Every request was authenticated and authorized (the test's own are the admin's).
-    let refused: Vec<String> = sim
-        .server()
-        .requests()
-        .into_iter()
-        .filter(|r| r.status == 401 || r.status == 403)
-        .map(|r| format!("{} {} -> {}", r.key(), r.path, r.status))
-        .collect();
+    let refused = sim.server().refused_requests();
     assert!(refused.is_empty(), "refused requests: {refused:#?}");
     drop(agent);
     drop(operator);

@@ -874,3 +874,57 @@ fn create_of_a_list_passes_kubectls_default_validation() {
     let e = k.fails(&["create", "-f", &f]);
     assert!(e.contains("unknown field \"spec.nodeNam\""), "{e}");
 }
+
+#[test]
+fn scan_crd_shows_its_columns_defaults_and_refuses_a_bad_schedule() {
+    let k = Kubectl::start();
+    for crd in ["snapshotrepair.yaml", "snapshotscan.yaml"] {
+        let path = format!("{}/../crds/{crd}", env!("CARGO_MANIFEST_DIR"));
+        k.ok(&["apply", "-f", &path]);
+    }
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/nightly-scan.yaml"
+    );
+    k.ok(&["apply", "-f", example]);
+    k.apply("defaults.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotScan\nmetadata:\n  name: hourly\nspec:\n  schedule: '0 * * * *'\n");
+    let defaults = k.ok(&[
+        "get",
+        "sscan",
+        "hourly",
+        "-o",
+        "jsonpath={.spec.action} {.spec.contentCheck} {.spec.maxConcurrentNodes} {.spec.historyLimit} {.spec.suspend}",
+    ]);
+    assert_eq!(defaults, "Verify Metadata 1 3 false");
+    k.ok(&[
+        "patch",
+        "sscan",
+        "nightly-workers",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"lastRun":{"id":"20261207-030000","startTime":"2026-12-07T03:00:00Z","nodes":12,"healthy":10,"damaged":2,"repaired":0,"failed":0}}}"#,
+    ]);
+    let table = k.ok(&["get", "sscan"]);
+    assert_eq!(
+        header(&table),
+        [
+            "NAME", "SCHEDULE", "ACTION", "LAST", "RUN", "NODES", "DAMAGED", "AGE"
+        ]
+    );
+    // The schedule's five fields are five cells; then Action, Last Run (an age), Nodes, Damaged.
+    let r = row(&table, "nightly-workers");
+    assert_eq!(&r[1..7], ["0", "3", "*", "*", "*", "Verify"]);
+    assert_eq!(&r[8..10], ["12", "2"]);
+    // A category lookup over two kinds names each row by kind.
+    let both = k.ok(&["get", "snapmend"]);
+    assert_eq!(
+        row(&both, "snapshotscan.snapmend.io/nightly-workers")[1..4],
+        ["0", "3", "*"],
+        "{both}"
+    );
+    let bad = k.fails(&["apply", "-f", &k.file("bad.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotScan\nmetadata:\n  name: bad\nspec:\n  schedule: '0 0 3 * * *'\n")]);
+    assert!(bad.contains("spec.schedule"), "{bad}");
+    let zero = k.fails(&["apply", "-f", &k.file("zero.yaml", "apiVersion: snapmend.io/v1alpha1\nkind: SnapshotScan\nmetadata:\n  name: zero\nspec:\n  schedule: '0 3 * * *'\n  maxConcurrentNodes: 0\n")]);
+    assert!(zero.contains("spec.maxConcurrentNodes"), "{zero}");
+}

@@ -32,6 +32,7 @@ use crate::TestError;
 use crate::containerd::ContainerdFixture;
 use crate::containerd::DEFAULT_SANDBOX_IMAGE;
 use crate::image_builder::pause_image;
+use crate::kubectl::{bound_token, kubectl};
 use crate::registry::Registry;
 use crate::sim::{SimConfig, SimServer};
 
@@ -39,31 +40,6 @@ use crate::sim::{SimConfig, SimServer};
 const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 /// The Pod the operator's token is bound to (a Deployment's replica on a real cluster).
 const OPERATOR_POD: &str = "snapmend-operator-0";
-
-/// Runs the real kubectl on `kubeconfig`; its stdout, or the command's stderr as the error.
-fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, TestError> {
-    let program = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(&program)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(kubeconfig.with_extension("cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .output()
-    })
-    .map_err(|e| TestError::io("kubectl (scripts/install-test-deps.sh installs it)", e))?;
-    if !out.status.success() {
-        return Err(TestError::Command {
-            command: format!("kubectl {}", args.join(" ")),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// The Pods the DaemonSet and the Deployment would run, tokens bound to them
 /// (`kubectl create token --bound-object-kind Pod`), and a kubeconfig on each token:
@@ -104,22 +80,9 @@ fn own_identities(
         )?;
     }
     let kubeconfig = |sa: &str, pod: &str| -> Result<PathBuf, TestError> {
-        let token = kubectl(
-            admin,
-            &[
-                "create",
-                "token",
-                sa,
-                "-n",
-                ns,
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                pod,
-            ],
-        )?;
+        let token = bound_token(admin, ns, sa, pod)?;
         let path = dir.join(format!("{sa}.kubeconfig"));
-        sim.write_kubeconfig_with_token(&path, Some(token.trim()))?;
+        sim.write_kubeconfig_with_token(&path, Some(&token))?;
         Ok(path)
     };
     let agent = kubeconfig("snapmend-node-helper", &agent_pod)?;

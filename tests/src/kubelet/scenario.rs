@@ -14,8 +14,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
-use snapmend_crds::SnapshotRepair;
 use snapmend_crds::labels::DEFAULT_LEASE_NAMESPACE;
+use snapmend_crds::{SnapshotRepair, SnapshotScan};
 
 use crate::TestError;
 use crate::containerd::ContainerdFixture;
@@ -90,17 +90,19 @@ fn build_workspace_bins_once(release: bool) -> Result<(), TestError> {
     Ok(())
 }
 
-/// Installs what `kubectl apply -k deploy/` would: the CRD and the snapmend-system namespace,
+/// Installs what `kubectl apply -k deploy/` would: the CRDs and the snapmend-system namespace,
 /// and waits until SnapshotRepairs are served.
 pub async fn install_snapmend(client: &Client) -> Result<(), TestError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds
-        .create(&PostParams::default(), &SnapshotRepair::crd())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-        Err(e) => return Err(super::kube_err("create", "CRD snapshotrepairs.snapmend.io")(e)),
+    for (crd, name) in [
+        (SnapshotRepair::crd(), "CRD snapshotrepairs.snapmend.io"),
+        (SnapshotScan::crd(), "CRD snapshotscans.snapmend.io"),
+    ] {
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => return Err(super::kube_err("create", name)(e)),
+        }
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {

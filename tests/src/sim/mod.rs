@@ -309,6 +309,16 @@ impl SimServer {
         self.app.requests.snapshot()
     }
 
+    /// The logged requests refused as unauthenticated (401) or unauthorized (403), as
+    /// `verb resource path -> status` lines: empty when every identity had what it needed.
+    pub fn refused_requests(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.status == 401 || r.status == 403)
+            .map(|r| format!("{} {} -> {}", r.key(), r.path, r.status))
+            .collect()
+    }
+
     /// Forgets the logged requests, e.g. once clients have started and listed.
     pub fn clear_requests(&self) {
         self.app.requests.clear();

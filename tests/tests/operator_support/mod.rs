@@ -1,4 +1,4 @@
-//! Shared by the `operator_*` tests: a snapmend-sim with the CRD, Nodes and the snapmend-system
+//! Shared by the `operator_*` tests: a snapmend-sim with the CRDs, Nodes and the snapmend-system
 //! namespace; the real `snapmend-operator` binary as a child process; a fake node agent written
 //! here (renews the presence Lease and answers requests by patching `status.report`); and a
 //! Node watch that records every change of `spec.unschedulable`.
@@ -27,9 +27,9 @@ use serde_json::json;
 use snapmend_crds::labels::{CORDONED_BY_ANNOTATION, helper_lease_name};
 use snapmend_crds::{
     BlobState, Finding, FindingKind, LayerReport, LayerState, Outcome, Phase, RepairAction, Report,
-    SnapshotRepair, SnapshotRepairSpec,
+    SnapshotRepair, SnapshotRepairSpec, SnapshotScan,
 };
-use snapmend_tests::sim::SimServer;
+use snapmend_tests::sim::{BackgroundSim, SimConfig, SimServer};
 use tokio::task::JoinHandle;
 
 pub const NAMESPACE: &str = "snapmend-system";
@@ -42,14 +42,16 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A simulated API server with the CRD, the snapmend-system namespace and `nodes` Nodes.
+/// A simulated API server with the CRDs, the snapmend-system namespace and `nodes` Nodes.
 pub async fn start_cluster(nodes: &[&str]) -> (SimServer, Client) {
     let sim = SimServer::start().await.expect("start snapmend-sim");
     let client = sim.client().expect("client");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &SnapshotRepair::crd())
-        .await
-        .expect("create CRD");
+    for crd in [SnapshotRepair::crd(), SnapshotScan::crd()] {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("create CRD");
+    }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).expect("ns");
@@ -683,4 +685,31 @@ where
     Fut: Future<Output = Option<T>>,
 {
     snapmend_tests::probe::wait_until(what, timeout, Duration::from_millis(50), check).await
+}
+
+/// The real kubectl on `kubeconfig`, its stdout; panics with kubectl's stderr when it fails.
+pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    snapmend_tests::kubectl::kubectl(kubeconfig, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `snapmend-sim --auth` with deploy/ applied by kubectl as the admin: the sim, and the
+/// admin's kubeconfig (written in `dir`).
+pub fn start_auth_sim_with_deploy(dir: &std::path::Path) -> (BackgroundSim, PathBuf) {
+    let sim = tokio::task::block_in_place(|| {
+        // The sim runs its own runtime on its own thread.
+        std::thread::spawn(|| {
+            BackgroundSim::start_with(SimConfig {
+                auth: true,
+                ..SimConfig::default()
+            })
+        })
+        .join()
+    })
+    .expect("sim thread")
+    .expect("start snapmend-sim --auth");
+    let admin = dir.join("admin");
+    sim.write_kubeconfig(&admin).expect("kubeconfig");
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    kubectl(&admin, &["apply", "-k", deploy]);
+    (sim, admin)
 }
