@@ -8,6 +8,7 @@ pub mod report;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod scan_report;
+pub mod scan_summary;
 pub mod snapshot_repair;
 
 pub use culprit::{Culprit, CulpritProcess, RepairCulprit};
@@ -16,6 +17,7 @@ pub use report::{
     Report,
 };
 pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
+pub use scan_summary::{ImageSummary, OutcomeCounts, ScanSummary, StoreSummary, bounded_report};
 pub use snapshot_repair::{
     ContentCheck, Phase, PullSecretRef, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,

@@ -241,6 +241,39 @@ pub fn report_culprit(report: &Report) -> Option<RepairCulprit> {
         })
 }
 
+/// At most this many image names in a scan's message, each cut to [`IMAGE_NAME_MAX`] bytes.
+const NAMED_IMAGES: usize = 3;
+const IMAGE_NAME_MAX: usize = 256;
+
+/// The findings as a message says them: the Findings column, and for a scan which images are
+/// damaged (or were repaired), the first few by name.
+pub fn findings_text(report: &Report) -> String {
+    let summary = report.findings_summary();
+    let Some(scan) = &report.scan else {
+        return summary;
+    };
+    let (named, total) = if report.outcome == Outcome::Repaired {
+        (scan.repaired_images(NAMED_IMAGES), scan.outcomes.repaired)
+    } else {
+        (
+            scan.damaged_images(NAMED_IMAGES),
+            scan.outcomes.damaged() + scan.outcomes.error,
+        )
+    };
+    if named.is_empty() {
+        return summary;
+    }
+    let mut names: Vec<String> = named
+        .iter()
+        .map(|n| bounded(n, IMAGE_NAME_MAX).into_owned())
+        .collect();
+    let more = total.saturating_sub(names.len() as u64);
+    if more > 0 {
+        names.push(format!("{more} more"));
+    }
+    format!("{summary}: {}", names.join(", "))
+}
+
 /// Request ids count up from 1; any id that is not a number restarts the count.
 pub fn next_request_id(previous: Option<&RepairRequest>) -> String {
     let n = previous.and_then(|r| r.id.parse::<u64>().ok()).unwrap_or(0);
@@ -297,8 +330,17 @@ impl Machine<'_, '_> {
         &self.o.spec.node_name
     }
 
+    /// The target as messages name it: the image, `sandbox`, or `all images`.
     fn target(&self) -> String {
+        if self.o.spec.all_images {
+            return "all images".to_string();
+        }
         self.o.spec.target()
+    }
+
+    /// `is`, or `are` for all images.
+    fn is(&self) -> &'static str {
+        if self.o.spec.all_images { "are" } else { "is" }
     }
 
     fn event(&mut self, kind: EventKind, reason: &'static str, note: String) {
@@ -395,13 +437,14 @@ impl Machine<'_, '_> {
             return self.await_helper();
         };
         self.record_findings(report);
-        let findings = report.findings_summary();
+        let findings = findings_text(report);
         match report.outcome {
             Outcome::Healthy => {
                 let msg = format!(
-                    "{} on node {} is healthy; nothing to repair",
+                    "{} on node {} {} healthy; nothing to repair",
                     self.target(),
-                    self.node_name()
+                    self.node_name(),
+                    self.is()
                 );
                 self.condition(VERIFIED, Status::True, "Healthy", &msg);
                 self.succeed("Healthy", msg);
@@ -413,9 +456,10 @@ impl Machine<'_, '_> {
                     "Corrupted"
                 };
                 let mut msg = format!(
-                    "{} on node {} is damaged: {findings}",
+                    "{} on node {} {} damaged: {findings}",
                     self.target(),
-                    self.node_name()
+                    self.node_name(),
+                    self.is()
                 );
                 if let Some(extra) = &report.message {
                     msg.push_str(&format!(" ({extra})"));
@@ -564,7 +608,7 @@ impl Machine<'_, '_> {
             return self.await_helper();
         };
         self.record_findings(report);
-        let findings = report.findings_summary();
+        let findings = findings_text(report);
         match report.outcome {
             Outcome::Repaired | Outcome::Healthy => {
                 let (why, text) = if report.outcome == Outcome::Repaired {
@@ -581,9 +625,14 @@ impl Machine<'_, '_> {
                     (
                         "NothingToRepair",
                         format!(
-                            "{} on node {} was already healthy at repair time",
+                            "{} on node {} {} already healthy at repair time",
                             self.target(),
-                            self.node_name()
+                            self.node_name(),
+                            if self.o.spec.all_images {
+                                "were"
+                            } else {
+                                "was"
+                            }
                         ),
                     )
                 };
