@@ -127,46 +127,59 @@ impl ScanSummary {
     /// The Findings column: `healthy (14 images)`, `2/14 images damaged`, plus repaired,
     /// unchecked images and missing snapshot directories when there are any.
     pub fn findings_column(&self) -> String {
+        self.findings_naming(0, 0)
+    }
+
+    /// [`ScanSummary::findings_column`] naming the first `names` listed images of each kind,
+    /// each cut to `name_max` bytes: `2/14 images damaged (a:1, b:1)`, `5/14 images damaged
+    /// (a:1, b:1, c:1, 2 more)`.
+    pub fn findings_naming(&self, names: usize, name_max: usize) -> String {
         let n = self.images_total;
-        let mut parts = Vec::new();
         let o = &self.outcomes;
+        let named = |count: u64, what: &str, pick: &dyn Fn(&ImageSummary) -> bool| {
+            let mut listed: Vec<String> = self
+                .images
+                .iter()
+                .filter(|i| pick(i))
+                .take(names)
+                .map(|i| cut(&i.image, name_max))
+                .collect();
+            let more = count.saturating_sub(listed.len() as u64);
+            if !listed.is_empty() && more > 0 {
+                listed.push(format!("{more} more"));
+            }
+            let mut text = format!("{count}/{n} images {what}");
+            if !listed.is_empty() {
+                text.push_str(&format!(" ({})", listed.join(", ")));
+            }
+            text
+        };
+        let mut parts = Vec::new();
         if o.damaged() > 0 {
-            parts.push(format!("{}/{n} images damaged", o.damaged()));
+            parts.push(named(o.damaged(), "damaged", &|i| {
+                matches!(i.outcome, Outcome::Corrupted | Outcome::Unrepairable)
+            }));
         }
         if o.repaired > 0 {
-            parts.push(format!("{}/{n} images repaired", o.repaired));
+            parts.push(named(o.repaired, "repaired", &|i| {
+                i.outcome == Outcome::Repaired
+            }));
         }
         if o.error > 0 {
-            parts.push(format!("{}/{n} images not checked", o.error));
+            parts.push(named(o.error, "not checked", &|i| {
+                i.outcome == Outcome::Error
+            }));
         }
-        if self.store.missing > 0 {
-            parts.push(format!("{} snapshot dirs missing", self.store.missing));
+        match self.store.missing {
+            0 => {}
+            1 => parts.push("1 snapshot dir missing".to_string()),
+            m => parts.push(format!("{m} snapshot dirs missing")),
         }
         if parts.is_empty() {
             format!("healthy ({n} images)")
         } else {
             parts.join(", ")
         }
-    }
-
-    /// The first `n` listed images whose damage is still there or that were not checked.
-    pub fn damaged_images(&self, n: usize) -> Vec<&str> {
-        self.images
-            .iter()
-            .filter(|i| !matches!(i.outcome, Outcome::Healthy | Outcome::Repaired))
-            .take(n)
-            .map(|i| i.image.as_str())
-            .collect()
-    }
-
-    /// The first `n` listed images that were repaired.
-    pub fn repaired_images(&self, n: usize) -> Vec<&str> {
-        self.images
-            .iter()
-            .filter(|i| i.outcome == Outcome::Repaired)
-            .take(n)
-            .map(|i| i.image.as_str())
-            .collect()
     }
 }
 
@@ -496,8 +509,10 @@ mod tests {
         assert_eq!(chains, ["sha256:2", "sha256:4", "sha256:3"]);
         assert_eq!((s.damaged_layers, s.findings_total), (3, 5));
         assert_eq!(s.images[0].findings_total, 4);
-        assert_eq!(s.damaged_images(2), ["e", "b"]);
-        assert_eq!(s.repaired_images(5), ["d"]);
+        assert_eq!(
+            s.findings_naming(2, 16),
+            "3/6 images damaged (e, b, 1 more), 1/6 images repaired (d), 1/6 images not checked (c)"
+        );
         assert_eq!(
             s.findings_column(),
             "3/6 images damaged, 1/6 images repaired, 1/6 images not checked"
@@ -577,6 +592,28 @@ mod tests {
         );
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn names_are_cut_and_one_missing_dir_is_singular() {
+        let scan = ScanReport {
+            outcome: Outcome::Corrupted,
+            images: vec![image(&"n".repeat(300), Outcome::Corrupted, vec![])],
+            snapshots: StoreFindings {
+                missing: vec![entry("3")],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = bounded_report(&scan).scan.unwrap();
+        let text = s.findings_naming(3, 10);
+        assert_eq!(
+            text,
+            format!(
+                "1/1 images damaged ({}…), 1 snapshot dir missing",
+                "n".repeat(7)
+            )
+        );
     }
 
     #[test]

@@ -241,37 +241,18 @@ pub fn report_culprit(report: &Report) -> Option<RepairCulprit> {
         })
 }
 
-/// At most this many image names in a scan's message, each cut to [`IMAGE_NAME_MAX`] bytes.
+/// At most this many image names of each kind in a scan's message, each cut to
+/// [`IMAGE_NAME_MAX`] bytes.
 const NAMED_IMAGES: usize = 3;
 const IMAGE_NAME_MAX: usize = 256;
 
 /// The findings as a message says them: the Findings column, and for a scan which images are
 /// damaged (or were repaired), the first few by name.
 pub fn findings_text(report: &Report) -> String {
-    let summary = report.findings_summary();
-    let Some(scan) = &report.scan else {
-        return summary;
-    };
-    let (named, total) = if report.outcome == Outcome::Repaired {
-        (scan.repaired_images(NAMED_IMAGES), scan.outcomes.repaired)
-    } else {
-        (
-            scan.damaged_images(NAMED_IMAGES),
-            scan.outcomes.damaged() + scan.outcomes.error,
-        )
-    };
-    if named.is_empty() {
-        return summary;
+    match &report.scan {
+        Some(scan) => scan.findings_naming(NAMED_IMAGES, IMAGE_NAME_MAX),
+        None => report.findings_summary(),
     }
-    let mut names: Vec<String> = named
-        .iter()
-        .map(|n| bounded(n, IMAGE_NAME_MAX).into_owned())
-        .collect();
-    let more = total.saturating_sub(names.len() as u64);
-    if more > 0 {
-        names.push(format!("{more} more"));
-    }
-    format!("{summary}: {}", names.join(", "))
 }
 
 /// Request ids count up from 1; any id that is not a number restarts the count.
@@ -461,7 +442,8 @@ impl Machine<'_, '_> {
                     self.node_name(),
                     self.is()
                 );
-                if let Some(extra) = &report.message {
+                // A scan's message repeats its counts; the summary has them.
+                if let Some(extra) = report.message.as_ref().filter(|_| report.scan.is_none()) {
                     msg.push_str(&format!(" ({extra})"));
                 }
                 msg.push_str(&self.culprit_tail());
@@ -614,12 +596,21 @@ impl Machine<'_, '_> {
                 let (why, text) = if report.outcome == Outcome::Repaired {
                     (
                         "Repaired",
-                        format!(
-                            "repaired {} on node {} ({findings}){}",
-                            self.target(),
-                            self.node_name(),
-                            self.culprit_tail()
-                        ),
+                        if report.scan.is_some() {
+                            format!(
+                                "repaired {} on node {}: {findings}{}",
+                                self.target(),
+                                self.node_name(),
+                                self.culprit_tail()
+                            )
+                        } else {
+                            format!(
+                                "repaired {} on node {} ({findings}){}",
+                                self.target(),
+                                self.node_name(),
+                                self.culprit_tail()
+                            )
+                        },
                     )
                 } else {
                     (

@@ -4,6 +4,9 @@
 //! Repair cordons, repairs to exactly what containerd unpacked, and uncordons; the Node
 //! condition `SnapshotsDamaged` follows. And a node with 200 images keeps a small object.
 
+// Helpers of this test crate unwrap like the tests do (clippy.toml allows it only inside #[test]).
+#![allow(clippy::unwrap_used)]
+
 mod agent_support;
 
 use std::sync::{Arc, Mutex};
@@ -42,7 +45,29 @@ struct Cluster {
     client: Client,
     _agent: AgentProcess,
     _operator: snapmend_tests::kubelet::scenario::ChildProcess,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Runs the real kubectl against the cluster; returns stdout, asserting success.
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.dir.path().join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kubectl-cache"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("kubectl is required (scripts/install-test-deps.sh installs it)");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
 }
 
 async fn cluster(s: &Scenario) -> Cluster {
@@ -71,7 +96,7 @@ async fn cluster(s: &Scenario) -> Cluster {
         client,
         _agent: agent,
         _operator: operator,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -194,7 +219,7 @@ async fn an_all_images_verify_reports_the_damage_and_an_all_images_repair_restor
     assert_eq!(st.target.as_deref(), Some("all"));
     assert_eq!(
         st.findings.as_deref(),
-        Some("3/4 images damaged, 1 snapshot dirs missing"),
+        Some("3/4 images damaged, 1 snapshot dir missing"),
         "{st:#?}"
     );
     let report = st.report.clone().unwrap().report;
@@ -296,6 +321,46 @@ async fn an_all_images_verify_reports_the_damage_and_an_all_images_repair_restor
         "node-a-2-repair-all",
     )
     .await;
+
+    // What a person sees.
+    let table = c.kubectl(&["get", "sr"]);
+    let row = |name: &str| -> String {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{table}"))
+            .to_string()
+    };
+    let cells = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .take(5)
+            .map(str::to_string)
+            .collect()
+    };
+    let verify_row = row("node-a-1-verify-all");
+    assert_eq!(
+        cells(&verify_row)[1..],
+        ["node-a", "all", "Verify", "Succeeded"],
+        "{table}"
+    );
+    assert!(
+        verify_row.contains("3/4 images damaged, 1 snapshot dir missing"),
+        "{table}"
+    );
+    let repair_row = row("node-a-2-repair-all");
+    assert_eq!(
+        cells(&repair_row)[1..],
+        ["node-a", "all", "Repair", "Succeeded"]
+    );
+    assert!(repair_row.contains("3/4 images repaired"), "{table}");
+    let described = c.kubectl(&["describe", "sr", "node-a-1-verify-all"]);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Images", "Total:", "4"])),
+        "{described}"
+    );
+    assert!(described.lines().count() < 250, "{described}");
     c.sim.stop().await;
 }
 
