@@ -9,14 +9,10 @@
 
 mod agent_support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_support::*;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
-use kube::api::PostParams;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use snapmend_crds::{
     ContentCheck, FindingKind, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
@@ -73,14 +69,7 @@ impl Cluster {
 async fn cluster(s: &Scenario) -> Cluster {
     let sim = start_cluster(0).await;
     let client = sim.client().unwrap();
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}}
-    }))
-    .unwrap();
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap();
+    create_node(&client, NODE).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();
@@ -176,24 +165,8 @@ async fn an_all_images_verify_reports_the_damage_and_an_all_images_repair_restor
     eprintln!("pristine captured after {:?}", t0.elapsed());
     let c = cluster(&s).await;
     eprintln!("cluster ready after {:?}", t0.elapsed());
-    let nodes: Api<Node> = Api::all(c.client.clone());
-
     // Every value of spec.unschedulable the node goes through.
-    let history = Arc::new(Mutex::new(Vec::<bool>::new()));
-    let recorder = {
-        let history = history.clone();
-        let stream = watcher(nodes.clone(), watcher::Config::default()).applied_objects();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(Ok(node)) = stream.next().await {
-                let cordoned = node.spec.and_then(|s| s.unschedulable).unwrap_or(false);
-                let mut h = history.lock().unwrap();
-                if h.last() != Some(&cordoned) {
-                    h.push(cordoned);
-                }
-            }
-        })
-    };
+    let history = CordonHistory::record(&c.client);
 
     // Damage in two images, and B's top snapshot directory deleted.
     std::fs::remove_file(pristine[0].layers[1].fs.join("a")).unwrap();
@@ -272,10 +245,7 @@ async fn an_all_images_verify_reports_the_damage_and_an_all_images_repair_restor
         "node-a-1-verify-all",
     )
     .await;
-    assert!(
-        history.lock().unwrap().iter().all(|u| !u),
-        "Verify never cordons"
-    );
+    assert!(history.values().iter().all(|u| !u), "Verify never cordons");
 
     let started = Instant::now();
     let repair = run_to_the_end(
@@ -298,13 +268,9 @@ async fn an_all_images_verify_reports_the_damage_and_an_all_images_repair_restor
     let scan = report.scan.expect("scan summary");
     assert_eq!((scan.outcomes.repaired, scan.outcomes.healthy), (3, 1));
     assert_eq!(scan.store.missing, 0, "the deleted directory is back");
-    wait_for(
-        "the cordon, then the uncordon",
-        Duration::from_secs(10),
-        || async { (history.lock().unwrap().as_slice() == [false, true, false]).then_some(()) },
-    )
-    .await;
-    recorder.abort();
+    history
+        .wait_for(&[false, true, false], Duration::from_secs(10))
+        .await;
     for p in &pristine {
         let diffs = p.differences_now().unwrap();
         assert!(
