@@ -1007,6 +1007,17 @@ impl Flow {
     }
 }
 
+/// The events of a repair that cordons, repairs and uncordons.
+const REPAIR_EVENTS: [&str; 7] = [
+    "VerifyRequested",
+    "CorruptionFound",
+    "Cordoning",
+    "RepairRequested",
+    "Repaired",
+    "Uncordoned",
+    "Succeeded",
+];
+
 fn incident(action: RepairAction) -> Outcome {
     match action {
         RepairAction::Verify => Outcome::Corrupted,
@@ -1032,18 +1043,7 @@ fn flow_incident_cordons_repairs_and_uncordons() {
         );
     }
     let f = Flow::new(World::new()).run(incident, false);
-    assert_eq!(
-        f.events,
-        [
-            "VerifyRequested",
-            "CorruptionFound",
-            "Cordoning",
-            "RepairRequested",
-            "Repaired",
-            "Uncordoned",
-            "Succeeded"
-        ]
-    );
+    assert_eq!(f.events, REPAIR_EVENTS);
 }
 
 #[test]
@@ -1753,18 +1753,7 @@ fn all_images_repair_cordons_repairs_and_uncordons() {
     assert_eq!(f.phase(), Phase::Succeeded);
     assert!(f.history.contains(&true));
     assert_eq!(f.history.last(), Some(&false));
-    assert_eq!(
-        f.events,
-        [
-            "VerifyRequested",
-            "CorruptionFound",
-            "Cordoning",
-            "RepairRequested",
-            "Repaired",
-            "Uncordoned",
-            "Succeeded"
-        ]
-    );
+    assert_eq!(f.events, REPAIR_EVENTS);
     let st = &f.world.status;
     assert_eq!(st.findings.as_deref(), Some("2/14 images repaired"));
     let repaired = conditions::get(&st.conditions, REPAIRED).unwrap();
