@@ -25,6 +25,8 @@ const LAYERS_BUDGET: usize = 16 * 1024;
 const STORE_BUDGET: usize = 4 * 1024;
 /// Bytes for the scan's message.
 const MESSAGE_BUDGET: usize = 1024;
+/// Bytes of an image's own message (why it could not be checked or repaired).
+const IMAGE_MESSAGE_MAX: usize = 200;
 /// At most this many damaged layers are listed, each with at most this many findings.
 const LAYERS_MAX: usize = 20;
 const LAYER_FINDINGS_MAX: usize = 10;
@@ -106,6 +108,9 @@ pub struct ImageSummary {
     pub damaged_layers: u32,
     /// Findings over its layers (a shared layer counts in every image that uses it).
     pub findings_total: u64,
+    /// Why an image could not be checked or repaired (its Report's message, cut short).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The store's findings: exact counts, and the first few of each list.
@@ -290,6 +295,11 @@ pub fn bounded_report(scan: &ScanReport) -> Report {
             damaged_layers: u32::try_from(r.layers.iter().filter(|l| l.needs_attention()).count())
                 .unwrap_or(u32::MAX),
             findings_total: r.findings_total(),
+            message: r
+                .message
+                .as_deref()
+                .filter(|_| matches!(r.outcome, Outcome::Error | Outcome::Unrepairable))
+                .map(|m| cut(m, IMAGE_MESSAGE_MAX)),
         })
         .collect();
     let images = prefix_within(&summaries, IMAGES_BUDGET, usize::MAX);
@@ -374,6 +384,11 @@ mod tests {
             layers,
             ..Default::default()
         }
+    }
+
+    fn said(mut r: Report, message: &str) -> Report {
+        r.message = Some(message.to_string());
+        r
     }
 
     fn entry(id: &str) -> StoreSnapshot {
@@ -476,14 +491,26 @@ mod tests {
             outcome: Outcome::Unrepairable,
             images: vec![
                 image("a", Outcome::Healthy, vec![ok("1")]),
-                image("b", Outcome::Corrupted, vec![ok("1"), bad("2")]),
-                image("c", Outcome::Error, vec![]),
+                said(
+                    image("b", Outcome::Corrupted, vec![ok("1"), bad("2")]),
+                    "a verify's note",
+                ),
+                said(
+                    image("c", Outcome::Error, vec![]),
+                    &format!(
+                        "namespace k8s.io: manifest sha256:c is missing{}",
+                        " ".repeat(300)
+                    ),
+                ),
                 image(
                     "d",
                     Outcome::Repaired,
                     vec![layer("3", LayerState::Repaired, 1)],
                 ),
-                image("e", Outcome::Unrepairable, vec![bad("2"), bad("4")]),
+                said(
+                    image("e", Outcome::Unrepairable, vec![bad("2"), bad("4")]),
+                    "blob sha256:4 is missing",
+                ),
                 image("f", Outcome::Corrupted, vec![bad("4")]),
             ],
             layers_checked: 4,
@@ -504,6 +531,34 @@ mod tests {
             }
         );
         assert_eq!(s.omitted, 0);
+        // Shared damaged layers are listed once.
+        let chains: Vec<&str> = r.layers.iter().map(|l| l.chain_id.as_str()).collect();
+        assert_eq!(chains, ["sha256:2", "sha256:4", "sha256:3"]);
+        assert_eq!((s.damaged_layers, s.findings_total), (3, 5));
+        assert_eq!(s.images[0].findings_total, 4);
+        // Only images that could not be checked or repaired say why, in at most 200 bytes.
+        let said: Vec<(&str, Option<&str>)> = s
+            .images
+            .iter()
+            .map(|i| (i.image.as_str(), i.message.as_deref()))
+            .collect();
+        let long = s.images[3].message.clone().unwrap();
+        assert!(long.starts_with("namespace k8s.io: manifest sha256:c is missing"));
+        assert!(
+            long.ends_with('…') && long.len() <= IMAGE_MESSAGE_MAX,
+            "{long}"
+        );
+        assert_eq!(
+            said,
+            [
+                ("e", Some("blob sha256:4 is missing")),
+                ("b", None),
+                ("f", None),
+                ("c", Some(long.as_str())),
+                ("d", None),
+                ("a", None)
+            ]
+        );
         // Shared damaged layers are listed once.
         let chains: Vec<&str> = r.layers.iter().map(|l| l.chain_id.as_str()).collect();
         assert_eq!(chains, ["sha256:2", "sha256:4", "sha256:3"]);
