@@ -113,12 +113,16 @@ pub fn scope_of(sr: &SnapshotRepair) -> Result<Scope, String> {
     }
 }
 
-/// Order in which pending requests are served: oldest SnapshotRepair first, then by name, so
-/// that a burst of requests is answered fairly and deterministically.
+/// Order in which pending requests are served: single images before scans of every image (a
+/// pod waiting on a damaged image must not wait for a scheduled scan of the node), then the
+/// oldest SnapshotRepair first, then by name, so that a burst of requests is answered fairly
+/// and deterministically.
 pub fn queue_order(a: &SnapshotRepair, b: &SnapshotRepair) -> std::cmp::Ordering {
     let created = |sr: &SnapshotRepair| sr.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    created(a)
-        .cmp(&created(b))
+    a.spec
+        .all_images
+        .cmp(&b.spec.all_images)
+        .then_with(|| created(a).cmp(&created(b)))
         .then_with(|| a.metadata.name.cmp(&b.metadata.name))
 }
 
@@ -343,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn queue_serves_the_oldest_first_then_by_name() {
+    fn queue_serves_single_images_first_then_the_oldest_then_by_name() {
         let at = |name: &str, secs: i64| {
             let mut s = sr("node-a");
             s.metadata.name = Some(name.into());
@@ -351,12 +355,14 @@ mod tests {
                 Some(Time(Timestamp::from_second(secs).expect("valid time")));
             s
         };
-        let mut all = [at("c", 5), at("b", 1), at("a", 5)];
+        let mut scan = at("scan", 0);
+        scan.spec.all_images = true;
+        let mut all = [at("c", 5), scan, at("b", 1), at("a", 5)];
         all.sort_by(queue_order);
         let names: Vec<_> = all
             .iter()
             .map(|s| s.metadata.name.clone().unwrap_or_default())
             .collect();
-        assert_eq!(names, ["b", "a", "c"]);
+        assert_eq!(names, ["b", "a", "c", "scan"], "single images before scans");
     }
 }
