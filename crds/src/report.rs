@@ -225,6 +225,10 @@ impl Report {
     /// Counts come from the listed findings; when the list was capped the exact total is appended.
     pub fn findings_summary(&self) -> String {
         if let Some(scan) = &self.scan {
+            // A scan that could not run at all (an unreadable store) found nothing either way.
+            if self.outcome == Outcome::Error {
+                return "not checked".to_string();
+            }
             return scan.findings_column();
         }
         let mut counts = std::collections::BTreeMap::<FindingKind, u64>::new();

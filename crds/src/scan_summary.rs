@@ -610,6 +610,22 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_that_could_not_run_is_not_called_healthy() {
+        let r = bounded_report(&ScanReport {
+            outcome: Outcome::Error,
+            message: Some("cannot open meta.db".into()),
+            ..Default::default()
+        });
+        assert_eq!(r.findings_summary(), "not checked");
+        assert_eq!(r.message.as_deref(), Some("cannot open meta.db"));
+        let empty = bounded_report(&ScanReport {
+            outcome: Outcome::Healthy,
+            ..Default::default()
+        });
+        assert_eq!(empty.findings_summary(), "healthy (0 images)");
+    }
+
+    #[test]
     fn one_huge_layer_does_not_crowd_out_the_others() {
         let mut huge = layer("big", LayerState::Corrupted, 100);
         for f in &mut huge.findings {
