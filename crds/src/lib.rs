@@ -17,7 +17,9 @@ pub use report::{
     Report,
 };
 pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
-pub use scan_summary::{ImageSummary, OutcomeCounts, ScanSummary, StoreSummary, bounded_report};
+pub use scan_summary::{
+    CheckedWithCounts, ImageSummary, OutcomeCounts, ScanSummary, StoreSummary, bounded_report,
+};
 pub use snapshot_repair::{
     ContentCheck, Phase, PullSecretRef, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::report::{LayerReport, Outcome, Report};
+use crate::report::{CheckedWith, LayerReport, Outcome, Report};
 use crate::scan_report::{ScanReport, StoreFindings, StoreSnapshot};
 
 /// The whole serialised `status.report` of a scan stays below this many bytes (the object
@@ -46,6 +46,9 @@ pub struct ScanSummary {
     pub outcomes: OutcomeCounts,
     /// Unique layers (by chainID) verified, each once however many images share it.
     pub layers_checked: u64,
+    /// What those unique layers were compared with: their blob, or the TOC kept from it.
+    #[serde(default)]
+    pub checked_with: CheckedWithCounts,
     /// Unique layers that were damaged (or repaired), and their findings, exact.
     #[serde(default)]
     pub damaged_layers: u64,
@@ -64,6 +67,14 @@ pub struct ScanSummary {
     /// Damaged layers not listed in the report's `layers`.
     #[serde(default)]
     pub omitted_layers: u64,
+}
+
+/// How many unique layers were checked against each reference.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckedWithCounts {
+    pub blob: u64,
+    pub toc: u64,
 }
 
 /// How many images ended with each outcome.
@@ -264,11 +275,22 @@ pub fn bounded_report(scan: &ScanReport) -> Report {
     order.sort_by_key(|r| rank(r.outcome)); // stable: namespace then name within a rank
 
     // Unique damaged layers, in the order of the images that use them.
+    // Unique layers (images share them), and of those the damaged ones, in the order of the
+    // images that use them.
     let mut seen = HashSet::new();
     let mut damaged: Vec<&LayerReport> = Vec::new();
+    let mut checked_with = CheckedWithCounts::default();
     for image in &order {
-        for l in image.layers.iter().filter(|l| l.needs_attention()) {
-            if seen.insert((l.chain_id.as_str(), l.snapshot_id.as_deref())) {
+        for l in &image.layers {
+            if !seen.insert((l.chain_id.as_str(), l.snapshot_id.as_deref())) {
+                continue;
+            }
+            match l.checked_with {
+                Some(CheckedWith::Blob) => checked_with.blob += 1,
+                Some(CheckedWith::Toc) => checked_with.toc += 1,
+                None => {}
+            }
+            if l.needs_attention() {
                 damaged.push(l);
             }
         }
@@ -326,6 +348,7 @@ pub fn bounded_report(scan: &ScanReport) -> Report {
         images_total: scan.images.len() as u64,
         outcomes,
         layers_checked: scan.layers_checked,
+        checked_with,
         damaged_layers: damaged.len() as u64,
         findings_total,
         store,
@@ -356,6 +379,14 @@ pub fn bounded_report(scan: &ScanReport) -> Report {
 mod tests {
     use super::*;
     use crate::report::{BlobState, Finding, FindingKind, LayerState};
+
+    fn toc_layer(chain: &str) -> LayerReport {
+        LayerReport {
+            blob: BlobState::NotChecked,
+            checked_with: Some(CheckedWith::Toc),
+            ..layer(chain, LayerState::Healthy, 0)
+        }
+    }
 
     fn layer(chain: &str, state: LayerState, findings: usize) -> LayerReport {
         LayerReport {
@@ -581,13 +612,7 @@ mod tests {
         let scan = ScanReport {
             outcome: Outcome::Healthy,
             images: (0..14)
-                .map(|i| {
-                    image(
-                        &format!("i{i}"),
-                        Outcome::Healthy,
-                        vec![layer("1", LayerState::Healthy, 0)],
-                    )
-                })
+                .map(|i| image(&format!("i{i}"), Outcome::Healthy, vec![toc_layer("1")]))
                 .collect(),
             snapshots: StoreFindings {
                 orphaned: vec![entry("999")],
@@ -600,6 +625,8 @@ mod tests {
         let r = bounded_report(&scan);
         let s = r.scan.as_ref().unwrap();
         assert_eq!(s.findings_column(), "healthy (14 images)");
+        // The one layer all 14 images share counts once.
+        assert_eq!(s.checked_with, CheckedWithCounts { blob: 0, toc: 1 });
         assert!(r.layers.is_empty());
         assert_eq!(
             (s.store.orphaned, s.store.unreferenced, s.store.missing),
