@@ -274,7 +274,6 @@ pub fn bounded_report(scan: &ScanReport) -> Report {
     }
     order.sort_by_key(|r| rank(r.outcome)); // stable: namespace then name within a rank
 
-    // Unique damaged layers, in the order of the images that use them.
     // Unique layers (images share them), and of those the damaged ones, in the order of the
     // images that use them.
     let mut seen = HashSet::new();
