@@ -9,6 +9,7 @@ pub mod report;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod scan_report;
+pub mod scan_summary;
 pub mod snapshot_repair;
 pub mod snapshot_scan;
 
@@ -18,6 +19,9 @@ pub use report::{
     Report,
 };
 pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
+pub use scan_summary::{
+    CheckedWithCounts, ImageSummary, OutcomeCounts, ScanSummary, StoreSummary, bounded_report,
+};
 pub use snapshot_repair::{
     ContentCheck, Phase, PullSecretRef, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::culprit::Culprit;
+use crate::scan_summary::ScanSummary;
 
 /// At most this many findings are listed per layer; `findingsTotal` stays exact.
 pub const FINDINGS_CAP: usize = 100;
@@ -26,6 +27,10 @@ pub struct Report {
     /// Why the outcome is what it is, and what a person can do, when that is not obvious.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A scan of every image (`allImages`): exact counts and the first images and store
+    /// findings. Then `layers` lists only the damaged (or repaired) layers, each once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanSummary>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -195,15 +200,37 @@ impl FindingKind {
     }
 }
 
+impl LayerReport {
+    /// Damaged, repaired, or not compared with a trustworthy reference (the verified blob or
+    /// the TOC kept from one): a layer a person must hear about.
+    pub fn needs_attention(&self) -> bool {
+        let reference_ok =
+            self.blob == BlobState::Verified || self.checked_with == Some(CheckedWith::Toc);
+        self.state != LayerState::Healthy || !reference_ok
+    }
+}
+
 impl Report {
-    /// Total findings over all layers (exact, not capped).
+    /// Total findings over all layers (exact, not capped; for a scan, over every damaged layer,
+    /// listed or not).
     pub fn findings_total(&self) -> u64 {
-        self.layers.iter().map(|l| l.findings_total).sum()
+        match &self.scan {
+            Some(scan) => scan.findings_total,
+            None => self.layers.iter().map(|l| l.findings_total).sum(),
+        }
     }
 
-    /// Short human summary for the Findings printer column, e.g. `1 missing` or `none`.
+    /// Short human summary for the Findings printer column, e.g. `1 missing` or `none`; for a
+    /// scan `2/14 images damaged` or `healthy (14 images)`.
     /// Counts come from the listed findings; when the list was capped the exact total is appended.
     pub fn findings_summary(&self) -> String {
+        if let Some(scan) = &self.scan {
+            // A scan that could not run at all (an unreadable store) found nothing either way.
+            if self.outcome == Outcome::Error {
+                return "not checked".to_string();
+            }
+            return scan.findings_column();
+        }
         let mut counts = std::collections::BTreeMap::<FindingKind, u64>::new();
         let mut missing_snapshots = 0u64;
         let mut unusable_blobs = 0u64;
@@ -363,6 +390,7 @@ mod tests {
             mounts: 3,
             duration_ms: 41,
             message: None,
+            scan: None,
         };
         let v = serde_json::to_value(&r).expect("serialize");
         assert_eq!(v["manifestDigest"], "sha256:m");

@@ -591,6 +591,7 @@ mod tests {
             mounts: 3,
             duration_ms: 41,
             message: None,
+            scan: None,
         };
         let s = human_summary(&r);
         assert!(s.contains("outcome  Corrupted (12 missing)"), "{s}");

@@ -138,6 +138,7 @@ fn timed(
                 mounts: count_mounts(&store, &image),
                 duration_ms: 0,
                 message,
+                scan: None,
             }
         }
         Err(e) => {
@@ -272,7 +273,7 @@ pub(crate) fn reference_ok(l: &LayerReport) -> bool {
 }
 
 pub(crate) fn layer_ok(l: &LayerReport) -> bool {
-    l.state == LayerState::Healthy && reference_ok(l)
+    !l.needs_attention()
 }
 
 /// Healthy iff every layer is Healthy, checked against its verified blob or its TOC.

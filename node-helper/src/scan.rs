@@ -257,6 +257,7 @@ fn image_report(
         mounts: job::count_mounts(store, image),
         duration_ms: 0,
         message,
+        scan: None,
     }
 }
 

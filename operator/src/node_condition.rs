@@ -42,7 +42,11 @@ pub fn decide(name: &str, status: &SnapshotRepairStatus) -> Option<Verdict> {
     if !status.phase.is_some_and(|p| p.is_terminal()) {
         return None;
     }
-    let target = status.target.as_deref().unwrap_or("its target");
+    let target = match status.target.as_deref() {
+        Some(snapmend_crds::scan_summary::ALL_IMAGES) => "all images",
+        Some(target) => target,
+        None => "its target",
+    };
     let findings = status.findings.as_deref().unwrap_or("none");
     let verified = conditions::get(&status.conditions, VERIFIED);
     let repaired = conditions::get(&status.conditions, REPAIRED);
@@ -263,6 +267,22 @@ mod tests {
                 assert_eq!(v.status(), if v.damaged { "True" } else { "False" });
             }
         }
+    }
+
+    #[test]
+    fn a_scan_of_all_images_names_them_so() {
+        let mut st = status(
+            Some(Phase::Succeeded),
+            &[(VERIFIED, False, "Corrupted"), (READY, True, "Verified")],
+        );
+        st.target = Some("all".into());
+        st.findings = Some("2/14 images damaged".into());
+        let v = decide("node-a-scan", &st).unwrap();
+        assert_eq!((v.damaged, v.reason), (true, DAMAGE_FOUND));
+        assert_eq!(
+            v.message,
+            "SnapshotRepair node-a-scan found all images damaged, not repaired (action Verify); findings: 2/14 images damaged"
+        );
     }
 
     #[test]

@@ -241,6 +241,20 @@ pub fn report_culprit(report: &Report) -> Option<RepairCulprit> {
         })
 }
 
+/// At most this many image names of each kind in a scan's message, each cut to
+/// [`IMAGE_NAME_MAX`] bytes.
+const NAMED_IMAGES: usize = 3;
+const IMAGE_NAME_MAX: usize = 256;
+
+/// The findings as a message says them: the Findings column, and for a scan which images are
+/// damaged (or were repaired), the first few by name.
+pub fn findings_text(report: &Report) -> String {
+    match &report.scan {
+        Some(scan) => scan.findings_naming(NAMED_IMAGES, IMAGE_NAME_MAX),
+        None => report.findings_summary(),
+    }
+}
+
 /// Request ids count up from 1; any id that is not a number restarts the count.
 pub fn next_request_id(previous: Option<&RepairRequest>) -> String {
     let n = previous.and_then(|r| r.id.parse::<u64>().ok()).unwrap_or(0);
@@ -297,8 +311,17 @@ impl Machine<'_, '_> {
         &self.o.spec.node_name
     }
 
+    /// The target as messages name it: the image, `sandbox`, or `all images`.
     fn target(&self) -> String {
+        if self.o.spec.all_images {
+            return "all images".to_string();
+        }
         self.o.spec.target()
+    }
+
+    /// `is`, or `are` for all images.
+    fn is(&self) -> &'static str {
+        if self.o.spec.all_images { "are" } else { "is" }
     }
 
     fn event(&mut self, kind: EventKind, reason: &'static str, note: String) {
@@ -395,13 +418,14 @@ impl Machine<'_, '_> {
             return self.await_helper();
         };
         self.record_findings(report);
-        let findings = report.findings_summary();
+        let findings = findings_text(report);
         match report.outcome {
             Outcome::Healthy => {
                 let msg = format!(
-                    "{} on node {} is healthy; nothing to repair",
+                    "{} on node {} {} healthy; nothing to repair",
                     self.target(),
-                    self.node_name()
+                    self.node_name(),
+                    self.is()
                 );
                 self.condition(VERIFIED, Status::True, "Healthy", &msg);
                 self.succeed("Healthy", msg);
@@ -413,11 +437,13 @@ impl Machine<'_, '_> {
                     "Corrupted"
                 };
                 let mut msg = format!(
-                    "{} on node {} is damaged: {findings}",
+                    "{} on node {} {} damaged: {findings}",
                     self.target(),
-                    self.node_name()
+                    self.node_name(),
+                    self.is()
                 );
-                if let Some(extra) = &report.message {
+                // A scan's message repeats its counts; the summary has them.
+                if let Some(extra) = report.message.as_ref().filter(|_| report.scan.is_none()) {
                     msg.push_str(&format!(" ({extra})"));
                 }
                 msg.push_str(&self.culprit_tail());
@@ -564,26 +590,40 @@ impl Machine<'_, '_> {
             return self.await_helper();
         };
         self.record_findings(report);
-        let findings = report.findings_summary();
+        let findings = findings_text(report);
         match report.outcome {
             Outcome::Repaired | Outcome::Healthy => {
                 let (why, text) = if report.outcome == Outcome::Repaired {
                     (
                         "Repaired",
-                        format!(
-                            "repaired {} on node {} ({findings}){}",
-                            self.target(),
-                            self.node_name(),
-                            self.culprit_tail()
-                        ),
+                        if report.scan.is_some() {
+                            format!(
+                                "repaired {} on node {}: {findings}{}",
+                                self.target(),
+                                self.node_name(),
+                                self.culprit_tail()
+                            )
+                        } else {
+                            format!(
+                                "repaired {} on node {} ({findings}){}",
+                                self.target(),
+                                self.node_name(),
+                                self.culprit_tail()
+                            )
+                        },
                     )
                 } else {
                     (
                         "NothingToRepair",
                         format!(
-                            "{} on node {} was already healthy at repair time",
+                            "{} on node {} {} already healthy at repair time",
                             self.target(),
-                            self.node_name()
+                            self.node_name(),
+                            if self.o.spec.all_images {
+                                "were"
+                            } else {
+                                "was"
+                            }
                         ),
                     )
                 };

@@ -10,10 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::*;
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use snapmend_crds::{
     ContentCheck, LayerState, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
 };
@@ -47,14 +46,7 @@ async fn a_repair_names_the_process_that_deleted_pause() {
 
     let sim = start_cluster(0).await;
     let client = sim.client().unwrap();
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}}
-    }))
-    .unwrap();
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap();
+    create_node(&client, NODE).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();

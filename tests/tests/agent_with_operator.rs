@@ -8,11 +8,8 @@ mod agent_support;
 use std::time::Duration;
 
 use agent_support::*;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::PostParams;
-use kube::runtime::{WatchStreamExt, watcher};
 use snapmend_crds::{
     ContentCheck, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
 };
@@ -36,28 +33,9 @@ async fn operator_and_agent_repair_the_incident_with_a_cordon_in_between() {
     let sim = start_cluster(0).await;
     let client = sim.client().unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"}}
-    }))
-    .unwrap();
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-
+    create_node(&client, "node-a").await;
     // Every value of spec.unschedulable the node goes through.
-    let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bool>::new()));
-    let recorder = {
-        let history = history.clone();
-        let stream = watcher(nodes.clone(), watcher::Config::default()).applied_objects();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(Ok(node)) = stream.next().await {
-                let cordoned = node.spec.and_then(|s| s.unschedulable).unwrap_or(false);
-                let mut h = history.lock().unwrap();
-                if h.last() != Some(&cordoned) {
-                    h.push(cordoned);
-                }
-            }
-        })
-    };
+    let history = CordonHistory::record(&client);
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -104,13 +82,9 @@ async fn operator_and_agent_repair_the_incident_with_a_cordon_in_between() {
     assert_eq!(status.cordoned_by_operator, Some(true));
 
     // Cordoned while repairing, uncordoned afterwards.
-    wait_for(
-        "the uncordon to be observed",
-        Duration::from_secs(10),
-        || async { (history.lock().unwrap().as_slice() == [false, true, false]).then_some(()) },
-    )
-    .await;
-    recorder.abort();
+    history
+        .wait_for(&[false, true, false], Duration::from_secs(10))
+        .await;
     let node = nodes.get("node-a").await.unwrap();
     let annotations = node.metadata.annotations.unwrap_or_default();
     assert!(!annotations.contains_key(snapmend_crds::labels::CORDONED_BY_ANNOTATION));

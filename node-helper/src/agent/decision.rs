@@ -8,6 +8,13 @@ use snapmend_crds::{ContentCheck, RepairAction, SnapshotRepair};
 
 use crate::job::Target;
 
+/// What a request covers: one image, or every image of the node (`spec.allImages`, a scan).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Image(Target),
+    AllImages,
+}
+
 /// One request the agent must answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Work {
@@ -15,7 +22,7 @@ pub struct Work {
     pub request_id: String,
     /// From the request, not the spec: the operator verifies first even when spec says Repair.
     pub action: RepairAction,
-    pub target: Target,
+    pub scope: Scope,
     pub content: ContentCheck,
     /// The Secret (agent's namespace) with the repair's registry credentials, if any.
     pub pull_secret: Option<String>,
@@ -67,12 +74,12 @@ pub fn decide(node: &str, sr: &SnapshotRepair) -> Decision {
         return Decision::Idle(Idle::AlreadyAnswered);
     }
     let name = sr.metadata.name.clone().unwrap_or_default();
-    match target_of(sr) {
-        Ok(target) => Decision::Run(Work {
+    match scope_of(sr) {
+        Ok(scope) => Decision::Run(Work {
             name,
             request_id: request.id.clone(),
             action: request.action,
-            target,
+            scope,
             content: sr.spec.content_check,
             pull_secret: request.pull_secret.clone(),
         }),
@@ -84,28 +91,38 @@ pub fn decide(node: &str, sr: &SnapshotRepair) -> Decision {
     }
 }
 
-/// The image a SnapshotRepair names: exactly one of `image` and `sandboxImage` (the CRD's CEL
-/// rule enforces it on a real API server; the agent does not rely on that).
-pub fn target_of(sr: &SnapshotRepair) -> Result<Target, String> {
+/// What a SnapshotRepair names: exactly one of `image`, `sandboxImage` and `allImages` (the
+/// CRD's CEL rule enforces it on a real API server; the agent does not rely on that).
+pub fn scope_of(sr: &SnapshotRepair) -> Result<Scope, String> {
     let image = sr.spec.image.as_deref().filter(|i| !i.is_empty());
-    match (image, sr.spec.sandbox_image) {
-        (Some(image), false) => Ok(Target::Image(image.to_string())),
-        (None, true) => Ok(Target::SandboxImage),
-        (Some(_), true) => {
-            Err("spec sets both image and sandboxImage; exactly one is allowed".into())
-        }
-        (None, false) => {
-            Err("spec sets neither image nor sandboxImage; exactly one is required".into())
-        }
+    let set = [image.is_some(), sr.spec.sandbox_image, sr.spec.all_images]
+        .iter()
+        .filter(|s| **s)
+        .count();
+    match (image, sr.spec.sandbox_image, sr.spec.all_images) {
+        _ if set > 1 => Err(
+            "spec sets more than one of image, sandboxImage and allImages; exactly one is allowed"
+                .into(),
+        ),
+        (Some(image), _, _) => Ok(Scope::Image(Target::Image(image.to_string()))),
+        (None, true, _) => Ok(Scope::Image(Target::SandboxImage)),
+        (None, _, true) => Ok(Scope::AllImages),
+        (None, false, false) => Err(
+            "spec sets neither image, sandboxImage nor allImages; exactly one is required".into(),
+        ),
     }
 }
 
-/// Order in which pending requests are served: oldest SnapshotRepair first, then by name, so
-/// that a burst of requests is answered fairly and deterministically.
+/// Order in which pending requests are served: single images before scans of every image (a
+/// pod waiting on a damaged image must not wait for a scheduled scan of the node), then the
+/// oldest SnapshotRepair first, then by name, so that a burst of requests is answered fairly
+/// and deterministically.
 pub fn queue_order(a: &SnapshotRepair, b: &SnapshotRepair) -> std::cmp::Ordering {
     let created = |sr: &SnapshotRepair| sr.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    created(a)
-        .cmp(&created(b))
+    a.spec
+        .all_images
+        .cmp(&b.spec.all_images)
+        .then_with(|| created(a).cmp(&created(b)))
         .then_with(|| a.metadata.name.cmp(&b.metadata.name))
 }
 
@@ -161,7 +178,7 @@ mod tests {
             name: "node-a-pause".into(),
             request_id: id.into(),
             action,
-            target,
+            scope: Scope::Image(target),
             content: ContentCheck::Full,
             pull_secret: None,
         })
@@ -253,7 +270,7 @@ mod tests {
                 name: "node-a-pause".into(),
                 request_id: "1".into(),
                 action: RepairAction::Verify,
-                target: Target::Image("registry.k8s.io/pause:3.10".into()),
+                scope: Scope::Image(Target::Image("registry.k8s.io/pause:3.10".into())),
                 content: ContentCheck::Metadata,
                 pull_secret: None,
             })
@@ -285,7 +302,18 @@ mod tests {
         neither.spec.sandbox_image = false;
         let mut empty = neither.clone();
         empty.spec.image = Some(String::new());
-        for (s, word) in [(both, "both"), (neither, "neither"), (empty, "neither")] {
+        let mut sandbox_and_all = requested(sr("node-a"), "1", RepairAction::Verify);
+        sandbox_and_all.spec.all_images = true;
+        let mut image_and_all = neither.clone();
+        image_and_all.spec.image = Some("x:1".into());
+        image_and_all.spec.all_images = true;
+        for (s, word) in [
+            (both, "more than one"),
+            (neither, "neither"),
+            (empty, "neither"),
+            (sandbox_and_all, "more than one"),
+            (image_and_all, "more than one"),
+        ] {
             match decide("node-a", &s) {
                 Decision::Refuse {
                     request_id, reason, ..
@@ -299,7 +327,27 @@ mod tests {
     }
 
     #[test]
-    fn queue_serves_the_oldest_first_then_by_name() {
+    fn all_images_is_a_scan_with_the_requested_action_and_content_check() {
+        let mut s = requested(sr("node-a"), "5", RepairAction::Repair);
+        s.spec.sandbox_image = false;
+        s.spec.all_images = true;
+        s.spec.content_check = ContentCheck::Metadata;
+        match decide("node-a", &s) {
+            Decision::Run(work) => {
+                assert_eq!(work.scope, Scope::AllImages, "not the sandbox image");
+                assert_eq!(work.action, RepairAction::Repair);
+                assert_eq!(work.content, ContentCheck::Metadata);
+                assert_eq!(work.request_id, "5");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An empty image name beside allImages does not count as a second target.
+        s.spec.image = Some(String::new());
+        assert!(matches!(decide("node-a", &s), Decision::Run(w) if w.scope == Scope::AllImages));
+    }
+
+    #[test]
+    fn queue_serves_single_images_first_then_the_oldest_then_by_name() {
         let at = |name: &str, secs: i64| {
             let mut s = sr("node-a");
             s.metadata.name = Some(name.into());
@@ -307,12 +355,14 @@ mod tests {
                 Some(Time(Timestamp::from_second(secs).expect("valid time")));
             s
         };
-        let mut all = [at("c", 5), at("b", 1), at("a", 5)];
+        let mut scan = at("scan", 0);
+        scan.spec.all_images = true;
+        let mut all = [at("c", 5), scan, at("b", 1), at("a", 5)];
         all.sort_by(queue_order);
         let names: Vec<_> = all
             .iter()
             .map(|s| s.metadata.name.clone().unwrap_or_default())
             .collect();
-        assert_eq!(names, ["b", "a", "c"]);
+        assert_eq!(names, ["b", "a", "c", "scan"], "single images before scans");
     }
 }

@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use snapmend_crds::{Outcome, RepairAction, Report};
+use snapmend_crds::{CheckedWith, Outcome, RepairAction, Report};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionOutcome {
@@ -191,12 +191,28 @@ impl Metrics {
         self.findings
             .get_or_create(&ActionLabel { action })
             .inc_by(report.findings_total());
-        for with in report.layers.iter().filter_map(|l| l.checked_with) {
-            self.layers_checked
-                .get_or_create(&CheckedWithLabel {
-                    checked_with: format!("{with:?}"),
-                })
-                .inc();
+        // A scan's report lists only damaged layers; its summary counts every unique layer.
+        let (blob, toc) = match &report.scan {
+            Some(scan) => (scan.checked_with.blob, scan.checked_with.toc),
+            None => {
+                let count = |w: CheckedWith| {
+                    report
+                        .layers
+                        .iter()
+                        .filter(|l| l.checked_with == Some(w))
+                        .count() as u64
+                };
+                (count(CheckedWith::Blob), count(CheckedWith::Toc))
+            }
+        };
+        for (with, n) in [(CheckedWith::Blob, blob), (CheckedWith::Toc, toc)] {
+            if n > 0 {
+                self.layers_checked
+                    .get_or_create(&CheckedWithLabel {
+                        checked_with: format!("{with:?}"),
+                    })
+                    .inc_by(n);
+            }
         }
     }
 
@@ -232,7 +248,7 @@ fn outcome_label(outcome: Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snapmend_crds::{BlobState, CheckedWith, LayerReport, LayerState};
+    use snapmend_crds::{BlobState, LayerReport, LayerState};
 
     #[test]
     fn a_finished_request_is_counted_by_action_outcome_duration_and_findings() {
@@ -278,6 +294,22 @@ mod tests {
         assert!(text.contains("snapmend_agent_running_requests 0"), "{text}");
         assert!(
             text.contains(r#"snapmend_agent_layers_checked_total{checked_with="Toc"} 1"#),
+            "{text}"
+        );
+        // A scan counts every unique layer from its summary, not only the listed damaged ones.
+        let mut scan = report.clone();
+        scan.scan = Some(snapmend_crds::ScanSummary {
+            checked_with: snapmend_crds::CheckedWithCounts { blob: 5, toc: 40 },
+            ..Default::default()
+        });
+        m.request_finished(RepairAction::Verify, &scan, Duration::from_millis(40));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"snapmend_agent_layers_checked_total{checked_with="Toc"} 41"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"snapmend_agent_layers_checked_total{checked_with="Blob"} 5"#),
             "{text}"
         );
     }

@@ -10,17 +10,18 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use snapmend_crds::{Outcome, RepairAction, Report, RequestReport, SnapshotRepair};
+use snapmend_crds::{Outcome, RepairAction, Report, RequestReport, SnapshotRepair, bounded_report};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::culprits::{SharedCulprits, fill_culprits};
-use super::decision::{Decision, Work, decide, queue_order};
+use super::decision::{Decision, Scope, Work, decide, queue_order};
 use super::metrics::Metrics;
 use super::pull_secret::{self, PullSecretFile};
 use super::report_patch::{FIELD_MANAGER, refusal, report_apply};
 use crate::error::{Error, Result};
 use crate::job::{self, JobOptions, Target};
+use crate::scan::{self, Namespaces, ScanOptions};
 use snapmend_crds::runtime::retry::RetryPolicy;
 use snapmend_crds::runtime::shutdown::Shutdown;
 
@@ -172,7 +173,7 @@ impl Worker {
             Ok(file) => file,
             Err(message) => {
                 warn!(error = %message, "cannot use the request's pull secret");
-                let report = error_report(&work.target, message);
+                let report = error_report(&work.scope, message);
                 self.metrics
                     .request_finished(action, &report, Duration::ZERO);
                 return RequestReport {
@@ -185,24 +186,15 @@ impl Worker {
         fetch
             .pull_secret_files
             .extend(pull_secret.as_ref().map(PullSecretFile::path));
-        let opts = match job::root_from(
+        let root = match job::root_from(
             self.store_options.root.as_deref(),
             &self.store_options.config_path,
         ) {
-            Ok(root) => JobOptions {
-                root,
-                namespace: self.store_options.namespace.clone(),
-                config_path: self.store_options.config_path.clone(),
-                target: work.target.clone(),
-                content: work.content,
-                dry_run: false,
-                fetch,
-                toc: self.store_options.toc.clone(),
-            },
+            Ok(root) => root,
             Err(e) => {
                 warn!(error = %e, "cannot find containerd's root");
                 let report =
-                    error_report(&work.target, format!("cannot find containerd's root: {e}"));
+                    error_report(&work.scope, format!("cannot find containerd's root: {e}"));
                 self.metrics
                     .request_finished(action, &report, Duration::ZERO);
                 return RequestReport {
@@ -211,22 +203,20 @@ impl Worker {
                 };
             }
         };
-        info!(target = ?work.target, content = ?work.content, "running request");
+        let job = self.job_for(work, root, fetch);
+        info!(scope = ?work.scope, content = ?work.content, "running request");
         self.metrics.request_started();
         let started = Instant::now();
         let span = tracing::Span::current();
         let joined = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            match action {
-                RepairAction::Verify => job::verify(&opts),
-                RepairAction::Repair => job::repair(&opts),
-            }
+            job()
         })
         .await;
         let report = match joined {
             Ok(report) => report,
             Err(e) => error_report(
-                &work.target,
+                &work.scope,
                 format!("the {action:?} job did not finish: {e}"),
             ),
         };
@@ -243,6 +233,52 @@ impl Worker {
         RequestReport {
             request_id: work.request_id.clone(),
             report,
+        }
+    }
+
+    /// The blocking job that answers `work`: the same code as the CLI's `verify`, `repair` or
+    /// `scan [--repair]`, with the agent's store, namespace, TOC cache and registry settings.
+    fn job_for(
+        &self,
+        work: &Work,
+        root: PathBuf,
+        fetch: crate::registry::FetchOptions,
+    ) -> Box<dyn FnOnce() -> Report + Send> {
+        let store = &self.store_options;
+        match &work.scope {
+            Scope::Image(target) => {
+                let opts = JobOptions {
+                    root,
+                    namespace: store.namespace.clone(),
+                    config_path: store.config_path.clone(),
+                    target: target.clone(),
+                    content: work.content,
+                    dry_run: false,
+                    fetch,
+                    toc: store.toc.clone(),
+                };
+                match work.action {
+                    RepairAction::Verify => Box::new(move || job::verify(&opts)),
+                    RepairAction::Repair => Box::new(move || job::repair(&opts)),
+                }
+            }
+            Scope::AllImages => {
+                let opts = ScanOptions {
+                    root,
+                    namespaces: Namespaces::One(store.namespace.clone()),
+                    config_path: store.config_path.clone(),
+                    content: work.content,
+                    repair: work.action == RepairAction::Repair,
+                    dry_run: false,
+                    fetch,
+                    toc: store.toc.clone(),
+                };
+                Box::new(move || {
+                    let mut progress = ScanProgress::default();
+                    let scan = scan::scan(&opts, &mut |done, total| progress.saw(done, total));
+                    bounded_report(&scan)
+                })
+            }
         }
     }
 
@@ -365,12 +401,32 @@ impl Worker {
     }
 }
 
+/// How far a scan is, logged at most every [`PROGRESS_EVERY`] and when it ends, so that a
+/// long scan shows in the agent's log while it runs.
+#[derive(Default)]
+struct ScanProgress {
+    logged: Option<Instant>,
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+impl ScanProgress {
+    fn saw(&mut self, done: usize, total: usize) {
+        let due = self.logged.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+        if due || done == total {
+            self.logged = Some(Instant::now());
+            info!(images_done = done, images_total = total, "scan progress");
+        }
+    }
+}
+
 /// An Outcome Error report for a job that could not run.
-fn error_report(target: &Target, message: String) -> Report {
+fn error_report(scope: &Scope, message: String) -> Report {
     Report {
-        image: match target {
-            Target::Image(i) => i.clone(),
-            Target::SandboxImage => String::new(),
+        image: match scope {
+            Scope::Image(Target::Image(i)) => i.clone(),
+            Scope::Image(Target::SandboxImage) => String::new(),
+            Scope::AllImages => snapmend_crds::scan_summary::ALL_IMAGES.to_string(),
         },
         outcome: Outcome::Error,
         message: Some(message),

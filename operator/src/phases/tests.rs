@@ -969,7 +969,12 @@ impl Flow {
 
     /// Runs to a terminal phase. `helper` answers each request; `crash_after_node` drops every
     /// other status write, as if the operator died between changing the node and writing status.
-    fn run(mut self, helper: impl Fn(RepairAction) -> Outcome, crash_after_node: bool) -> Self {
+    fn run(self, helper: impl Fn(RepairAction) -> Outcome, crash_after_node: bool) -> Self {
+        self.run_with(|action| report(helper(action)), crash_after_node)
+    }
+
+    /// [`Flow::run`] with the helper's whole report.
+    fn run_with(mut self, helper: impl Fn(RepairAction) -> Report, crash_after_node: bool) -> Self {
         for i in 0..40 {
             let step = self.world.decide();
             self.apply_node(step.node.clone());
@@ -988,7 +993,7 @@ impl Flow {
                 if !answered {
                     self.world.status.report = Some(RequestReport {
                         request_id: req.id.clone(),
-                        report: report(helper(req.action)),
+                        report: helper(req.action),
                     });
                 }
             }
@@ -1001,6 +1006,17 @@ impl Flow {
         self.world.status.phase.unwrap()
     }
 }
+
+/// The events of a repair that cordons, repairs and uncordons.
+const REPAIR_EVENTS: [&str; 7] = [
+    "VerifyRequested",
+    "CorruptionFound",
+    "Cordoning",
+    "RepairRequested",
+    "Repaired",
+    "Uncordoned",
+    "Succeeded",
+];
 
 fn incident(action: RepairAction) -> Outcome {
     match action {
@@ -1027,18 +1043,7 @@ fn flow_incident_cordons_repairs_and_uncordons() {
         );
     }
     let f = Flow::new(World::new()).run(incident, false);
-    assert_eq!(
-        f.events,
-        [
-            "VerifyRequested",
-            "CorruptionFound",
-            "Cordoning",
-            "RepairRequested",
-            "Repaired",
-            "Uncordoned",
-            "Succeeded"
-        ]
-    );
+    assert_eq!(f.events, REPAIR_EVENTS);
 }
 
 #[test]
@@ -1675,4 +1680,129 @@ fn a_huge_culprit_is_bounded_in_messages() {
         Some(snapmend_crds::culprit::TEXT_MAX)
     );
     assert!(cond(&s, VERIFIED).message.len() < 2 * HELPER_TEXT_MAX);
+}
+
+// ---- allImages: a scan of every image ----
+
+/// What the agent reports for a scan of 14 images, two of them damaged (or repaired).
+fn scan_report(action: RepairAction) -> Report {
+    use snapmend_crds::{ScanReport, bounded_report};
+    let images = (0..14)
+        .map(|i| {
+            let damaged = i == 3 || i == 9;
+            let outcome = match (damaged, action) {
+                (false, _) => Outcome::Healthy,
+                (true, RepairAction::Verify) => Outcome::Corrupted,
+                (true, RepairAction::Repair) => Outcome::Repaired,
+            };
+            let mut r = report(outcome);
+            r.image = format!("registry.example/app-{i}:1");
+            r.layers[0].chain_id = format!("sha256:{i}");
+            r.message = None;
+            r
+        })
+        .collect();
+    bounded_report(&ScanReport {
+        outcome: match action {
+            RepairAction::Verify => Outcome::Corrupted,
+            RepairAction::Repair => Outcome::Repaired,
+        },
+        images,
+        layers_checked: 14,
+        ..Default::default()
+    })
+}
+
+fn all_images() -> World {
+    let mut w = World::new();
+    w.spec.image = None;
+    w.spec.all_images = true;
+    w
+}
+
+#[test]
+fn all_images_target_is_all_and_messages_say_all_images() {
+    let s = all_images().decide();
+    assert_eq!(s.status.target.as_deref(), Some("all"));
+    assert_eq!(message(&s), "verifying all images on node node-a");
+    assert_eq!(request(&s), ("1".to_string(), RepairAction::Verify));
+}
+
+#[test]
+fn all_images_verify_names_the_damaged_images_and_never_cordons() {
+    let f = Flow::new(all_images().action(RepairAction::Verify)).run_with(scan_report, false);
+    assert_eq!(f.phase(), Phase::Succeeded);
+    assert!(f.history.iter().all(|u| !u));
+    let st = &f.world.status;
+    assert_eq!(st.findings.as_deref(), Some("2/14 images damaged"));
+    let msg = st.message.as_deref().unwrap();
+    assert_eq!(
+        msg,
+        "all images on node node-a are damaged: 2/14 images damaged (registry.example/app-3:1, registry.example/app-9:1); not repaired because action is Verify"
+    );
+    let verified = conditions::get(&st.conditions, VERIFIED).unwrap();
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("False", "Corrupted")
+    );
+}
+
+#[test]
+fn all_images_repair_cordons_repairs_and_uncordons() {
+    let f = Flow::new(all_images()).run_with(scan_report, false);
+    assert_eq!(f.phase(), Phase::Succeeded);
+    assert!(f.history.contains(&true));
+    assert_eq!(f.history.last(), Some(&false));
+    assert_eq!(f.events, REPAIR_EVENTS);
+    let st = &f.world.status;
+    assert_eq!(st.findings.as_deref(), Some("2/14 images repaired"));
+    let repaired = conditions::get(&st.conditions, REPAIRED).unwrap();
+    assert_eq!(
+        repaired.message,
+        "repaired all images on node node-a: 2/14 images repaired (registry.example/app-3:1, registry.example/app-9:1)"
+    );
+}
+
+#[test]
+fn all_images_healthy_reads_healthy_with_the_image_count() {
+    let healthy = |_| {
+        let mut r = scan_report(RepairAction::Verify);
+        let scan = r.scan.as_mut().unwrap();
+        scan.outcomes.healthy += scan.outcomes.corrupted;
+        scan.outcomes.corrupted = 0;
+        for i in &mut scan.images {
+            i.outcome = Outcome::Healthy;
+        }
+        r.outcome = Outcome::Healthy;
+        r.layers.clear();
+        r
+    };
+    let f = Flow::new(all_images()).run_with(healthy, false);
+    assert_eq!(f.phase(), Phase::Succeeded);
+    assert!(f.history.iter().all(|u| !u));
+    assert_eq!(
+        f.world.status.findings.as_deref(),
+        Some("healthy (14 images)")
+    );
+    assert_eq!(
+        f.world.status.message.as_deref(),
+        Some("all images on node node-a are healthy; nothing to repair")
+    );
+}
+
+#[test]
+fn findings_text_names_at_most_three_images_and_counts_the_rest() {
+    let mut r = scan_report(RepairAction::Verify);
+    let scan = r.scan.as_mut().unwrap();
+    for i in &mut scan.images {
+        i.outcome = Outcome::Corrupted;
+    }
+    scan.outcomes.corrupted = 14;
+    scan.outcomes.healthy = 0;
+    assert_eq!(
+        findings_text(&r),
+        "14/14 images damaged (registry.example/app-3:1, registry.example/app-9:1, registry.example/app-0:1, 11 more)"
+    );
+    // A single image's report is unchanged.
+    assert_eq!(findings_text(&report(Outcome::Corrupted)), "1 missing");
 }

@@ -476,3 +476,69 @@ impl Culprit {
         assert!(self.child.wait().expect("wait for the culprit").success());
     }
 }
+
+/// Creates Node `name` labelled with its hostname, as a kubelet registers it.
+pub async fn create_node(client: &Client, name: &str) {
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}
+    }))
+    .expect("node");
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+}
+
+/// Every value `spec.unschedulable` of the nodes goes through, as a watch sees it (repeats
+/// folded), for "cordoned while repairing, uncordoned afterwards". Stops on drop.
+pub struct CordonHistory {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CordonHistory {
+    pub fn record(client: &Client) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<bool>::new()));
+        let task = {
+            let seen = seen.clone();
+            let stream = watcher(nodes, watcher::Config::default()).applied_objects();
+            tokio::spawn(async move {
+                futures::pin_mut!(stream);
+                while let Some(Ok(node)) = stream.next().await {
+                    let cordoned = node.spec.and_then(|s| s.unschedulable).unwrap_or(false);
+                    let mut h = seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if h.last() != Some(&cordoned) {
+                        h.push(cordoned);
+                    }
+                }
+            })
+        };
+        CordonHistory { seen, task }
+    }
+
+    pub fn values(&self) -> Vec<bool> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until the history is exactly `want`.
+    pub async fn wait_for(&self, want: &[bool], timeout: Duration) {
+        wait_for(&format!("cordon history {want:?}"), timeout, || async {
+            (self.values() == want).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for CordonHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -339,6 +339,7 @@ pub fn report_for(state: NodeState, action: RepairAction) -> Report {
         mounts: 0,
         duration_ms: 5,
         message,
+        scan: None,
     }
 }
 
