@@ -13,14 +13,19 @@ use std::time::{Duration, Instant};
 
 use agent_support::*;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use kube::ResourceExt;
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
+use snapmend_crds::labels::{RUN_NOW_ANNOTATION, SCAN_LABEL, SCAN_RUN_LABEL};
 use snapmend_crds::{
     ContentCheck, FindingKind, Outcome, Phase, RepairAction, SnapshotRepair, SnapshotRepairSpec,
+    SnapshotScan, SnapshotScanSpec,
 };
 use snapmend_tests::image_builder::ImageSpec;
 use snapmend_tests::image_builder::{
     LayerSpec, ManifestStyle, TarEntry, pause_image, rich_image, shared_base_images,
 };
+use snapmend_tests::kubectl::kubectl;
 use snapmend_tests::kubelet::scenario::spawn_operator;
 use snapmend_tests::node_helper_cli::Scenario;
 use snapmend_tests::sim::SimServer;
@@ -47,22 +52,7 @@ struct Cluster {
 impl Cluster {
     /// Runs the real kubectl against the cluster; returns stdout, asserting success.
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.dir.path().join("kubeconfig"))
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kubectl-cache"))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .expect("kubectl is required (scripts/install-test-deps.sh installs it)");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        kubectl(&self.dir.path().join("kubeconfig"), args).unwrap()
     }
 }
 
@@ -382,5 +372,109 @@ async fn a_scan_over_200_images_finishes_with_a_bounded_status() {
         "the names do not all fit: the byte budget decides"
     );
     assert!(size < OBJECT_BUDGET, "{size} bytes");
+    c.sim.stop().await;
+}
+
+/// A SnapshotScan started with the run-now annotation, through the real operator and the real
+/// agent: its run creates the node's allImages Repair, which restores containerd's unpack, and
+/// the scan's status, columns and events count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_scan_started_with_run_now_repairs_the_node_through_the_agent() {
+    let [a, b] = shared_base_images(A, B).unwrap();
+    let s = Scenario::start(&[a, b, pause_image(PAUSE).unwrap()]).unwrap();
+    let pristine: Vec<_> = [A, B]
+        .iter()
+        .map(|n| s.capture_pristine(n).unwrap())
+        .collect();
+    let c = cluster(&s).await;
+    // Damage in the shared base layer: both images are damaged, the layer is repaired once.
+    std::fs::remove_file(pristine[1].layers[0].fs.join("shared")).unwrap();
+
+    // Nightly at 03:00 UTC: only the annotation can start this run within the test.
+    let mut scan = SnapshotScan::new(
+        "nightly",
+        SnapshotScanSpec {
+            schedule: "0 3 * * *".into(),
+            node_selector: None,
+            action: RepairAction::Repair,
+            content_check: ContentCheck::Full,
+            max_concurrent_nodes: 1,
+            suspend: false,
+            history_limit: 3,
+        },
+    );
+    scan.metadata.annotations =
+        Some([(RUN_NOW_ANNOTATION.to_string(), "first".to_string())].into());
+    let scans: Api<SnapshotScan> = Api::all(c.client.clone());
+    scans.create(&PostParams::default(), &scan).await.unwrap();
+
+    let run = wait_for("the run-now run to finish", FLOW, || async {
+        let s = scans.get("nightly").await.ok()?;
+        s.status?.last_run.filter(|r| r.completion_time.is_some())
+    })
+    .await;
+    assert_eq!(
+        (
+            run.nodes,
+            run.repaired,
+            run.damaged,
+            run.failed,
+            run.healthy
+        ),
+        (1, 1, 0, 0, 0),
+        "{run:?}"
+    );
+    let srs: Api<SnapshotRepair> = Api::all(c.client.clone());
+    let made = srs
+        .list(&ListParams::default().labels(&format!("{SCAN_LABEL}=nightly")))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(made.len(), 1, "one SnapshotRepair for the one node");
+    let sr = &made[0];
+    assert!(sr.spec.all_images && sr.spec.node_name == NODE);
+    assert_eq!(
+        sr.labels().get(SCAN_RUN_LABEL).map(String::as_str),
+        Some(run.id.as_str())
+    );
+    let st = sr.status.clone().unwrap();
+    assert_eq!(st.phase, Some(Phase::Succeeded), "{st:#?}");
+    assert_eq!(
+        st.findings.as_deref(),
+        Some("2/3 images repaired"),
+        "{st:#?}"
+    );
+    for p in &pristine {
+        let diffs = p.differences_now().unwrap();
+        assert!(diffs.is_empty(), "{}: {}", p.name, diffs.join("\n"));
+    }
+    wait_condition(&c.client, "False", "SnapshotsRepaired", &sr.name_any()).await;
+
+    // What a person sees: the scan's columns and its events.
+    let table = c.kubectl(&["get", "sscan"]);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("nightly"))
+        .unwrap_or_else(|| panic!("no nightly in\n{table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1..=5], ["0", "3", "*", "*", "*"], "{table}");
+    assert_eq!(row[6], "Repair", "{table}");
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "-A",
+        "--field-selector",
+        "involvedObject.name=nightly",
+        "-o",
+        "custom-columns=REASON:.reason",
+        "--no-headers",
+    ]);
+    for reason in ["RunStarted", "RunFinished"] {
+        assert!(
+            events.lines().any(|l| l.trim() == reason),
+            "{reason} missing from\n{events}"
+        );
+    }
     c.sim.stop().await;
 }

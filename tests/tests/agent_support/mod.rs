@@ -20,7 +20,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
 use serde_json::json;
-use snapmend_crds::{RepairAction, RequestReport, SnapshotRepair, SnapshotRepairSpec};
+use snapmend_crds::{
+    RepairAction, RequestReport, SnapshotRepair, SnapshotRepairSpec, SnapshotScan,
+};
 use snapmend_tests::node_helper_cli::node_helper_binary;
 use snapmend_tests::sim::{SimConfig, SimServer};
 
@@ -161,6 +163,12 @@ pub async fn install(client: &Client) {
 pub async fn install_with_crd(client: &Client, crd: &CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     ok_or_exists(crds.create(&PostParams::default(), crd).await, "create CRD");
+    // The operator of the tests that run one also watches SnapshotScans.
+    ok_or_exists(
+        crds.create(&PostParams::default(), &SnapshotScan::crd())
+            .await,
+        "create the SnapshotScan CRD",
+    );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}})).expect("namespace");
