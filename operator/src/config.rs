@@ -46,6 +46,10 @@ pub struct Args {
     /// A request the node helper does not answer within this long fails with HelperUnavailable.
     #[arg(long, default_value = "5m", value_parser = parse_nonzero_duration)]
     pub helper_timeout: Duration,
+    /// As --helper-timeout, for an allImages request: a whole-node scan reads every image. The
+    /// helper's Lease still shows within 40 s when an agent is gone.
+    #[arg(long, default_value = "1h", value_parser = parse_nonzero_duration)]
+    pub scan_timeout: Duration,
     /// Minimum time between two automatic repairs of the same node and image.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub cooldown: Duration,
@@ -114,6 +118,7 @@ mod tests {
         assert_eq!(a.auto_remediate, AutoRemediate::Off);
         assert_eq!(a.max_cordoned_nodes, 1);
         assert_eq!(a.helper_timeout, Duration::from_secs(300));
+        assert_eq!(a.scan_timeout, Duration::from_secs(3600));
         assert_eq!(a.cooldown, Duration::from_secs(600));
         assert_eq!(a.failure_policy, FailurePolicy::KeepCordoned);
         assert_eq!(a.kubeconfig, None);

@@ -68,7 +68,20 @@ impl CordonBudget {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub helper_timeout: Duration,
+    pub scan_timeout: Duration,
     pub failure_policy: FailurePolicy,
+}
+
+impl Settings {
+    /// How long the node helper may take to answer a request for this target, and the flag
+    /// that set it.
+    pub fn request_timeout(&self, all_images: bool) -> (Duration, &'static str) {
+        if all_images {
+            (self.scan_timeout, "--scan-timeout")
+        } else {
+            (self.helper_timeout, "--helper-timeout")
+        }
+    }
 }
 
 /// The registry credentials of `spec.pullSecrets`, as the operator prepared them for the agent.
@@ -356,7 +369,8 @@ impl Machine<'_, '_> {
             },
         });
         self.step.status.request_time = Some(Time(self.o.now));
-        self.step.requeue_after = Some(self.o.settings.helper_timeout.min(AGENT_RECHECK));
+        let (timeout, _) = self.o.settings.request_timeout(self.o.spec.all_images);
+        self.step.requeue_after = Some(timeout.min(AGENT_RECHECK));
     }
 
     /// The findings summary, and the culprit when the report names one (an earlier one is
@@ -704,7 +718,7 @@ impl Machine<'_, '_> {
         if let Some(why) = self.helper_absence() {
             return self.fail(reason::HELPER_UNAVAILABLE, why);
         }
-        let timeout = self.o.settings.helper_timeout;
+        let (timeout, flag) = self.o.settings.request_timeout(self.o.spec.all_images);
         let Some(issued) = self.o.status.request_time.as_ref() else {
             // A request without a time (written by hand or an older operator): start the clock now.
             self.step.status.request_time = Some(Time(self.o.now));
@@ -717,7 +731,7 @@ impl Machine<'_, '_> {
             .saturating_sub(TIME_RESOLUTION);
         if age >= timeout {
             let why = format!(
-                "the node helper on {} did not answer request {} within --helper-timeout {}",
+                "the node helper on {} did not answer request {} within {flag} {}",
                 self.node_name(),
                 self.request_id(),
                 format_duration(timeout)

@@ -109,6 +109,7 @@ impl Context {
     fn settings(&self) -> Settings {
         Settings {
             helper_timeout: self.config.args.helper_timeout,
+            scan_timeout: self.config.args.scan_timeout,
             failure_policy: self.config.args.failure_policy,
         }
     }
@@ -302,7 +303,7 @@ async fn apply(sr: &SnapshotRepair, ctx: &Context) -> Result<Action, Error> {
     }
     Ok(next_look(
         &step.status,
-        ctx.config.args.helper_timeout,
+        ctx.settings().request_timeout(sr.spec.all_images).0,
         lease.as_deref(),
         now,
     ))

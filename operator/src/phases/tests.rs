@@ -86,6 +86,7 @@ impl World {
             now: t(0),
             settings: Settings {
                 helper_timeout: Duration::from_secs(300),
+                scan_timeout: Duration::from_secs(3600),
                 failure_policy: FailurePolicy::KeepCordoned,
             },
             successor: None,
@@ -500,6 +501,30 @@ fn verifying_unanswered_past_the_timeout_fails_helper_unavailable() {
         message(&s)
     );
     assert_eq!(cond(&s, VERIFIED).status, "False");
+}
+
+#[test]
+fn an_all_images_request_has_the_scan_timeout_not_the_helper_timeout() {
+    let scan = |at: i64| {
+        let mut w = verifying().at(at);
+        w.spec.image = None;
+        w.spec.all_images = true;
+        w.decide()
+    };
+    assert_eq!(
+        phase(&scan(301)),
+        Phase::Verifying,
+        "5m is not a scan's limit"
+    );
+    assert_eq!(scan(301).requeue_after, Some(Duration::from_secs(10)));
+    assert_eq!(phase(&scan(3600)), Phase::Verifying);
+    let s = scan(3601);
+    assert_failed(&s, reason::HELPER_UNAVAILABLE);
+    assert!(
+        message(&s).contains("did not answer request 1 within --scan-timeout 1h"),
+        "{}",
+        message(&s)
+    );
 }
 
 #[test]
