@@ -13,7 +13,8 @@
 //!   cache and the blob verified)
 //! - `verify_layer_with_toc(&ResolvedLayer, ContentCheck, &TocCache) -> Option<LayerReport>`
 //!   (the same verification against a kept TOC, no blob read; `None` without a usable TOC)
-//! - `repair_layer(&ResolvedLayer, &RepairOptions) -> Result<LayerRepair>`
+//! - `repair_layer(&ResolvedLayer, &RepairOptions) -> Result<LayerRepair>` (and
+//!   `repair_layer_keeping_toc`, which keeps the TOC of the blob its pass verified)
 
 pub mod blob;
 pub mod compare;
@@ -204,8 +205,8 @@ pub fn verify_layer_with_toc(
     let body = match cache.lookup(&pass::toc_key(layer)) {
         Lookup::Found(body) => body,
         Lookup::Absent => return None,
-        Lookup::Rejected { path, reason } => {
-            tracing::warn!(toc = %path.display(), diff_id = %layer.diff_id, reason = %reason, "TOC discarded, not trusted; rebuilding it from the blob");
+        Lookup::Rejected { path, why } => {
+            tracing::warn!(toc = %path.display(), diff_id = %layer.diff_id, reason = why.reason.label(), detail = %why, "TOC discarded, not trusted; rebuilding it from the blob");
             return None;
         }
     };
@@ -224,5 +225,15 @@ pub use repair::refusal;
 
 /// Repairs one layer's snapshot in place from its verified blob.
 pub fn repair_layer(layer: &ResolvedLayer, opts: &RepairOptions) -> crate::Result<LayerRepair> {
-    repair::repair(layer, opts)
+    repair::repair(layer, opts, None)
+}
+
+/// [`repair_layer`], keeping the TOC of the blob its pass verified (digest and diffID) in
+/// `toc`, so that the next verification reads no blob.
+pub fn repair_layer_keeping_toc(
+    layer: &ResolvedLayer,
+    opts: &RepairOptions,
+    toc: Option<&TocCache>,
+) -> crate::Result<LayerRepair> {
+    repair::repair(layer, opts, toc)
 }

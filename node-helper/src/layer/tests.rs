@@ -359,6 +359,37 @@ fn base_layer_whiteouts_and_opaque_markers_leave_nothing() {
     assert!(f.p("opaque/kept").exists());
 }
 
+#[test]
+fn a_repair_keeps_the_toc_of_the_blob_it_verified() {
+    let f = fixture(&rich_layer(), false).unpacked();
+    let toc = f.toc_cache();
+    std::fs::remove_file(f.p("usr/lib/libc.so")).ok();
+    std::fs::write(f.p("etc/passwd"), b"root:x:0:0:damaged").ok();
+    assert!(super::verify_layer_with_toc(&f.layer, ContentCheck::Full, &toc).is_none());
+    let r = super::repair_layer_keeping_toc(
+        &f.layer,
+        &RepairOptions {
+            dry_run: false,
+            content: ContentCheck::Full,
+        },
+        Some(&toc),
+    )
+    .unwrap();
+    assert_eq!(r.report.state, LayerState::Repaired, "{:?}", r.reason);
+    // The next verification uses the TOC the repair kept, and agrees with the blob.
+    for content in [ContentCheck::Full, ContentCheck::Metadata] {
+        let t = super::verify_layer_with_toc(&f.layer, content, &toc).expect("repair kept a TOC");
+        assert_eq!(t.checked_with, Some(CheckedWith::Toc));
+        assert_eq!(t.state, LayerState::Healthy, "{:?}", t.findings);
+    }
+    // And it finds damage done after the repair, as the blob does.
+    std::fs::write(f.p("etc/passwd"), b"root:x:0:0:damaged").unwrap();
+    let t = super::verify_layer_with_toc(&f.layer, ContentCheck::Full, &toc).unwrap();
+    let blob = verify_layer(&f.layer, ContentCheck::Full, None);
+    assert_eq!(t.state, LayerState::Corrupted);
+    assert_eq!((t.state, &t.findings), (blob.state, &blob.findings));
+}
+
 fn corruption_case(name: &str, corrupt: impl Fn(&Fixture), expect: &[(&str, FindingKind)]) {
     let f = fixture(&rich_layer(), false).unpacked();
     let pristine = tree_state(
