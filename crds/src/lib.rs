@@ -15,7 +15,7 @@ pub use report::{
     BlobSource, BlobState, CheckedWith, Finding, FindingKind, LayerReport, LayerState, Outcome,
     Report,
 };
-pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
+pub use scan_report::{LayerReads, ScanReport, StoreFindings, StoreSnapshot};
 pub use snapshot_repair::{
     ContentCheck, Phase, PullSecretRef, RepairAction, RepairRequest, RequestReport, SnapshotRepair,
     SnapshotRepairSpec, SnapshotRepairStatus,

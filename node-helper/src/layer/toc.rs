@@ -400,6 +400,17 @@ impl TocCache {
         key.file_name().map(|n| self.dir.join(n))
     }
 
+    /// Whether a TOC file for `key` is there (not yet checked); counts a miss when not.
+    pub fn probe(&self, key: &TocKey) -> bool {
+        let there = self
+            .path(key)
+            .is_some_and(|p| std::fs::symlink_metadata(p).is_ok());
+        if !there {
+            counters().misses.inc();
+        }
+        there
+    }
+
     /// The TOC for `key`, checked. A file failing any check is removed (never trusted).
     pub fn lookup(&self, key: &TocKey) -> Lookup {
         let Some(path) = self.path(key) else {

@@ -12,6 +12,7 @@ use crate::image_builder::{BigLayer, write_big_layer_archive, write_big_layer_bl
 use crate::node_helper_cli::{Content, NodeHelper};
 
 pub mod registry;
+pub mod scan;
 pub mod storm;
 
 pub const IMAGE: &str = "snapmend.bench/big:1";
@@ -130,7 +131,7 @@ fn wait_for_idle_disks() {
 }
 
 /// Writes of the previous run and of the setup must not be flushed during the next timed one.
-fn settle_disks() {
+pub(crate) fn settle_disks() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     wait_for_idle_disks();
@@ -412,6 +413,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
         Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
     )?);
     check_toc_was_used(&helper, &toc_s)?;
+    hold_for_profiling(&opts.work_dir, &helper, &toc_s);
     if extract_dir.exists() {
         std::fs::remove_dir_all(&extract_dir).map_err(|e| TestError::io(&extract_dir, e))?;
     }
@@ -425,6 +427,29 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
         layer,
         comparisons,
     })
+}
+
+/// With `SNAPMEND_BENCH_HOLD=1`, keeps the private containerd (and the TOC) until the file
+/// `<work-dir>/hold` is removed, printing the verify command, so that a person can profile it
+/// (`perf record`, `strace -c`) on the real layer.
+fn hold_for_profiling(work_dir: &Path, helper: &NodeHelper, toc: &str) {
+    if std::env::var_os("SNAPMEND_BENCH_HOLD").is_none_or(|v| v != "1") {
+        return;
+    }
+    let hold = work_dir.join("hold");
+    if std::fs::write(&hold, b"remove this file to end the benchmark\n").is_err() {
+        return;
+    }
+    eprintln!(
+        "holding for profiling until {} is removed; run:\n  {} verify --root {} --config {} --image {IMAGE} --toc-cache {toc} --content full --json",
+        hold.display(),
+        helper.binary.display(),
+        helper.root.display(),
+        helper.config.display()
+    );
+    while hold.exists() {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The timed TOC runs must have read no blob: one more verify must say `checkedWith: Toc`.
