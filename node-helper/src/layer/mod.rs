@@ -13,8 +13,8 @@
 //!   cache and the blob verified)
 //! - `verify_layer_with_toc(&ResolvedLayer, ContentCheck, &TocCache) -> Option<LayerReport>`
 //!   (the same verification against a kept TOC, no blob read; `None` without a usable TOC)
-//! - `repair_layer(&ResolvedLayer, &RepairOptions) -> Result<LayerRepair>` (and
-//!   `repair_layer_keeping_toc`, which keeps the TOC of the blob its pass verified)
+//! - `repair_layer(&ResolvedLayer, &RepairOptions, Option<&TocCache>) -> Result<LayerRepair>`
+//!   (keeps the TOC of the blob its pass verified when given a cache)
 
 pub mod blob;
 pub mod compare;
@@ -237,14 +237,10 @@ pub fn verify_layer_with_toc(
 
 pub use repair::refusal;
 
-/// Repairs one layer's snapshot in place from its verified blob.
-pub fn repair_layer(layer: &ResolvedLayer, opts: &RepairOptions) -> crate::Result<LayerRepair> {
-    repair::repair(layer, opts, None)
-}
-
-/// [`repair_layer`], keeping the TOC of the blob its pass verified (digest and diffID) in
-/// `toc`, so that the next verification reads no blob.
-pub fn repair_layer_keeping_toc(
+/// Repairs one layer's snapshot in place from its verified blob; with `toc`, keeps the TOC of
+/// the blob its pass verified (digest and diffID), so that the next verification reads no
+/// blob.
+pub fn repair_layer(
     layer: &ResolvedLayer,
     opts: &RepairOptions,
     toc: Option<&TocCache>,

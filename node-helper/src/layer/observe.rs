@@ -153,20 +153,14 @@ fn rel_join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// Walks `fs` with `threads` workers. `None` when `fs` itself does not exist.
 pub fn observe_tree(fs: &Path, threads: usize) -> std::io::Result<Option<Observation>> {
-    observe_tree_with(fs, threads, XattrCalls::Auto)
+    observe_tree_with(fs, threads, true)
 }
 
-/// How the walk reads xattrs: the `*xattrat` calls when the kernel has them, or by path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XattrCalls {
-    Auto,
-    ByPath,
-}
-
+/// `xattr_at`: read xattrs with the `*xattrat` calls when the kernel has them (else by path).
 fn observe_tree_with(
     fs: &Path,
     threads: usize,
-    xattr_calls: XattrCalls,
+    xattr_at: bool,
 ) -> std::io::Result<Option<Observation>> {
     let root = match observe_path(fs) {
         Ok(o) => o,
@@ -201,7 +195,7 @@ fn observe_tree_with(
     let walk = Walk {
         fs,
         beneath: &beneath,
-        xattr_at: xattr_calls == XattrCalls::Auto,
+        xattr_at,
     };
     let results = run_workers(threads, |_| {
         let _wake = ReleaseOnPanic {
@@ -430,9 +424,12 @@ struct XattrArgs {
     flags: u32,
 }
 
+/// Xattrs as name-value pairs, sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// All xattrs of `name` in `dirfd` (not following a symlink), or `None` when this kernel
 /// lacks the `*xattrat` calls.
-fn read_xattrs_at(dirfd: RawFd, name: &CStr) -> Option<std::io::Result<Vec<(Vec<u8>, Vec<u8>)>>> {
+fn read_xattrs_at(dirfd: RawFd, name: &CStr) -> Option<std::io::Result<Xattrs>> {
     if !XATTRAT_WORKS.load(Ordering::Relaxed) {
         return None;
     }
@@ -565,12 +562,8 @@ mod tests {
                 eprintln!("no user xattrs here: {}", std::io::Error::last_os_error());
             }
         }
-        let at = observe_tree_with(&fs, 2, XattrCalls::Auto)
-            .unwrap()
-            .unwrap();
-        let by_path = observe_tree_with(&fs, 1, XattrCalls::ByPath)
-            .unwrap()
-            .unwrap();
+        let at = observe_tree_with(&fs, 2, true).unwrap().unwrap();
+        let by_path = observe_tree_with(&fs, 1, false).unwrap().unwrap();
         assert_eq!(at.entries, by_path.entries);
         assert_eq!(at.entries.len(), 4);
         for (rel, o) in &at.entries {

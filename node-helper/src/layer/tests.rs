@@ -191,6 +191,7 @@ impl Fixture {
                 dry_run: false,
                 content: ContentCheck::Full,
             },
+            None,
         )
         .unwrap()
     }
@@ -366,7 +367,7 @@ fn a_repair_keeps_the_toc_of_the_blob_it_verified() {
     std::fs::remove_file(f.p("usr/lib/libc.so")).ok();
     std::fs::write(f.p("etc/passwd"), b"root:x:0:0:damaged").ok();
     assert!(super::verify_layer_with_toc(&f.layer, ContentCheck::Full, &toc).is_none());
-    let r = super::repair_layer_keeping_toc(
+    let r = super::repair_layer(
         &f.layer,
         &RepairOptions {
             dry_run: false,
@@ -638,6 +639,7 @@ fn dry_run_plans_and_writes_nothing() {
             dry_run: true,
             content: ContentCheck::Full,
         },
+        None,
     )
     .unwrap();
     assert_eq!(r.report.state, LayerState::Corrupted);
@@ -787,6 +789,7 @@ fn repair_refuses_uncommitted_snapshots_and_concurrent_repairs() {
                 dry_run: false,
                 content: ContentCheck::Full,
             },
+            None,
         )
         .unwrap();
         assert_eq!(r.report.state, LayerState::Unrepairable);
@@ -806,6 +809,7 @@ fn repair_refuses_uncommitted_snapshots_and_concurrent_repairs() {
             dry_run: false,
             content: ContentCheck::Full,
         },
+        None,
     )
     .unwrap_err();
     assert!(e.to_string().contains("another repair"), "{e}");
@@ -860,6 +864,7 @@ fn crash_child() {
             dry_run: false,
             content: ContentCheck::Full,
         },
+        None,
     );
 }
 
@@ -979,6 +984,7 @@ fn bench_layer() {
                     dry_run: false,
                     content: ContentCheck::Full,
                 },
+                None,
             )
             .unwrap();
             (r.report.state, r.report.findings_total)

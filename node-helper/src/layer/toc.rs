@@ -124,6 +124,7 @@ pub struct TocCounters {
 }
 
 impl TocCounters {
+    #[cfg(test)]
     pub fn rejected_for(&self, reason: RejectReason) -> u64 {
         self.rejected
             .get_or_create(&ReasonLabel {

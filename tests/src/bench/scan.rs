@@ -101,7 +101,8 @@ pub struct Measured {
     pub cpu: Duration,
 }
 
-fn children_cpu() -> Duration {
+/// CPU time (user + sys) of every child this process has waited for.
+pub fn children_cpu() -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
@@ -338,10 +339,11 @@ pub fn render_scan_markdown(r: &ScanBenchReport, date: &str, command: &str) -> S
     let ms = |s: f64| format!("{:.0} ms", s * 1000.0);
     out.push_str("\n| | wall (median) | per unique layer | CPU (median) | ratio to tar (median of rounds) |\n| --- | --- | --- | --- | --- |\n");
     let tar_wall = med(&|x| x.tar.wall.as_secs_f64());
-    let rows: [(&str, &dyn Fn(&Round) -> Measured); 3] = [
-        ("scan, no TOCs (blobs read, TOCs kept)", &|x| x.cold),
-        ("scan, TOCs kept", &|x| x.warm),
-        ("tar --compare of each unique layer", &|x| x.tar),
+    type Pick = fn(&Round) -> Measured;
+    let rows: [(&str, Pick); 3] = [
+        ("scan, no TOCs (blobs read, TOCs kept)", |x| x.cold),
+        ("scan, TOCs kept", |x| x.warm),
+        ("tar --compare of each unique layer", |x| x.tar),
     ];
     for (what, pick) in rows {
         let wall = med(&|x| pick(x).wall.as_secs_f64());
