@@ -206,6 +206,17 @@ fn compare_side_by_side(
     mut ours: Timed<'_>,
     mut reference: Timed<'_>,
 ) -> Result<Comparison, TestError> {
+    compare_pair(runs, what, goal, &mut ours, &mut reference)
+}
+
+/// [`compare_side_by_side`] on commands the caller keeps.
+fn compare_pair(
+    runs: usize,
+    what: &str,
+    goal: &str,
+    ours: &mut Timed<'_>,
+    reference: &mut Timed<'_>,
+) -> Result<Comparison, TestError> {
     ours.run_once()?;
     reference.run_once()?;
     ours.cpu.clear();
@@ -241,10 +252,9 @@ fn compare_with_syscalls(
     mut ours: Timed<'_>,
     mut reference: Timed<'_>,
 ) -> Result<Comparison, TestError> {
-    let ours_calls = ours.count_syscalls()?;
-    let reference_calls = reference.count_syscalls()?;
-    let mut c = compare_side_by_side(runs, what, goal, ours, reference)?;
-    c.syscalls = ours_calls.zip(reference_calls);
+    // After the timed runs: the warm-up is the run that may still have work to cache.
+    let mut c = compare_pair(runs, what, goal, &mut ours, &mut reference)?;
+    c.syscalls = ours.count_syscalls()?.zip(reference.count_syscalls()?);
     Ok(c)
 }
 
