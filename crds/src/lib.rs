@@ -18,7 +18,7 @@ pub use report::{
     BlobSource, BlobState, CheckedWith, Finding, FindingKind, LayerReport, LayerState, Outcome,
     Report,
 };
-pub use scan_report::{ScanReport, StoreFindings, StoreSnapshot};
+pub use scan_report::{LayerReads, ScanReport, StoreFindings, StoreSnapshot};
 pub use scan_summary::{
     CheckedWithCounts, ImageSummary, OutcomeCounts, ScanSummary, StoreSummary, bounded_report,
 };

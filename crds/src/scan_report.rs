@@ -23,6 +23,23 @@ pub struct ScanReport {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What this scan read of each layer it verified: blob passes and TOC loads. A layer
+    /// shared by many images is read once (the sum is 1); a repair's own passes are not
+    /// counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_reads: Vec<LayerReads>,
+}
+
+/// Reads of one layer during a scan.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerReads {
+    pub chain_id: String,
+    pub diff_id: String,
+    /// Passes over the blob (inflated, digest and diffID checked).
+    pub blob: u64,
+    /// Verifications with the layer's TOC, no blob read.
+    pub toc: u64,
 }
 
 /// The snapshot store against the snapshotter's `metadata.db`.

@@ -94,6 +94,7 @@ fn scan_store(opts: &ScanOptions, progress: &mut dyn FnMut(usize, usize)) -> Res
         .collect();
 
     // Image by image (so a person sees progress), each layer not seen before.
+    let reads_before = layer::reads::snapshot();
     let mut verified: HashMap<LayerKey, LayerReport> = HashMap::new();
     for (done, f) in found.iter().enumerate() {
         if let Ok(image) = &f.image {
@@ -114,6 +115,7 @@ fn scan_store(opts: &ScanOptions, progress: &mut dyn FnMut(usize, usize)) -> Res
         }
         progress(done + 1, found.len());
     }
+    let layer_reads = layer::reads::since(&reads_before, &layer::reads::snapshot());
 
     let attempts = if opts.repair {
         repair_damaged(&found, &verified, &store, opts)
@@ -150,6 +152,7 @@ fn scan_store(opts: &ScanOptions, progress: &mut dyn FnMut(usize, usize)) -> Res
         layers_checked: verified.len() as u64,
         duration_ms: 0,
         message: Some(message),
+        layer_reads,
     })
 }
 

@@ -56,6 +56,39 @@ fn scan_finds_damage_across_images_and_the_store_and_scan_repair_restores_it() {
         image(&healthy, B).layers[0].chain_id
     );
     assert!(healthy.snapshots.missing.is_empty() && healthy.snapshots.orphaned.is_empty());
+    // Proof from the scan itself: the shared base was inflated once, as was every layer.
+    let shared = &image(&healthy, A).layers[0];
+    let reads = |r: &ScanReport, chain: &str| -> (u64, u64) {
+        r.layer_reads
+            .iter()
+            .find(|x| x.chain_id == chain)
+            .map(|x| (x.blob, x.toc))
+            .unwrap_or_default()
+    };
+    assert_eq!(reads(&healthy, &shared.chain_id), (1, 0), "{run}");
+    assert_eq!(healthy.layer_reads.len() as u64, healthy.layers_checked);
+    assert!(
+        healthy
+            .layer_reads
+            .iter()
+            .all(|x| (x.blob, x.toc) == (1, 0))
+    );
+    // With a TOC cache: the first scan reads each blob once and keeps its TOC, the next
+    // reads each TOC once and no blob.
+    let toc = s.fixture.dir().join("scan-toc");
+    let toc_arg = ["--toc-cache", toc.to_str().unwrap()];
+    let (_, kept) = scan(&s, &toc_arg);
+    assert!(kept.layer_reads.iter().all(|x| (x.blob, x.toc) == (1, 0)));
+    let (run, from_toc) = scan(&s, &toc_arg);
+    assert_eq!(from_toc.outcome, Outcome::Healthy, "{run}");
+    assert_eq!(reads(&from_toc, &shared.chain_id), (0, 1), "{run}");
+    assert_eq!(from_toc.layer_reads.len() as u64, healthy.layers_checked);
+    assert!(
+        from_toc
+            .layer_reads
+            .iter()
+            .all(|x| (x.blob, x.toc) == (0, 1))
+    );
 
     // Damage: the shared base (seen in both images), rich's top layer, B's whole snapshot
     // directory; plus an orphaned directory and an unreferenced committed snapshot.

@@ -83,6 +83,28 @@ impl Metrics {
             "Layers compared with a reference, by what it was: Blob (read and verified) or Toc (the TOC cache, no blob read)",
             layers_checked.clone(),
         );
+        // The TOC cache counts in the layer engine (process-wide); these are the same counters.
+        let toc = crate::layer::toc::counters();
+        registry.register(
+            "toc_rejected",
+            "TOC files discarded, not trusted, by reason (checksum, truncated, version, diffid_mismatch, ...); the layer is then checked against its blob",
+            toc.rejected.clone(),
+        );
+        registry.register(
+            "toc_hits",
+            "Layers verified with their TOC (no blob read)",
+            toc.hits.clone(),
+        );
+        registry.register(
+            "toc_misses",
+            "TOC lookups that found no TOC",
+            toc.misses.clone(),
+        );
+        registry.register(
+            "toc_writes",
+            "TOCs written after a pass over a verified blob",
+            toc.writes.clone(),
+        );
         registry.register(
             "guard_active",
             "1 while the culprit guard watches the snapshots, 0 when it cannot or is off",
@@ -312,6 +334,43 @@ mod tests {
             text.contains(r#"snapmend_agent_layers_checked_total{checked_with="Blob"} 5"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_corrupted_toc_is_counted_by_reason_on_metrics() {
+        use crate::layer::expected::{LayerModel, ModelOptions};
+        use crate::layer::toc::{Lookup, TocCache, TocKey, encode};
+        let d = tempfile::tempdir().unwrap();
+        let cache = TocCache {
+            dir: d.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let key = TocKey {
+            diff_id: format!("sha256:{}", "7a".repeat(32)),
+            base: true,
+        };
+        let mut model = LayerModel::new(ModelOptions::new(true));
+        model.finish().unwrap();
+        let path = cache
+            .store(&key, &encode(&key, &model, &Default::default()))
+            .unwrap();
+        let m = Metrics::new();
+        let count = |text: &str, reason: &str| -> u64 {
+            let prefix = format!(r#"snapmend_agent_toc_rejected_total{{reason="{reason}"}} "#);
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let before = count(&m.encode(), "checksum");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[20] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(cache.lookup(&key), Lookup::Rejected { .. }));
+        let text = m.encode();
+        assert!(count(&text, "checksum") > before, "{text}");
+        assert!(text.contains("snapmend_agent_toc_writes_total"), "{text}");
+        assert!(text.contains("snapmend_agent_toc_hits_total"), "{text}");
     }
 
     #[test]

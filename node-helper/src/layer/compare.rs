@@ -369,6 +369,8 @@ pub fn diff_scoped(
         }
     }
 
+    // Observed entries the model names: when that is all of them, there is no extra.
+    let mut matched = 0usize;
     for (path, id) in model.entries() {
         if !in_scope(path) {
             continue;
@@ -386,6 +388,7 @@ pub fn diff_scoped(
             );
             continue;
         };
+        matched += 1;
         let differs = compare_entry(&mut c, path, inode, o, content.get(&id).copied());
         let mut need = None;
         if differs {
@@ -424,11 +427,16 @@ pub fn diff_scoped(
         }
     }
 
-    let mut extra_paths: Vec<&Vec<u8>> = obs
-        .entries
-        .keys()
-        .filter(|p| model.get(p).is_none())
-        .collect();
+    // Distinct model paths match distinct observed paths, so equal counts mean every observed
+    // entry was matched: a healthy layer skips a model lookup per entry.
+    let mut extra_paths: Vec<&Vec<u8>> = if matched == obs.entries.len() {
+        Vec::new()
+    } else {
+        obs.entries
+            .keys()
+            .filter(|p| model.get(p).is_none())
+            .collect()
+    };
     extra_paths.sort();
     let mut extras: Vec<Vec<u8>> = Vec::new();
     for p in extra_paths {

@@ -13,7 +13,8 @@
 //!   cache and the blob verified)
 //! - `verify_layer_with_toc(&ResolvedLayer, ContentCheck, &TocCache) -> Option<LayerReport>`
 //!   (the same verification against a kept TOC, no blob read; `None` without a usable TOC)
-//! - `repair_layer(&ResolvedLayer, &RepairOptions) -> Result<LayerRepair>`
+//! - `repair_layer(&ResolvedLayer, &RepairOptions, Option<&TocCache>) -> Result<LayerRepair>`
+//!   (keeps the TOC of the blob its pass verified when given a cache)
 
 pub mod blob;
 pub mod compare;
@@ -22,12 +23,14 @@ pub mod expected;
 pub mod header;
 pub mod observe;
 pub mod pass;
+pub mod reads;
 pub mod repair;
 mod root_path;
 pub mod safe_fs;
 #[cfg(test)]
 mod tests;
 pub mod toc;
+pub mod toc_pass;
 
 use snapmend_crds::report::FINDINGS_CAP;
 use snapmend_crds::{BlobState, CheckedWith, ContentCheck, LayerReport, LayerState};
@@ -164,6 +167,7 @@ pub fn verify_layer(
 ) -> LayerReport {
     let started = std::time::Instant::now();
     let keep_toc = toc.is_some() && layer.snapshot.is_some();
+    reads::count_blob_pass(layer);
     let mut p = pass::run_pass(layer, content, None, keep_toc);
     if let (Some(cache), Some(bytes)) = (toc, p.toc.take()) {
         keep(cache, layer, &bytes);
@@ -201,28 +205,45 @@ pub fn verify_layer_with_toc(
 ) -> Option<LayerReport> {
     layer.snapshot.as_ref()?;
     let started = std::time::Instant::now();
-    let body = match cache.lookup(&pass::toc_key(layer)) {
-        Lookup::Found(body) => body,
-        Lookup::Absent => return None,
-        Lookup::Rejected { path, reason } => {
-            tracing::warn!(toc = %path.display(), diff_id = %layer.diff_id, reason = %reason, "TOC discarded, not trusted; rebuilding it from the blob");
-            return None;
+    let key = pass::toc_key(layer);
+    // Most misses are a first verification: known at once, before any walk starts.
+    if !cache.probe(&key) {
+        return None;
+    }
+    // The snapshot walk starts while the TOC is read and checked (a rejected TOC wastes
+    // that walk; a damaged TOC is rare).
+    let load = || match cache.lookup(&key) {
+        Lookup::Found(body) => {
+            reads::count_toc_load(layer);
+            Some(body)
+        }
+        Lookup::Absent => None,
+        Lookup::Rejected { path, why } => {
+            tracing::warn!(toc = %path.display(), diff_id = %layer.diff_id, reason = why.reason.label(), detail = %why, "TOC discarded, not trusted; rebuilding it from the blob");
+            None
         }
     };
-    let p = pass::run_toc_pass(layer, content, body);
+    let (p, timings) = toc_pass::run_toc_pass(layer, content, load)?;
+    let comparing = std::time::Instant::now();
     let (mut report, _, reason) = report_from_pass(layer, &p);
     report.checked_with = Some(CheckedWith::Toc);
     report.leftover_staging = layer
         .snapshot
         .as_ref()
         .and_then(|s| leftover_staging(&s.dir));
-    tracing::info!(checked_with = "Toc", state = ?report.state, findings = report.findings_total, reason = reason.as_deref().unwrap_or(""), ms = started.elapsed().as_millis() as u64, "layer verified");
+    tracing::info!(checked_with = "Toc", state = ?report.state, findings = report.findings_total, reason = reason.as_deref().unwrap_or(""), ms = started.elapsed().as_millis() as u64, load_ms = timings.load_ms, walk_ms = timings.walk_ms, hash_ms = timings.hash_ms, compare_ms = comparing.elapsed().as_millis() as u64, "layer verified");
     Some(report)
 }
 
 pub use repair::refusal;
 
-/// Repairs one layer's snapshot in place from its verified blob.
-pub fn repair_layer(layer: &ResolvedLayer, opts: &RepairOptions) -> crate::Result<LayerRepair> {
-    repair::repair(layer, opts)
+/// Repairs one layer's snapshot in place from its verified blob; with `toc`, keeps the TOC of
+/// the blob its pass verified (digest and diffID), so that the next verification reads no
+/// blob.
+pub fn repair_layer(
+    layer: &ResolvedLayer,
+    opts: &RepairOptions,
+    toc: Option<&TocCache>,
+) -> crate::Result<LayerRepair> {
+    repair::repair(layer, opts, toc)
 }

@@ -21,7 +21,7 @@ use super::header::read_full;
 use super::observe::{Observation, observe_path, observe_tree};
 use super::root_path::resolve_root_path;
 use super::safe_fs::Beneath;
-use super::toc::{TocBody, TocKey, encode as encode_toc};
+use super::toc::{TocKey, encode as encode_toc};
 use crate::image::ResolvedLayer;
 
 const COMPARE_BUF: usize = 256 * 1024;
@@ -325,7 +325,7 @@ fn orphaned_files(
 
 /// Dirs containerd's `mkparent` made: what the first lower layer has at that path decides
 /// their mode, owner and xattrs (the model applies it, [`LayerModel::resolve_mkparent_dir`]).
-fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
+pub(super) fn resolve_implicit_dirs(model: &mut LayerModel, lowers: &[PathBuf]) {
     use std::os::unix::ffi::OsStrExt;
     for (path, id) in model.mkparent_dirs() {
         let mut found = None;
@@ -512,7 +512,10 @@ pub fn run_pass(
 }
 
 /// The walker's result as the pass reports it.
-fn settle_walk(observed: Option<io::Result<Option<Observation>>>, fs: Option<&Path>) -> FsWalk {
+pub(super) fn settle_walk(
+    observed: Option<io::Result<Option<Observation>>>,
+    fs: Option<&Path>,
+) -> FsWalk {
     match observed {
         // An `fs` that is not a directory (e.g. a planted symlink) is as good as missing.
         Some(Ok(Some(o)))
@@ -529,110 +532,6 @@ fn settle_walk(observed: Option<io::Result<Option<Observation>>>, fs: Option<&Pa
             tracing::warn!(fs = %shown, error = %e, "cannot walk snapshot");
             FsWalk::Unreadable(format!("{shown}: {e}"))
         }
-    }
-}
-
-/// One pass against a TOC instead of the blob: the snapshot walk (`lstat` and xattrs) and,
-/// for a full check, every regular file read and hashed on worker threads, compared with the
-/// content digest the TOC kept.
-pub fn run_toc_pass(layer: &ResolvedLayer, content: ContentCheck, toc: TocBody) -> Pass {
-    let TocBody { mut model, anchors } = toc;
-    let fs = layer.snapshot.as_ref().map(|s| s.fs.clone());
-    let threads = crate::workers::io_threads();
-    let (observed, verdicts) = std::thread::scope(|s| {
-        let walker = fs
-            .as_deref()
-            .map(|p| s.spawn(move || observe_tree(p, threads)));
-        let verdicts = match (&content, fs.as_deref()) {
-            (ContentCheck::Full, Some(p)) => hash_and_compare(p, &model, &anchors, threads),
-            _ => HashMap::new(),
-        };
-        let observed = walker.map(|w| {
-            w.join()
-                .unwrap_or_else(|_| Err(io::Error::other("snapshot walker panicked")))
-        });
-        (observed, verdicts)
-    });
-    if layer.index != 0
-        && let Some(s) = &layer.snapshot
-    {
-        resolve_implicit_dirs(&mut model, &s.lower_fs);
-    }
-    Pass {
-        blob: BlobCheck::FromToc,
-        model: Ok(model),
-        fs: settle_walk(observed, fs.as_deref()),
-        content: verdicts,
-        compared_at: anchors.into_iter().collect(),
-        staged: HashMap::new(),
-        toc: None,
-    }
-}
-
-/// Full-content verdicts against the TOC's digests: a file that is absent, not regular or of
-/// another size is left to the walk (as in the blob pass); one that cannot be read differs.
-fn hash_and_compare(
-    fs: &Path,
-    model: &LayerModel,
-    anchors: &[(InodeId, Vec<u8>)],
-    threads: usize,
-) -> HashMap<InodeId, ContentVerdict> {
-    let Ok(beneath) = Beneath::open(fs) else {
-        return HashMap::new();
-    };
-    let beneath = &beneath;
-    let per_worker = crate::workers::map_chunks(anchors, threads, |chunk| {
-        let mut buf = vec![0u8; COMPARE_BUF];
-        chunk
-            .iter()
-            .map(|(id, path)| {
-                let inode = model.inode(*id);
-                let verdict = match inode.content_sha256 {
-                    Some(want) => file_verdict(beneath, path, inode.size, &want, &mut buf),
-                    None => ContentVerdict::NotCompared,
-                };
-                (*id, verdict)
-            })
-            .collect::<Vec<_>>()
-    });
-    per_worker.into_iter().flatten().collect()
-}
-
-fn file_verdict(
-    beneath: &Beneath,
-    path: &[u8],
-    size: u64,
-    want: &ContentDigest,
-    buf: &mut [u8],
-) -> ContentVerdict {
-    let disk = beneath
-        .open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
-        .ok()
-        .map(File::from)
-        .filter(|f| {
-            f.metadata()
-                .is_ok_and(|m| m.file_type().is_file() && m.size() == size)
-        });
-    let Some(mut disk) = disk else {
-        return ContentVerdict::NotCompared;
-    };
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    loop {
-        match read_full(&mut disk, buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                total += n as u64;
-            }
-            Err(_) => return ContentVerdict::Differs,
-        }
-    }
-    let got: ContentDigest = hasher.finalize().into();
-    if total == size && &got == want {
-        ContentVerdict::Same
-    } else {
-        ContentVerdict::Differs
     }
 }
 

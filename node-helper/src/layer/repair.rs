@@ -289,7 +289,11 @@ pub fn no_snapshot_reason(layer: &ResolvedLayer) -> String {
 
 /// Repairs one layer. See the module docs for the rules.
 #[tracing::instrument(skip_all, fields(layer = layer.index, digest = %layer.digest, dry_run = opts.dry_run))]
-pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair> {
+pub fn repair(
+    layer: &ResolvedLayer,
+    opts: &RepairOptions,
+    toc: Option<&super::toc::TocCache>,
+) -> Result<LayerRepair> {
     let Some(snap) = &layer.snapshot else {
         let p = run_pass(layer, ContentCheck::Full, None, false);
         let (report, _, reason) = report_from_pass(layer, &p);
@@ -321,7 +325,7 @@ pub fn repair(layer: &ResolvedLayer, opts: &RepairOptions) -> Result<LayerRepair
     } else {
         Some(fresh_staging(&snap.dir)?)
     };
-    let result = repair_locked(layer, snap, staging.as_ref().map(|s| s.path.as_path()));
+    let result = repair_locked(layer, snap, staging.as_ref().map(|s| s.path.as_path()), toc);
     if let Some(s) = &staging {
         remove_staging(s);
     }
@@ -332,11 +336,16 @@ fn repair_locked(
     layer: &ResolvedLayer,
     snap: &SnapshotRef,
     staging: Option<&Path>,
+    toc: Option<&super::toc::TocCache>,
 ) -> Result<LayerRepair> {
     let stage = staging.map(|dir| StageDir { dir });
     // Repair always compares every byte: it must never rewrite data it has not verified.
     let started = std::time::Instant::now();
-    let p = run_pass(layer, ContentCheck::Full, stage.as_ref(), false);
+    let mut p = run_pass(layer, ContentCheck::Full, stage.as_ref(), toc.is_some());
+    // The pass inflated and verified the blob: its TOC spares the next verify the blob.
+    if let (Some(cache), Some(bytes)) = (toc, p.toc.take()) {
+        super::keep(cache, layer, &bytes);
+    }
     let pass_ms = started.elapsed().as_millis() as u64;
     let (mut report, diff, reason) = report_from_pass(layer, &p);
     let empty = Observation::default();

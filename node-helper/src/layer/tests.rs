@@ -191,6 +191,7 @@ impl Fixture {
                 dry_run: false,
                 content: ContentCheck::Full,
             },
+            None,
         )
         .unwrap()
     }
@@ -357,6 +358,37 @@ fn base_layer_whiteouts_and_opaque_markers_leave_nothing() {
     assert!(std::fs::symlink_metadata(f.p("etc/shadow")).is_err());
     assert!(read_xattrs(&f.p("opaque")).unwrap().is_empty());
     assert!(f.p("opaque/kept").exists());
+}
+
+#[test]
+fn a_repair_keeps_the_toc_of_the_blob_it_verified() {
+    let f = fixture(&rich_layer(), false).unpacked();
+    let toc = f.toc_cache();
+    std::fs::remove_file(f.p("usr/lib/libc.so")).ok();
+    std::fs::write(f.p("etc/passwd"), b"root:x:0:0:damaged").ok();
+    assert!(super::verify_layer_with_toc(&f.layer, ContentCheck::Full, &toc).is_none());
+    let r = super::repair_layer(
+        &f.layer,
+        &RepairOptions {
+            dry_run: false,
+            content: ContentCheck::Full,
+        },
+        Some(&toc),
+    )
+    .unwrap();
+    assert_eq!(r.report.state, LayerState::Repaired, "{:?}", r.reason);
+    // The next verification uses the TOC the repair kept, and agrees with the blob.
+    for content in [ContentCheck::Full, ContentCheck::Metadata] {
+        let t = super::verify_layer_with_toc(&f.layer, content, &toc).expect("repair kept a TOC");
+        assert_eq!(t.checked_with, Some(CheckedWith::Toc));
+        assert_eq!(t.state, LayerState::Healthy, "{:?}", t.findings);
+    }
+    // And it finds damage done after the repair, as the blob does.
+    std::fs::write(f.p("etc/passwd"), b"root:x:0:0:damaged").unwrap();
+    let t = super::verify_layer_with_toc(&f.layer, ContentCheck::Full, &toc).unwrap();
+    let blob = verify_layer(&f.layer, ContentCheck::Full, None);
+    assert_eq!(t.state, LayerState::Corrupted);
+    assert_eq!((t.state, &t.findings), (blob.state, &blob.findings));
 }
 
 fn corruption_case(name: &str, corrupt: impl Fn(&Fixture), expect: &[(&str, FindingKind)]) {
@@ -607,6 +639,7 @@ fn dry_run_plans_and_writes_nothing() {
             dry_run: true,
             content: ContentCheck::Full,
         },
+        None,
     )
     .unwrap();
     assert_eq!(r.report.state, LayerState::Corrupted);
@@ -756,6 +789,7 @@ fn repair_refuses_uncommitted_snapshots_and_concurrent_repairs() {
                 dry_run: false,
                 content: ContentCheck::Full,
             },
+            None,
         )
         .unwrap();
         assert_eq!(r.report.state, LayerState::Unrepairable);
@@ -775,6 +809,7 @@ fn repair_refuses_uncommitted_snapshots_and_concurrent_repairs() {
             dry_run: false,
             content: ContentCheck::Full,
         },
+        None,
     )
     .unwrap_err();
     assert!(e.to_string().contains("another repair"), "{e}");
@@ -829,6 +864,7 @@ fn crash_child() {
             dry_run: false,
             content: ContentCheck::Full,
         },
+        None,
     );
 }
 
@@ -948,6 +984,7 @@ fn bench_layer() {
                     dry_run: false,
                     content: ContentCheck::Full,
                 },
+                None,
             )
             .unwrap();
             (r.report.state, r.report.findings_total)

@@ -31,6 +31,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -45,6 +48,97 @@ const CHECKSUM_LEN: usize = 32;
 /// A decompressed body larger than this is refused (a layer of millions of entries is ~100 MiB).
 const MAX_BODY: u64 = 1 << 30;
 const SUFFIX: &str = ".toc";
+
+/// Why a TOC file was not trusted: the `reason` label of `snapmend_agent_toc_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The file could not be read.
+    Unreadable,
+    /// Shorter than its header says (an interrupted copy, a full disk).
+    Truncated,
+    /// The sha256 over the file does not match (a flipped bit, an edit).
+    Checksum,
+    /// Not a snapmend TOC at all.
+    Magic,
+    /// Another format version (written by an older or newer snapmend).
+    Version,
+    /// Made for another diffID or layer kind than the name says.
+    DiffIdMismatch,
+    /// The body is larger than snapmend decodes.
+    TooLarge,
+    /// The checksum held but the body does not decode.
+    Undecodable,
+    /// A regular file lacks its content digest or anchor.
+    Incomplete,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Unreadable => "unreadable",
+            RejectReason::Truncated => "truncated",
+            RejectReason::Checksum => "checksum",
+            RejectReason::Magic => "magic",
+            RejectReason::Version => "version",
+            RejectReason::DiffIdMismatch => "diffid_mismatch",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::Undecodable => "undecodable",
+            RejectReason::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Why a TOC's bytes cannot be trusted: the class (for the metric) and a line for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Process-wide counters of the TOC cache. Lookups happen deep in the layer engine, so they
+/// count here; the agent registers these same counters (clones share the value) on /metrics.
+#[derive(Clone, Default)]
+pub struct TocCounters {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub writes: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+}
+
+impl TocCounters {
+    #[cfg(test)]
+    pub fn rejected_for(&self, reason: RejectReason) -> u64 {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.label().into(),
+            })
+            .get()
+    }
+}
+
+/// The counters of this process.
+pub fn counters() -> &'static TocCounters {
+    static COUNTERS: std::sync::LazyLock<TocCounters> = std::sync::LazyLock::new(Default::default);
+    &COUNTERS
+}
 
 /// What a TOC holds besides its key.
 #[derive(Serialize, Deserialize)]
@@ -111,71 +205,136 @@ pub fn encode(key: &TocKey, model: &LayerModel, anchors: &HashMap<InodeId, Vec<u
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], Rejection> {
         if self.0.len() < n {
-            return Err("truncated header".into());
+            return Err(reject(RejectReason::Truncated, "truncated header"));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
         Ok(a)
     }
-    fn u64(&mut self) -> std::result::Result<u64, String> {
-        let b = self.take(8)?;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| "short u64")?))
+    fn u64(&mut self) -> std::result::Result<u64, Rejection> {
+        let b: [u8; 8] = self.take(8)?.try_into().unwrap_or_default();
+        Ok(u64::from_le_bytes(b))
     }
 }
 
+/// The fixed header fields, read without trusting them.
+struct Header {
+    version: u32,
+    base: u8,
+    diff_id: String,
+    plain_len: u64,
+    packed_len: u64,
+}
+
+fn read_header<'a>(c: &mut Cursor<'a>) -> std::result::Result<Header, Rejection> {
+    if c.take(MAGIC.len())? != MAGIC {
+        return Err(reject(
+            RejectReason::Magic,
+            "not a snapmend TOC (bad magic)",
+        ));
+    }
+    let version = u32::from_le_bytes(c.take(4)?.try_into().unwrap_or_default());
+    let base = c.take(1)?[0];
+    let id_len = u16::from_le_bytes(c.take(2)?.try_into().unwrap_or_default());
+    let diff_id = String::from_utf8_lossy(c.take(id_len as usize)?).into_owned();
+    Ok(Header {
+        version,
+        base,
+        diff_id,
+        plain_len: c.u64()?,
+        packed_len: c.u64()?,
+    })
+}
+
+/// Why a file failed its checksum: shorter than its (untrusted) header says, or damaged.
+fn checksum_failure(bytes: &[u8]) -> Rejection {
+    let mut c = Cursor(bytes);
+    if let Ok(h) = read_header(&mut c) {
+        let header_len = (bytes.len() - c.0.len()) as u64;
+        let declared = header_len
+            .saturating_add(h.packed_len)
+            .saturating_add(CHECKSUM_LEN as u64);
+        if declared > bytes.len() as u64 {
+            return reject(
+                RejectReason::Truncated,
+                format!(
+                    "truncated: {} bytes, the header says {declared}",
+                    bytes.len()
+                ),
+            );
+        }
+    }
+    reject(
+        RejectReason::Checksum,
+        "checksum mismatch (damaged or truncated)",
+    )
+}
+
 /// Checks and decodes a TOC file's bytes for `key`; `Err` says why it cannot be trusted.
-pub fn decode(key: &TocKey, bytes: &[u8]) -> std::result::Result<TocBody, String> {
+pub fn decode(key: &TocKey, bytes: &[u8]) -> std::result::Result<TocBody, Rejection> {
     if bytes.len() < MAGIC.len() + CHECKSUM_LEN {
-        return Err(format!("truncated ({} bytes)", bytes.len()));
+        return Err(reject(
+            RejectReason::Truncated,
+            format!("truncated ({} bytes)", bytes.len()),
+        ));
     }
     let (data, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
     if Sha256::digest(data).as_slice() != sum {
-        return Err("checksum mismatch (damaged or truncated)".into());
+        return Err(checksum_failure(bytes));
     }
     let mut c = Cursor(data);
-    if c.take(MAGIC.len())? != MAGIC {
-        return Err("not a snapmend TOC (bad magic)".into());
-    }
-    let version = u32::from_le_bytes(c.take(4)?.try_into().map_err(|_| "short version")?);
-    if version != FORMAT_VERSION {
-        return Err(format!(
-            "format version {version}, this snapmend reads {FORMAT_VERSION}"
+    let h = read_header(&mut c)?;
+    if h.version != FORMAT_VERSION {
+        return Err(reject(
+            RejectReason::Version,
+            format!(
+                "format version {}, this snapmend reads {FORMAT_VERSION}",
+                h.version
+            ),
         ));
     }
-    let base = match c.take(1)?[0] {
+    let base = match h.base {
         0 => false,
         1 => true,
-        b => return Err(format!("bad layer kind byte {b}")),
+        b => {
+            return Err(reject(
+                RejectReason::Undecodable,
+                format!("bad layer kind byte {b}"),
+            ));
+        }
     };
-    let id_len = u16::from_le_bytes(c.take(2)?.try_into().map_err(|_| "short length")?);
-    let diff_id = String::from_utf8_lossy(c.take(id_len as usize)?).into_owned();
-    if diff_id != key.diff_id || base != key.base {
-        return Err(format!(
-            "made for diffID {diff_id} (base {base}), not {} (base {})",
-            key.diff_id, key.base
+    if h.diff_id != key.diff_id || base != key.base {
+        return Err(reject(
+            RejectReason::DiffIdMismatch,
+            format!(
+                "made for diffID {} (base {base}), not {} (base {})",
+                h.diff_id, key.diff_id, key.base
+            ),
         ));
     }
-    let plain_len = c.u64()?;
-    let packed_len = c.u64()?;
-    if plain_len > MAX_BODY {
-        return Err(format!("body of {plain_len} bytes exceeds {MAX_BODY}"));
-    }
-    if packed_len != c.0.len() as u64 {
-        return Err(format!(
-            "body is {} bytes, header says {packed_len}",
-            c.0.len()
+    if h.plain_len > MAX_BODY {
+        return Err(reject(
+            RejectReason::TooLarge,
+            format!("body of {} bytes exceeds {MAX_BODY}", h.plain_len),
         ));
     }
-    let plain = zstd::bulk::decompress(c.0, plain_len as usize)
-        .map_err(|e| format!("body does not decompress: {e}"))?;
-    if plain.len() as u64 != plain_len {
-        return Err("body length differs from the header".into());
+    if h.packed_len != c.0.len() as u64 {
+        return Err(reject(
+            RejectReason::Undecodable,
+            format!("body is {} bytes, header says {}", c.0.len(), h.packed_len),
+        ));
     }
-    let body: TocBody =
-        postcard::from_bytes(&plain).map_err(|e| format!("body does not decode: {e}"))?;
-    check_body(key, &body)?;
+    let undecodable = |d: String| reject(RejectReason::Undecodable, d);
+    let plain = zstd::bulk::decompress(c.0, h.plain_len as usize)
+        .map_err(|e| undecodable(format!("body does not decompress: {e}")))?;
+    if plain.len() as u64 != h.plain_len {
+        return Err(undecodable("body length differs from the header".into()));
+    }
+    let body: TocBody = postcard::from_bytes(&plain)
+        .map_err(|e| undecodable(format!("body does not decode: {e}")))?;
+    check_body(key, &body).map_err(|d| reject(RejectReason::Incomplete, d))?;
     Ok(body)
 }
 
@@ -229,7 +388,7 @@ pub enum Lookup {
     /// A file was there but failed a check; it has been removed. `reason` is for the log.
     Rejected {
         path: PathBuf,
-        reason: String,
+        why: Rejection,
     },
 }
 
@@ -242,29 +401,49 @@ impl TocCache {
         key.file_name().map(|n| self.dir.join(n))
     }
 
+    /// Whether a TOC file for `key` is there (not yet checked); counts a miss when not.
+    pub fn probe(&self, key: &TocKey) -> bool {
+        let there = self
+            .path(key)
+            .is_some_and(|p| std::fs::symlink_metadata(p).is_ok());
+        if !there {
+            counters().misses.inc();
+        }
+        there
+    }
+
     /// The TOC for `key`, checked. A file failing any check is removed (never trusted).
     pub fn lookup(&self, key: &TocKey) -> Lookup {
         let Some(path) = self.path(key) else {
             return Lookup::Absent;
         };
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Absent,
-            Err(e) => {
-                return Lookup::Rejected {
-                    reason: format!("cannot read: {e}"),
-                    path,
-                };
+        let stats = counters();
+        let decoded = match std::fs::read(&path) {
+            Ok(bytes) => decode(key, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                stats.misses.inc();
+                return Lookup::Absent;
             }
+            Err(e) => Err(reject(
+                RejectReason::Unreadable,
+                format!("cannot read: {e}"),
+            )),
         };
-        match decode(key, &bytes) {
+        match decoded {
             Ok(body) => {
+                stats.hits.inc();
                 touch(&path);
                 Lookup::Found(body)
             }
-            Err(reason) => {
+            Err(why) => {
+                stats
+                    .rejected
+                    .get_or_create(&ReasonLabel {
+                        reason: why.reason.label().into(),
+                    })
+                    .inc();
                 let _ = std::fs::remove_file(&path);
-                Lookup::Rejected { path, reason }
+                Lookup::Rejected { path, why }
             }
         }
     }
@@ -305,6 +484,7 @@ impl TocCache {
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
+        counters().writes.inc();
         // Temp files of a crashed writer are an hour old at least before they go.
         sweep_stale_temps(&self.dir);
         evict_least_recently_used(&self.dir, self.max_bytes, &dest, Duration::ZERO, |p| {
@@ -437,7 +617,7 @@ mod tests {
             let Err(why) = decode(&key(false), &bad) else {
                 panic!("flipped byte {i} of {} was accepted", bytes.len());
             };
-            assert!(!why.is_empty());
+            assert!(!why.detail.is_empty());
         }
         for len in [0, 7, 40, bytes.len() / 2, bytes.len() - 1] {
             assert!(
@@ -460,15 +640,21 @@ mod tests {
         bytes[8] = 2;
         reseal(&mut bytes);
         let err = decode(&key(true), &bytes).err().expect("version 2 refused");
-        assert!(err.contains("version 2"), "{err}");
+        assert!(err.detail.contains("version 2"), "{err}");
+        assert_eq!(err.reason, RejectReason::Version);
         let bytes = encode(&key(true), &m, &anchors);
         let err = decode(&key(false), &bytes).err().expect("kind refused");
-        assert!(err.contains("base"), "{err}");
+        assert!(err.detail.contains("base"), "{err}");
+        assert_eq!(err.reason, RejectReason::DiffIdMismatch);
         let other = TocKey {
             diff_id: format!("sha256:{}", "cd".repeat(32)),
             base: true,
         };
-        assert!(decode(&other, &bytes).is_err(), "other diffID refused");
+        assert_eq!(
+            decode(&other, &bytes).err().map(|r| r.reason),
+            Some(RejectReason::DiffIdMismatch),
+            "other diffID refused"
+        );
     }
 
     #[test]
@@ -477,7 +663,8 @@ mod tests {
         anchors.clear();
         let bytes = encode(&key(true), &m, &anchors);
         let err = decode(&key(true), &bytes).err().expect("refused");
-        assert!(err.contains("anchor"), "{err}");
+        assert!(err.detail.contains("anchor"), "{err}");
+        assert_eq!(err.reason, RejectReason::Incomplete);
     }
 
     #[test]
@@ -505,11 +692,50 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.truncate(bytes.len() - 3);
         std::fs::write(&path, &bytes).unwrap();
-        let Lookup::Rejected { reason, .. } = cache.lookup(&key(true)) else {
+        let truncated_before = counters().rejected_for(RejectReason::Truncated);
+        let Lookup::Rejected { why, .. } = cache.lookup(&key(true)) else {
             panic!("a truncated TOC was used");
         };
-        assert!(reason.contains("checksum"), "{reason}");
+        assert_eq!(why.reason, RejectReason::Truncated, "{why}");
+        assert!(counters().rejected_for(RejectReason::Truncated) > truncated_before);
         assert!(!path.exists(), "a rejected TOC is removed");
+    }
+
+    #[test]
+    fn rejections_are_classified_and_lookups_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = TocCache {
+            dir: d.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        };
+        let k = TocKey {
+            diff_id: format!("sha256:{}", "5e".repeat(32)),
+            base: false,
+        };
+        let (m, anchors) = sample(false);
+        let c = counters();
+        let (hits, misses, writes) = (c.hits.get(), c.misses.get(), c.writes.get());
+        assert!(matches!(cache.lookup(&k), Lookup::Absent));
+        let path = cache.store(&k, &encode(&k, &m, &anchors)).unwrap();
+        assert!(matches!(cache.lookup(&k), Lookup::Found(_)));
+        // Counters are process-wide and tests run in parallel: at least ours were counted.
+        assert!(c.misses.get() > misses && c.hits.get() > hits && c.writes.get() > writes);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let before = c.rejected_for(RejectReason::Checksum);
+        let Lookup::Rejected { why, path: p } = cache.lookup(&k) else {
+            panic!("a damaged TOC was used");
+        };
+        assert_eq!(why.reason, RejectReason::Checksum, "{why}");
+        assert_eq!(p, path);
+        assert!(c.rejected_for(RejectReason::Checksum) > before);
+        std::fs::write(&path, b"not a toc at all, but long enough to be read").unwrap();
+        let Lookup::Rejected { why, .. } = cache.lookup(&k) else {
+            panic!("garbage was used");
+        };
+        assert_eq!(why.reason, RejectReason::Checksum, "{why}");
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn repair_layer(
         });
     }
     let mut out = with_blob(layer, fetcher, &|l: &ResolvedLayer| {
-        layer::repair_layer(l, opts)
+        layer::repair_layer(l, opts, toc)
     });
     if let Ok(repair) = &mut out {
         // The confirmation (read back after writing) is about the same bytes.

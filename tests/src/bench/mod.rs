@@ -12,6 +12,7 @@ use crate::image_builder::{BigLayer, write_big_layer_archive, write_big_layer_bl
 use crate::node_helper_cli::{Content, NodeHelper};
 
 pub mod registry;
+pub mod scan;
 pub mod storm;
 
 pub const IMAGE: &str = "snapmend.bench/big:1";
@@ -33,6 +34,8 @@ pub struct BenchOptions {
 pub struct Timing {
     pub command: String,
     pub samples: Vec<Duration>,
+    /// CPU time (user + sys, the command and its children) of each sample.
+    pub cpu: Vec<Duration>,
 }
 
 impl Timing {
@@ -52,6 +55,8 @@ pub struct Comparison {
     pub ours: Timing,
     pub reference: Timing,
     pub goal: String,
+    /// System calls of one more run of each (ours, reference), counted by `strace -f -c`.
+    pub syscalls: Option<(u64, u64)>,
 }
 
 impl Comparison {
@@ -130,7 +135,7 @@ fn wait_for_idle_disks() {
 }
 
 /// Writes of the previous run and of the setup must not be flushed during the next timed one.
-fn settle_disks() {
+pub(crate) fn settle_disks() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     wait_for_idle_disks();
@@ -141,6 +146,8 @@ struct Timed<'a> {
     label: &'a str,
     setup: Box<dyn FnMut() -> Result<(), TestError> + 'a>,
     make: Box<dyn FnMut() -> Command + 'a>,
+    /// CPU time of each run.
+    cpu: Vec<Duration>,
 }
 
 impl<'a> Timed<'a> {
@@ -153,15 +160,41 @@ impl<'a> Timed<'a> {
             label,
             setup: Box::new(setup),
             make: Box::new(make),
+            cpu: Vec::new(),
         }
     }
 
     fn run_once(&mut self) -> Result<Duration, TestError> {
         (self.setup)()?;
         settle_disks();
+        let cpu0 = scan::children_cpu();
         let took = run_checked(&mut (self.make)(), self.label)?;
-        eprintln!("  {}: {took:.2?}", self.label);
+        let cpu = scan::children_cpu().saturating_sub(cpu0);
+        self.cpu.push(cpu);
+        eprintln!("  {}: {took:.2?} (CPU {cpu:.2?})", self.label);
         Ok(took)
+    }
+
+    /// System calls of one more run, by `strace -f -c` (`None` without strace).
+    fn count_syscalls(&mut self) -> Result<Option<u64>, TestError> {
+        (self.setup)()?;
+        let cmd = (self.make)();
+        let out =
+            tempfile::NamedTempFile::new().map_err(|e| TestError::io(Path::new("/tmp"), e))?;
+        let mut strace = Command::new("strace");
+        strace
+            .args(["-f", "-c", "-o"])
+            .arg(out.path())
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        match strace.status() {
+            Ok(st) if st.success() => {}
+            _ => return Ok(None),
+        }
+        let text = std::fs::read_to_string(out.path()).unwrap_or_default();
+        Ok(strace_total_calls(&text))
     }
 }
 
@@ -173,8 +206,21 @@ fn compare_side_by_side(
     mut ours: Timed<'_>,
     mut reference: Timed<'_>,
 ) -> Result<Comparison, TestError> {
+    compare_pair(runs, what, goal, &mut ours, &mut reference)
+}
+
+/// [`compare_side_by_side`] on commands the caller keeps.
+fn compare_pair(
+    runs: usize,
+    what: &str,
+    goal: &str,
+    ours: &mut Timed<'_>,
+    reference: &mut Timed<'_>,
+) -> Result<Comparison, TestError> {
     ours.run_once()?;
     reference.run_once()?;
+    ours.cpu.clear();
+    reference.cpu.clear();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         a.push(ours.run_once()?);
@@ -185,13 +231,39 @@ fn compare_side_by_side(
         ours: Timing {
             command: ours.label.into(),
             samples: a,
+            cpu: std::mem::take(&mut ours.cpu),
         },
         reference: Timing {
             command: reference.label.into(),
             samples: b,
+            cpu: std::mem::take(&mut reference.cpu),
         },
         goal: goal.into(),
+        syscalls: None,
     })
+}
+
+/// [`compare_side_by_side`], plus the system calls of one more run of each (for the
+/// comparisons whose speed comes from making fewer of them).
+fn compare_with_syscalls(
+    runs: usize,
+    what: &str,
+    goal: &str,
+    mut ours: Timed<'_>,
+    mut reference: Timed<'_>,
+) -> Result<Comparison, TestError> {
+    // After the timed runs: the warm-up is the run that may still have work to cache.
+    let mut c = compare_pair(runs, what, goal, &mut ours, &mut reference)?;
+    c.syscalls = ours.count_syscalls()?.zip(reference.count_syscalls()?);
+    Ok(c)
+}
+
+/// The `calls` column of the `total` line of `strace -c`.
+pub fn strace_total_calls(summary: &str) -> Option<u64> {
+    let total = summary.lines().find(|l| l.trim_end().ends_with(" total"))?;
+    let fields: Vec<&str> = total.split_whitespace().collect();
+    // % time, seconds, usecs/call, calls, [errors], total
+    fields.get(3)?.parse().ok()
 }
 
 fn empty_dir(dir: &Path) -> Result<(), TestError> {
@@ -397,14 +469,14 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
     }
     const VERIFY_TOC_FULL: &str = "snapmend-node-helper verify --content full (TOC cached)";
     const VERIFY_TOC_META: &str = "snapmend-node-helper verify --content metadata (TOC cached)";
-    comparisons.push(compare_side_by_side(
+    comparisons.push(compare_with_syscalls(
         runs,
         "full-content verify, TOC cached, vs GNU tar --compare",
         "≤ 0.15×",
         Timed::new(VERIFY_TOC_FULL, || Ok(()), || verify_toc("full")),
         Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
     )?);
-    comparisons.push(compare_side_by_side(
+    comparisons.push(compare_with_syscalls(
         runs,
         "metadata verify, TOC cached, vs GNU tar --compare",
         "≤ 0.03×",
@@ -412,6 +484,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
         Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
     )?);
     check_toc_was_used(&helper, &toc_s)?;
+    hold_for_profiling(&opts.work_dir, &helper, &toc_s);
     if extract_dir.exists() {
         std::fs::remove_dir_all(&extract_dir).map_err(|e| TestError::io(&extract_dir, e))?;
     }
@@ -425,6 +498,29 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
         layer,
         comparisons,
     })
+}
+
+/// With `SNAPMEND_BENCH_HOLD=1`, keeps the private containerd (and the TOC) until the file
+/// `<work-dir>/hold` is removed, printing the verify command, so that a person can profile it
+/// (`perf record`, `strace -c`) on the real layer.
+fn hold_for_profiling(work_dir: &Path, helper: &NodeHelper, toc: &str) {
+    if std::env::var_os("SNAPMEND_BENCH_HOLD").is_none_or(|v| v != "1") {
+        return;
+    }
+    let hold = work_dir.join("hold");
+    if std::fs::write(&hold, b"remove this file to end the benchmark\n").is_err() {
+        return;
+    }
+    eprintln!(
+        "holding for profiling until {} is removed; run:\n  {} verify --root {} --config {} --image {IMAGE} --toc-cache {toc} --content full --json",
+        hold.display(),
+        helper.binary.display(),
+        helper.root.display(),
+        helper.config.display()
+    );
+    while hold.exists() {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The timed TOC runs must have read no blob: one more verify must say `checkedWith: Toc`.
@@ -495,6 +591,31 @@ pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> Strin
             c.goal
         ));
     }
+    let costed: Vec<&Comparison> = report
+        .comparisons
+        .iter()
+        .filter(|c| !c.ours.cpu.is_empty() || c.syscalls.is_some())
+        .collect();
+    if !costed.is_empty() {
+        out.push_str("\nWhat one run costs beside its wall time (CPU: median user + sys of the timed runs, the command and its children; system calls: one more run under `strace -f -c`):\n\n| comparison | snapmend CPU | reference CPU | snapmend syscalls | reference syscalls |\n| --- | --- | --- | --- | --- |\n");
+        for c in costed {
+            let med = |v: &[Duration]| {
+                let mut v = v.to_vec();
+                v.sort();
+                v.get(v.len() / 2).map(|d| secs(*d)).unwrap_or_default()
+            };
+            let (a, b) = c
+                .syscalls
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "| {} | {} | {} | {a} | {b} |\n",
+                c.what,
+                med(&c.ours.cpu),
+                med(&c.reference.cpu)
+            ));
+        }
+    }
     out.push_str("\nEvery timed run, in the order run (ours, then the reference):\n\n");
     for c in &report.comparisons {
         let rounds: Vec<String> = c
@@ -522,6 +643,7 @@ mod tests {
         Timing {
             command: cmd.into(),
             samples: ms.iter().map(|m| Duration::from_millis(*m)).collect(),
+            cpu: Vec::new(),
         }
     }
 
@@ -534,6 +656,7 @@ mod tests {
             ours,
             reference: timing("b", &[800, 800, 800]),
             goal: "≤ 0.5×".into(),
+            syscalls: None,
         };
         assert!((c.ratio() - 0.25).abs() < 1e-9);
     }
@@ -557,6 +680,7 @@ mod tests {
             ours: timing("a", &[100, 200, 400]),
             reference: timing("b", &[400, 800, 1600]),
             goal: String::new(),
+            syscalls: None,
         };
         assert!((c.ratio() - 0.25).abs() < 1e-9);
     }
@@ -580,12 +704,14 @@ mod tests {
                     ours: timing("verify", &[1000]),
                     reference: timing("tar", &[4000]),
                     goal: "≤ 0.5×".into(),
+                    syscalls: Some((70_000, 900_000)),
                 },
                 Comparison {
                     what: "meta vs tar".into(),
                     ours: timing("meta", &[500]),
                     reference: timing("tar", &[4000]),
                     goal: "faster".into(),
+                    syscalls: None,
                 },
             ],
         };
@@ -597,5 +723,23 @@ mod tests {
         assert!(md.contains("| CPU | test cpu |"));
         assert!(md.contains("50100 tar entries, 1.00 GiB of file content"));
         assert!(md.contains("- `verify` / `tar`: 1.00 s / 4.00 s"), "{md}");
+        assert!(
+            md.contains("| verify vs tar |  |  | 70000 | 900000 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn strace_summary_total_calls() {
+        let summary = "\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ------------------
+ 74.73    2.453060      613265         4           futex
+ 11.80    0.387252           6     60623         1 statx
+------ ----------- ----------- --------- --------- ------------------
+100.00    3.282410          26    125401       312 total
+";
+        assert_eq!(strace_total_calls(summary), Some(125_401));
+        assert_eq!(strace_total_calls("garbage"), None);
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use snapmend_tests::bench::scan::{ScanBenchOptions, render_scan_markdown, run_scan_bench};
 use snapmend_tests::bench::storm::{
     StormOptions, choose_operator, render_storm_markdown, run_storm,
 };
@@ -27,6 +28,31 @@ struct Cli {
 enum Command {
     /// The operator at scale: an event storm on thousands of realistic Nodes (issue 14).
     Storm(StormArgs),
+    /// `scan` of a node with many images sharing base layers, without then with TOCs,
+    /// against `tar --compare` of the same unique layers (issue 16).
+    Scan(ScanArgs),
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    /// The node-helper binary to measure (build it with --release).
+    #[arg(long)]
+    node_helper: PathBuf,
+    /// Images on the node.
+    #[arg(long, default_value_t = 50)]
+    images: usize,
+    /// Rounds of (scan without TOCs, scan with TOCs, tar --compare).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Directory for the benchmark's TOC cache.
+    #[arg(long, default_value = "/var/tmp/snapmend-bench")]
+    work_dir: PathBuf,
+    /// Date written into the Markdown.
+    #[arg(long, default_value = "")]
+    date: String,
+    /// Command line written into the Markdown.
+    #[arg(long, default_value = "bench/scan.sh")]
+    command: String,
 }
 
 #[derive(Args)]
@@ -89,6 +115,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Storm(args)) => storm(args),
+        Some(Command::Scan(args)) => scan(args),
         None => verify(cli.verify),
     };
     match result {
@@ -114,6 +141,17 @@ fn verify(args: VerifyArgs) -> Result<String, String> {
     };
     let report = run_benchmarks(&opts).map_err(|e| e.to_string())?;
     Ok(render_markdown(&report, &args.date, &args.command))
+}
+
+fn scan(args: ScanArgs) -> Result<String, String> {
+    let opts = ScanBenchOptions {
+        node_helper: args.node_helper,
+        images: args.images,
+        runs: args.runs,
+        work_dir: args.work_dir,
+    };
+    let report = run_scan_bench(&opts).map_err(|e| e.to_string())?;
+    Ok(render_scan_markdown(&report, &args.date, &args.command))
 }
 
 fn storm(args: StormArgs) -> Result<String, String> {
