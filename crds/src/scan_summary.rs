@@ -462,6 +462,7 @@ mod tests {
                 unreferenced: (600..900).map(|i| entry(&i.to_string())).collect(),
             },
             layers_checked: 1001,
+            layer_reads: Vec::new(),
             duration_ms: 7,
             message: Some("m".repeat(10_000)),
         };

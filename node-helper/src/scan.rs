@@ -191,8 +191,11 @@ fn repair_damaged(
                     job::blob_fetcher(&opts.fetch, &opts.config_path, &f.namespace, store, image)
                 })
             });
-            // Only layers the scan found damaged get here: their TOC has nothing more to say.
-            (key, job::attempt_repair(l, &ropts, fetcher.as_ref(), None))
+            // The repair's pass verified the blob: its TOC is kept for the next scan.
+            (
+                key,
+                job::attempt_repair(l, &ropts, fetcher.as_ref(), opts.toc.as_ref()),
+            )
         })
         .collect()
 }

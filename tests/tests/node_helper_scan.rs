@@ -159,7 +159,11 @@ fn scan_finds_damage_across_images_and_the_store_and_scan_repair_restores_it() {
         "{human}"
     );
 
-    let (run, repaired) = scan(&s, &["--repair"]);
+    // A fresh TOC cache: the deleted snapshot directory has nothing to verify against, so only
+    // the repair's own pass can keep its layer's TOC.
+    let repair_toc = s.fixture.dir().join("repair-toc");
+    let repair_toc_arg = ["--toc-cache", repair_toc.to_str().unwrap()];
+    let (run, repaired) = scan(&s, &["--repair", repair_toc_arg[0], repair_toc_arg[1]]);
     assert_eq!(run.code, Some(0), "{run}");
     assert_eq!(repaired.outcome, Outcome::Repaired, "{run}");
     assert!(repaired.snapshots.missing.is_empty(), "{run}");
@@ -174,9 +178,14 @@ fn scan_finds_damage_across_images_and_the_store_and_scan_repair_restores_it() {
     }
     // Report-only findings are left alone.
     assert!(snapshots.join("999").is_dir());
-    let (run, after) = scan(&s, &[]);
+    let (run, after) = scan(&s, &repair_toc_arg);
     assert_eq!(run.code, Some(0), "{run}");
     assert_eq!(after.outcome, Outcome::Healthy, "{run}");
+    assert!(
+        after.layer_reads.iter().all(|x| (x.blob, x.toc) == (0, 1)),
+        "every layer from a TOC kept by scan --repair, the recreated one too: {:?}",
+        after.layer_reads
+    );
     for name in [A, B, RICH] {
         s.assert_healthy(name);
     }
