@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use sha2::{Digest, Sha256};
 
 use super::header::{TarHeader, TarReader};
+use crate::stage_profile::{self as profile, Stage};
 
 const CHUNK: usize = 1 << 20;
 const CHUNKS_IN_FLIGHT: usize = 4;
@@ -85,7 +86,21 @@ struct HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        let mut t = profile::time(Stage::BlobDigest);
+        t.bytes(n as u64);
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The stored blob, its `read(2)` calls timed.
+struct TimedFile(File);
+
+impl Read for TimedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut t = profile::time(Stage::ReadBlob);
+        let n = self.0.read(buf)?;
+        t.bytes(n as u64);
         Ok(n)
     }
 }
@@ -116,7 +131,10 @@ impl Read for ChunkReader {
                 let _ = self.recycle.try_send(old);
             }
             self.pos = 0;
-            match self.rx.recv() {
+            let waited = profile::time(Stage::WaitForInflate);
+            let received = self.rx.recv();
+            drop(waited);
+            match received {
                 Ok(Msg::Data(d)) => self.current = d,
                 Ok(Msg::Failed(reason)) => {
                     self.done = true;
@@ -128,7 +146,10 @@ impl Read for ChunkReader {
         let n = buf.len().min(self.current.len() - self.pos);
         let chunk = &self.current[self.pos..self.pos + n];
         buf[..n].copy_from_slice(chunk);
+        let mut t = profile::time(Stage::DiffIdHash);
+        t.bytes(n as u64);
         self.hasher.update(chunk);
+        drop(t);
         self.pos += n;
         Ok(n)
     }
@@ -142,8 +163,9 @@ fn produce(
     recycle: Receiver<Vec<u8>>,
     cancel: &AtomicBool,
 ) -> io::Result<String> {
+    profile::role("blob-reader");
     let mut src = HashingReader {
-        inner: BufReader::with_capacity(CHUNK, file),
+        inner: BufReader::with_capacity(CHUNK, TimedFile(file)),
         hasher: Sha256::new(),
     };
     let outcome: Result<(), String> = (|| {
@@ -162,6 +184,7 @@ fn produce(
                 .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
             buf.resize(CHUNK, 0);
             let mut filled = 0;
+            let mut inflating = profile::time(Stage::Inflate);
             while filled < CHUNK {
                 match decoder.read(&mut buf[filled..]) {
                     Ok(0) => break,
@@ -170,13 +193,17 @@ fn produce(
                     Err(e) => return Err(format!("{compression:?} stream: {e}")),
                 }
             }
+            inflating.bytes(filled as u64);
+            drop(inflating);
             buf.truncate(filled);
             if filled == 0 {
                 return Ok(());
             }
+            let waiting = profile::time(Stage::WaitForTar);
             if tx.send(Msg::Data(buf)).is_err() || cancel.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            drop(waiting);
         }
     })();
     if let Err(reason) = outcome {
@@ -224,7 +251,10 @@ where
         let (tx, rx) = bounded::<Msg>(CHUNKS_IN_FLIGHT);
         let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT + 2);
         let cancel_ref = &cancel;
-        let producer = scope.spawn(move || produce(file, compression, tx, recycle_rx, cancel_ref));
+        let producer = scope.spawn(move || {
+            let _profiled = profile::ThreadGuard::new();
+            produce(file, compression, tx, recycle_rx, cancel_ref)
+        });
         let mut reader = ChunkReader {
             rx,
             recycle: recycle_tx,
@@ -274,15 +304,14 @@ where
 {
     let mut tar = TarReader::new(reader);
     let mut ordinal = 0u64;
-    while let Some(header) = tar
-        .next_header()
+    while let Some(header) = profile::timed(Stage::TarParse, || tar.next_header())
         .map_err(|e| WalkError::Tar(format!("tar: {e}")))?
     {
         let mut data = tar.data();
         visit(&header, ordinal, &mut data).map_err(WalkError::Visitor)?;
         // A short (or, sparse, overlong) data section is a broken tar: read it to its end
         // here, as containerd's copy does, so the error is the tar's.
-        io::copy(&mut data, &mut io::sink())
+        profile::timed(Stage::TarParse, || io::copy(&mut data, &mut io::sink()))
             .map_err(|e| WalkError::Tar(format!("tar data: {e}")))?;
         ordinal += 1;
     }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::header::Timestamp;
+use crate::stage_profile::{self as profile, Stage};
 
 /// One entry as found on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,8 +166,10 @@ pub fn observe_tree(fs: &Path, threads: usize) -> std::io::Result<Option<Observa
             tx: &tx,
             workers: threads,
         };
+        profile::role("walker");
         let mut found: HashMap<Vec<u8>, Observed> = HashMap::new();
         while let Ok(WalkJob::Dir(dir)) = rx.recv() {
+            let _walking = profile::time(Stage::SnapshotWalk);
             let abs: PathBuf = if dir.is_empty() {
                 fs.to_path_buf()
             } else {

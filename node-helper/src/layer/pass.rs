@@ -23,6 +23,7 @@ use super::root_path::resolve_root_path;
 use super::safe_fs::Beneath;
 use super::toc::{TocBody, TocKey, encode as encode_toc};
 use crate::image::ResolvedLayer;
+use crate::stage_profile::{self as profile, Stage};
 
 const COMPARE_BUF: usize = 256 * 1024;
 
@@ -84,6 +85,8 @@ impl<'a> HashingReader<'a> {
 impl Read for HashingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        let mut hashed = profile::time(Stage::FileHashes);
+        hashed.bytes(n as u64);
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -91,7 +94,12 @@ impl Read for HashingReader<'_> {
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut written = profile::time(Stage::StagingWrites);
         let n = self.inner.write(buf)?;
+        written.bytes(n as u64);
+        drop(written);
+        let mut hashed = profile::time(Stage::FileHashes);
+        hashed.bytes(n as u64);
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -161,7 +169,7 @@ pub(crate) fn copy_through(
 ) -> io::Result<u64> {
     let mut total = 0;
     loop {
-        let n = read_full(from, buf)?;
+        let n = profile::timed(Stage::TarParse, || read_full(from, buf))?;
         if n == 0 {
             return Ok(total);
         }
@@ -185,6 +193,7 @@ impl FileCompare<'_> {
             reason: "no staging".into(),
         })?;
         let p = stage.data_path(ordinal);
+        let _t = profile::time(Stage::StagingWrites);
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -203,6 +212,7 @@ impl FileCompare<'_> {
         ordinal: u64,
         data: &mut dyn Read,
     ) -> crate::Result<(ContentVerdict, Option<StagedFile>)> {
+        let opening = profile::time(Stage::FileOpens);
         let disk = self
             .beneath
             .and_then(|b| {
@@ -214,6 +224,7 @@ impl FileCompare<'_> {
                 f.metadata()
                     .is_ok_and(|m| m.file_type().is_file() && m.size() == size)
             });
+        drop(opening);
         let Some(mut disk) = disk else {
             // Absent, wrong type or wrong size: the walk reports it; a repair needs all bytes.
             if self.stage.is_some() {
@@ -234,15 +245,21 @@ impl FileCompare<'_> {
         }
         let mut offset: u64 = 0;
         loop {
-            let n = match read_full(data, &mut self.tar_buf) {
+            let n = match profile::timed(Stage::TarParse, || read_full(data, &mut self.tar_buf)) {
                 Ok(n) => n,
                 Err(_) => return Ok((ContentVerdict::NotCompared, None)),
             };
             if n == 0 {
                 return Ok((ContentVerdict::Same, None));
             }
-            let same = disk.read_exact(&mut self.disk_buf[..n]).is_ok()
-                && self.disk_buf[..n] == self.tar_buf[..n];
+            let mut reading = profile::time(Stage::FileReads);
+            let read = disk.read_exact(&mut self.disk_buf[..n]).is_ok();
+            reading.bytes(n as u64);
+            drop(reading);
+            let mut comparing = profile::time(Stage::Compare);
+            comparing.bytes(n as u64);
+            let same = read && self.disk_buf[..n] == self.tar_buf[..n];
+            drop(comparing);
             if !same {
                 let Some(_) = self.stage else {
                     return Ok((ContentVerdict::Differs, None));
@@ -384,6 +401,7 @@ pub fn run_pass(
     let fs = layer.snapshot.as_ref().map(|s| s.fs.clone());
     let beneath = fs.as_deref().and_then(|p| Beneath::open(p).ok());
     let threads = crate::workers::io_threads();
+    profile::role("pass");
 
     let mut model = LayerModel::new(ModelOptions::new(base));
     let mut model_error = None;
@@ -406,7 +424,8 @@ pub fn run_pass(
             if model_error.is_some() {
                 return Ok(());
             }
-            match model.apply(hdr, ordinal) {
+            let applied = profile::timed(Stage::Model, || model.apply(hdr, ordinal));
+            match applied {
                 Ok(Applied::File { path, inode }) if keep_toc => {
                     let mut hashing = HashingReader::new(data);
                     let (verdict, staged_file) =
