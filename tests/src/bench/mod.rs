@@ -12,6 +12,7 @@ use crate::image_builder::{BigLayer, write_big_layer_archive, write_big_layer_bl
 use crate::node_helper_cli::{Content, NodeHelper};
 
 pub mod registry;
+pub mod stages;
 pub mod storm;
 
 pub const IMAGE: &str = "snapmend.bench/big:1";
@@ -33,14 +34,24 @@ pub struct BenchOptions {
 pub struct Timing {
     pub command: String,
     pub samples: Vec<Duration>,
+    /// CPU time (user+sys, its children included) of each run, in the same order.
+    pub cpu: Vec<Duration>,
 }
 
 impl Timing {
     pub fn median(&self) -> Duration {
-        let mut s = self.samples.clone();
-        s.sort();
-        s.get(s.len() / 2).copied().unwrap_or_default()
+        median(&self.samples)
     }
+
+    pub fn median_cpu(&self) -> Duration {
+        median(&self.cpu)
+    }
+}
+
+fn median(samples: &[Duration]) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    s.get(s.len() / 2).copied().unwrap_or_default()
 }
 
 /// snapmend against a reference, with the goal the issue sets for the ratio. The two were
@@ -58,15 +69,12 @@ impl Comparison {
     /// Median of the per-round ratios: load that drifts during the benchmark cancels out of
     /// each back-to-back pair.
     pub fn ratio(&self) -> f64 {
-        let mut r: Vec<f64> = self
-            .ours
-            .samples
-            .iter()
-            .zip(&self.reference.samples)
-            .map(|(o, t)| o.as_secs_f64() / t.as_secs_f64().max(1e-9))
-            .collect();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
+        median_ratio(&self.ours.samples, &self.reference.samples)
+    }
+
+    /// The same for CPU time (user+sys): what the machine's load changes least.
+    pub fn cpu_ratio(&self) -> f64 {
+        median_ratio(&self.ours.cpu, &self.reference.cpu)
     }
 }
 
@@ -74,12 +82,26 @@ impl Comparison {
 pub struct BenchReport {
     /// The Markdown heading of the section.
     pub title: String,
+    /// `uptime` when the runs started: how loaded the shared machine was.
+    pub load: String,
     pub machine: Vec<(String, String)>,
     pub layer: BigLayer,
     pub comparisons: Vec<Comparison>,
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, TestError> {
+fn median_ratio(ours: &[Duration], reference: &[Duration]) -> f64 {
+    let mut r: Vec<f64> = ours
+        .iter()
+        .zip(reference)
+        .map(|(o, t)| o.as_secs_f64() / t.as_secs_f64().max(1e-9))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Wall time and CPU time (user+sys of the command and the children it waited for).
+fn run_checked(cmd: &mut Command, what: &str) -> Result<(Duration, Duration), TestError> {
+    let cpu_before = stages::children_cpu();
     let started = Instant::now();
     let out = cmd.output().map_err(|e| TestError::Command {
         command: what.into(),
@@ -87,6 +109,7 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, TestError> {
         stderr: e.to_string(),
     })?;
     let took = started.elapsed();
+    let cpu = stages::children_cpu().saturating_sub(cpu_before);
     if !out.status.success() {
         return Err(TestError::Command {
             command: what.into(),
@@ -98,7 +121,7 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<Duration, TestError> {
             ),
         });
     }
-    Ok(took)
+    Ok((took, cpu))
 }
 
 /// I/Os in flight over all block devices (`/proc/diskstats`, the 12th field).
@@ -156,12 +179,12 @@ impl<'a> Timed<'a> {
         }
     }
 
-    fn run_once(&mut self) -> Result<Duration, TestError> {
+    fn run_once(&mut self) -> Result<(Duration, Duration), TestError> {
         (self.setup)()?;
         settle_disks();
-        let took = run_checked(&mut (self.make)(), self.label)?;
-        eprintln!("  {}: {took:.2?}", self.label);
-        Ok(took)
+        let (took, cpu) = run_checked(&mut (self.make)(), self.label)?;
+        eprintln!("  {}: {took:.2?} ({cpu:.2?} CPU)", self.label);
+        Ok((took, cpu))
     }
 }
 
@@ -180,16 +203,15 @@ fn compare_side_by_side(
         a.push(ours.run_once()?);
         b.push(reference.run_once()?);
     }
+    let timing = |label: &str, runs: Vec<(Duration, Duration)>| Timing {
+        command: label.into(),
+        samples: runs.iter().map(|r| r.0).collect(),
+        cpu: runs.iter().map(|r| r.1).collect(),
+    };
     Ok(Comparison {
         what: what.into(),
-        ours: Timing {
-            command: ours.label.into(),
-            samples: a,
-        },
-        reference: Timing {
-            command: reference.label.into(),
-            samples: b,
-        },
+        ours: timing(ours.label, a),
+        reference: timing(reference.label, b),
         goal: goal.into(),
     })
 }
@@ -198,7 +220,7 @@ fn empty_dir(dir: &Path) -> Result<(), TestError> {
     crate::node_helper_cli::empty_dir(dir)
 }
 
-fn command_output(program: &str, args: &[&str]) -> String {
+pub(crate) fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -330,6 +352,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
     const TAR_COMPARE: &str = "tar --compare -z -f BLOB -C fs";
     let one_file = fs.join("data/000/000/f000001");
 
+    let load = command_output("uptime", &[]);
     let mut comparisons = Vec::new();
     if !opts.toc_only {
         comparisons = vec![
@@ -416,6 +439,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
         std::fs::remove_dir_all(&extract_dir).map_err(|e| TestError::io(&extract_dir, e))?;
     }
     Ok(BenchReport {
+        load,
         title: if opts.toc_only {
             "Verify with the TOC cache (issue 16)".into()
         } else {
@@ -482,27 +506,39 @@ pub fn render_markdown(report: &BenchReport, date: &str, command: &str) -> Strin
         gib(l.blob_bytes),
         l.digest
     ));
+    out.push_str(&format!(
+        "Load when the runs started (`uptime`): {}.\n\n",
+        report.load
+    ));
     out.push_str(
-        "| comparison | snapmend | reference | ratio | goal |\n| --- | --- | --- | --- | --- |\n",
+        "| comparison | snapmend | reference | ratio | goal | CPU snapmend | CPU reference | CPU ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for c in &report.comparisons {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.2}× | {} |\n",
+            "| {} | {} | {} | {:.2}× | {} | {} | {} | {:.2}× |\n",
             c.what,
             secs(c.ours.median()),
             secs(c.reference.median()),
             c.ratio(),
-            c.goal
+            c.goal,
+            secs(c.ours.median_cpu()),
+            secs(c.reference.median_cpu()),
+            c.cpu_ratio(),
         ));
     }
-    out.push_str("\nEvery timed run, in the order run (ours, then the reference):\n\n");
+    out.push_str("\nEvery timed run, in the order run (ours, then the reference), wall (CPU):\n\n");
     for c in &report.comparisons {
-        let rounds: Vec<String> = c
-            .ours
-            .samples
-            .iter()
-            .zip(&c.reference.samples)
-            .map(|(o, t)| format!("{} / {}", secs(*o), secs(*t)))
+        let rounds: Vec<String> = (0..c.ours.samples.len().min(c.reference.samples.len()))
+            .map(|i| {
+                let cpu = |t: &Timing| t.cpu.get(i).map(|d| secs(*d)).unwrap_or_default();
+                format!(
+                    "{} ({}) / {} ({})",
+                    secs(c.ours.samples[i]),
+                    cpu(&c.ours),
+                    secs(c.reference.samples[i]),
+                    cpu(&c.reference)
+                )
+            })
             .collect();
         out.push_str(&format!(
             "- `{}` / `{}`: {}\n",
@@ -522,6 +558,10 @@ mod tests {
         Timing {
             command: cmd.into(),
             samples: ms.iter().map(|m| Duration::from_millis(*m)).collect(),
+            cpu: ms
+                .iter()
+                .map(|m| Duration::from_millis(*m * 3 / 2))
+                .collect(),
         }
     }
 
@@ -565,6 +605,7 @@ mod tests {
     fn markdown_lists_times_ratio_goal_and_each_command_once() {
         let report = BenchReport {
             title: "Verify and repair".into(),
+            load: "load average: 0.50".into(),
             machine: vec![("CPU".into(), "test cpu".into())],
             layer: BigLayer {
                 digest: "sha256:d".into(),
@@ -591,11 +632,17 @@ mod tests {
         };
         let md = render_markdown(&report, "2026-11-28", "bench/run.sh");
         assert!(
-            md.contains("| verify vs tar | 1.00 s | 4.00 s | 0.25× | ≤ 0.5× |"),
+            md.contains(
+                "| verify vs tar | 1.00 s | 4.00 s | 0.25× | ≤ 0.5× | 1.50 s | 6.00 s | 0.25× |"
+            ),
             "{md}"
         );
+        assert!(md.contains("load average: 0.50"), "{md}");
         assert!(md.contains("| CPU | test cpu |"));
         assert!(md.contains("50100 tar entries, 1.00 GiB of file content"));
-        assert!(md.contains("- `verify` / `tar`: 1.00 s / 4.00 s"), "{md}");
+        assert!(
+            md.contains("- `verify` / `tar`: 1.00 s (1.50 s) / 4.00 s (6.00 s)"),
+            "{md}"
+        );
     }
 }

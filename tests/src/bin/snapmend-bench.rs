@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use snapmend_tests::bench::stages::{StagesOptions, render_stages_markdown, run_stages};
 use snapmend_tests::bench::storm::{
     StormOptions, choose_operator, render_storm_markdown, run_storm,
 };
@@ -27,6 +28,34 @@ struct Cli {
 enum Command {
     /// The operator at scale: an event storm on thousands of realistic Nodes (issue 14).
     Storm(StormArgs),
+    /// Where one verify and one rebuild spend their time: stages, threads, CPU time and,
+    /// with --callgrind, instruction counts (issue 18).
+    Stages(StagesArgs),
+}
+
+#[derive(Args)]
+struct StagesArgs {
+    /// Directory for the generated layer (and the tmpfs mount point with --tmpfs).
+    #[arg(long, default_value = "/var/tmp/snapmend-bench")]
+    work_dir: PathBuf,
+    /// Files in the generated layer (about 20 KB each on average).
+    #[arg(long, default_value_t = 5_000)]
+    files: u64,
+    /// The node-helper binary to measure (build it with --release).
+    #[arg(long)]
+    node_helper: PathBuf,
+    /// Also count instructions with valgrind's callgrind (slow: use a small layer).
+    #[arg(long)]
+    callgrind: bool,
+    /// Put containerd's root (blob and snapshot) on a tmpfs: the rebuild without the disk.
+    #[arg(long)]
+    tmpfs: bool,
+    /// Date written into the Markdown.
+    #[arg(long, default_value = "")]
+    date: String,
+    /// Command line written into the Markdown.
+    #[arg(long, default_value = "snapmend-bench stages")]
+    command: String,
 }
 
 #[derive(Args)]
@@ -89,6 +118,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Storm(args)) => storm(args),
+        Some(Command::Stages(args)) => stages(args),
         None => verify(cli.verify),
     };
     match result {
@@ -114,6 +144,18 @@ fn verify(args: VerifyArgs) -> Result<String, String> {
     };
     let report = run_benchmarks(&opts).map_err(|e| e.to_string())?;
     Ok(render_markdown(&report, &args.date, &args.command))
+}
+
+fn stages(args: StagesArgs) -> Result<String, String> {
+    let opts = StagesOptions {
+        work_dir: args.work_dir,
+        files: args.files,
+        node_helper: args.node_helper,
+        callgrind: args.callgrind,
+        tmpfs: args.tmpfs,
+    };
+    let report = run_stages(&opts).map_err(|e| e.to_string())?;
+    Ok(render_stages_markdown(&report, &args.date, &args.command))
 }
 
 fn storm(args: StormArgs) -> Result<String, String> {
