@@ -182,8 +182,77 @@ struct FileCompare<'a> {
     beneath: Option<&'a Beneath>,
     full: bool,
     stage: Option<&'a StageDir<'a>>,
+    /// Writes whole staged files on other threads (repair's first stream only).
+    writers: Option<(&'a StageWriters, crossbeam_channel::Sender<StageJob>)>,
     tar_buf: Vec<u8>,
     disk_buf: Vec<u8>,
+}
+
+/// Files up to this size that a repair stages whole from the tar are written by the staging
+/// writers; larger ones (few, and dominated by their bytes) are written on the tar thread.
+const ASYNC_STAGE_MAX: u64 = 1 << 20;
+/// Staged files queued for the writers: at most this many MiB in memory.
+const ASYNC_STAGE_QUEUE: usize = 32;
+
+/// A file the tar thread read whole, for a writer to stage.
+struct StageJob {
+    ordinal: u64,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Staging writers: threads that create, write and hash staged files, so that a rebuild's
+/// thousands of small creates run beside the tar stream instead of inside it.
+struct StageWriters {
+    /// The first write that failed; the tar side stops at its next entry.
+    failed: std::sync::Mutex<Option<crate::Error>>,
+}
+
+impl StageWriters {
+    fn take_failure(&self) -> Option<crate::Error> {
+        self.failed.lock().ok()?.take()
+    }
+
+    /// One writer: its staged files by the ordinal of their tar entry.
+    fn write_all(&self, rx: crossbeam_channel::Receiver<StageJob>) -> Vec<(u64, StagedFile)> {
+        let _profiled = profile::ThreadGuard::new();
+        profile::role("stage-writer");
+        let mut done = Vec::new();
+        for job in rx {
+            match stage_whole(&job.path, &job.bytes) {
+                Ok(sha256) => done.push((
+                    job.ordinal,
+                    StagedFile {
+                        path: job.path,
+                        sha256,
+                    },
+                )),
+                Err(e) => {
+                    if let Ok(mut slot) = self.failed.lock() {
+                        slot.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        done
+    }
+}
+
+/// Creates a staged file holding `bytes`; their sha256.
+fn stage_whole(path: &Path, bytes: &[u8]) -> crate::Result<ContentDigest> {
+    let f = {
+        let _t = profile::time(Stage::StagingWrites);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| crate::Error::io(path, e))?
+    };
+    let mut out = HashingWriter::new(f);
+    out.write_all(bytes)
+        .map_err(|e| crate::Error::io(path, e))?;
+    Ok(out.finish())
 }
 
 impl FileCompare<'_> {
@@ -227,6 +296,26 @@ impl FileCompare<'_> {
         drop(opening);
         let Some(mut disk) = disk else {
             // Absent, wrong type or wrong size: the walk reports it; a repair needs all bytes.
+            if let (Some(stage), Some((writers, tx))) = (self.stage, &self.writers)
+                && size <= ASYNC_STAGE_MAX
+            {
+                let p = stage.data_path(ordinal);
+                let mut bytes = Vec::with_capacity(size as usize);
+                profile::timed(Stage::TarParse, || data.read_to_end(&mut bytes))
+                    .map_err(|e| crate::Error::io(&p, e))?;
+                let job = StageJob {
+                    ordinal,
+                    path: p,
+                    bytes,
+                };
+                let queued = profile::timed(Stage::WaitForTar, || tx.send(job));
+                if queued.is_err() {
+                    return Err(writers.take_failure().unwrap_or_else(|| {
+                        crate::Error::io(stage.dir, io::Error::other("the staging writers stopped"))
+                    }));
+                }
+                return Ok((ContentVerdict::NotCompared, None));
+            }
             if self.stage.is_some() {
                 let (out, p) = self.create_stage(ordinal)?;
                 let mut out = HashingWriter::new(out);
@@ -408,23 +497,49 @@ pub fn run_pass(
     let mut content_verdicts = HashMap::new();
     let mut compared_at = HashMap::new();
     let mut staged = HashMap::new();
+    let (stage_tx, stage_rx) = crossbeam_channel::bounded::<StageJob>(ASYNC_STAGE_QUEUE);
+    let writers = StageWriters {
+        failed: std::sync::Mutex::new(None),
+    };
+    // Inode of each regular file's tar entry, for the files the writers stage.
+    let mut file_at_ordinal: HashMap<u64, InodeId> = HashMap::new();
     let mut compare = FileCompare {
         beneath: beneath.as_ref(),
         full: content == ContentCheck::Full,
         stage,
+        writers: stage.map(|_| (&writers, stage_tx)),
         tar_buf: vec![0; COMPARE_BUF],
         disk_buf: vec![0; COMPARE_BUF],
     };
 
-    let (streamed, observed) = std::thread::scope(|s| {
+    let (streamed, observed, written) = std::thread::scope(|s| {
         let walker = fs
             .as_deref()
             .map(|p| s.spawn(move || observe_tree(p, threads)));
+        let writer_threads: Vec<_> = match stage {
+            Some(_) => (0..threads)
+                .map(|_| {
+                    let rx = stage_rx.clone();
+                    let writers = &writers;
+                    s.spawn(move || writers.write_all(rx))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        drop(stage_rx);
         let streamed = stream_layer(&layer.blob_path, &layer.media_type, |hdr, ordinal, data| {
+            if let Some(e) = writers.take_failure() {
+                return Err(e);
+            }
             if model_error.is_some() {
                 return Ok(());
             }
             let applied = profile::timed(Stage::Model, || model.apply(hdr, ordinal));
+            if let Ok(Applied::File { inode, .. }) = &applied
+                && compare.writers.is_some()
+            {
+                file_at_ordinal.insert(ordinal, *inode);
+            }
             match applied {
                 Ok(Applied::File { path, inode }) if keep_toc => {
                     let mut hashing = HashingReader::new(data);
@@ -453,12 +568,33 @@ pub fn run_pass(
             }
             Ok(())
         });
+        // The writers finish what was queued, then stop.
+        compare.writers = None;
+        let written: Vec<(u64, StagedFile)> = writer_threads
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect();
         let observed = walker.map(|w| {
             w.join()
                 .unwrap_or_else(|_| Err(io::Error::other("snapshot walker panicked")))
         });
-        (streamed, observed)
+        (streamed, observed, written)
     });
+    // A staging write that failed after the last entry fails the pass like one before it.
+    let streamed = match (streamed, writers.take_failure()) {
+        (Ok(_), Some(e)) => Err(StreamError::Visitor(e)),
+        (r, _) => r,
+    };
+    let mut written = written;
+    written.sort_by_key(|(ordinal, _)| *ordinal);
+    for (ordinal, f) in written {
+        if let Some(inode) = file_at_ordinal.get(&ordinal) {
+            staged.insert(*inode, f);
+        }
+    }
 
     let mut blob = blob_check(layer, &streamed);
     if model_error.is_none()
