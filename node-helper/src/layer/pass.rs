@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -197,7 +197,6 @@ const ASYNC_STAGE_QUEUE: usize = 32;
 /// A file the tar thread read whole, for a writer to stage.
 struct StageJob {
     ordinal: u64,
-    path: PathBuf,
     bytes: Vec<u8>,
 }
 
@@ -213,25 +212,40 @@ impl StageWriters {
         self.failed.lock().ok()?.take()
     }
 
-    /// One writer: its staged files by the ordinal of their tar entry.
-    fn write_all(&self, rx: crossbeam_channel::Receiver<StageJob>) -> Vec<(u64, StagedFile)> {
+    fn fail(&self, e: crate::Error) {
+        if let Ok(mut slot) = self.failed.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+
+    /// Writer `index`: its staged files by the ordinal of their tar entry. Each writer creates
+    /// in a directory of its own (`writer-<index>` in staging): two threads creating in one
+    /// ext4 directory serialize on its lock and spin, which cost more CPU than it saved.
+    fn write_all(
+        &self,
+        stage: &StageDir<'_>,
+        index: usize,
+        rx: crossbeam_channel::Receiver<StageJob>,
+    ) -> Vec<(u64, StagedFile)> {
         let _profiled = profile::ThreadGuard::new();
         profile::role("stage-writer");
+        let dir = stage.dir.join(format!("writer-{index}"));
+        let made = std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| crate::Error::io(&dir, e));
         let mut done = Vec::new();
+        if let Err(e) = made {
+            self.fail(e);
+            // Keep taking jobs, so the tar side learns of the failure instead of blocking.
+            for _ in rx {}
+            return done;
+        }
         for job in rx {
-            match stage_whole(&job.path, &job.bytes) {
-                Ok(sha256) => done.push((
-                    job.ordinal,
-                    StagedFile {
-                        path: job.path,
-                        sha256,
-                    },
-                )),
-                Err(e) => {
-                    if let Ok(mut slot) = self.failed.lock() {
-                        slot.get_or_insert(e);
-                    }
-                }
+            let path = dir.join(format!("data-{}", job.ordinal));
+            match stage_whole(&path, &job.bytes) {
+                Ok(sha256) => done.push((job.ordinal, StagedFile { path, sha256 })),
+                Err(e) => self.fail(e),
             }
         }
         done
@@ -299,15 +313,10 @@ impl FileCompare<'_> {
             if let (Some(stage), Some((writers, tx))) = (self.stage, &self.writers)
                 && size <= ASYNC_STAGE_MAX
             {
-                let p = stage.data_path(ordinal);
                 let mut bytes = Vec::with_capacity(size as usize);
                 profile::timed(Stage::TarParse, || data.read_to_end(&mut bytes))
-                    .map_err(|e| crate::Error::io(&p, e))?;
-                let job = StageJob {
-                    ordinal,
-                    path: p,
-                    bytes,
-                };
+                    .map_err(|e| crate::Error::io(stage.data_path(ordinal), e))?;
+                let job = StageJob { ordinal, bytes };
                 let queued = profile::timed(Stage::WaitForTar, || tx.send(job));
                 if queued.is_err() {
                     return Err(writers.take_failure().unwrap_or_else(|| {
@@ -517,11 +526,11 @@ pub fn run_pass(
             .as_deref()
             .map(|p| s.spawn(move || observe_tree(p, threads)));
         let writer_threads: Vec<_> = match stage {
-            Some(_) => (0..threads)
-                .map(|_| {
+            Some(stage) => (0..threads)
+                .map(|index| {
                     let rx = stage_rx.clone();
                     let writers = &writers;
-                    s.spawn(move || writers.write_all(rx))
+                    s.spawn(move || writers.write_all(stage, index, rx))
                 })
                 .collect(),
             None => Vec::new(),

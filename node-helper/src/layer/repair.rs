@@ -797,7 +797,11 @@ impl<'a> Applier<'a> {
     /// copy of the disk file whose bytes the pass compared equal to the tar.
     fn file_bytes(&self, id: InodeId) -> Result<(String, ContentDigest)> {
         if let Some(src) = self.pass.staged.get(&id)
-            && let Some(staged) = src.path.file_name().and_then(|n| n.to_str())
+            && let Some(staged) = src
+                .path
+                .strip_prefix(self.staging)
+                .ok()
+                .and_then(|n| n.to_str())
         {
             return Ok((staged.to_string(), src.sha256));
         }
