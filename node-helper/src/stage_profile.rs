@@ -449,7 +449,10 @@ mod tests {
         let inflate = stage(&b, "test-nested", Stage::Inflate).unwrap();
         let read = stage(&b, "test-nested", Stage::ReadBlob).unwrap();
         // However late the sleeps wake up, outer = own + nested.
-        assert!(inflate.ms >= 30.0 && read.ms >= 40.0, "{inflate:?} {read:?}");
+        assert!(
+            inflate.ms >= 30.0 && read.ms >= 40.0,
+            "{inflate:?} {read:?}"
+        );
         assert!(
             (inflate.ms + read.ms - outer_ms).abs() < 2.0,
             "{inflate:?} {read:?} {outer_ms}"

@@ -359,7 +359,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
             compare_side_by_side(
                 runs,
                 "full-content verify vs GNU tar --compare",
-                "≤ 0.5×",
+                "≤ 0.35× (issue 18)",
                 Timed::new(VERIFY_FULL, || Ok(()), || verify(Content::Full)),
                 Timed::new(TAR_COMPARE, || Ok(()), tar_compare),
             )?,
@@ -377,7 +377,7 @@ pub fn run_benchmarks(opts: &BenchOptions) -> Result<BenchReport, TestError> {
             compare_side_by_side(
                 runs,
                 "full rebuild of the emptied snapshot vs tar -xzf into an empty dir",
-                "≤ 0.6×",
+                "≤ 0.5× (issue 18)",
                 Timed::new(
                     "snapmend-node-helper repair (emptied snapshot)",
                     || empty_dir(&fs),
