@@ -153,6 +153,7 @@ fn timed(
     };
     report.duration_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
     tracing::info!(outcome = ?report.outcome, duration_ms = report.duration_ms, "job finished");
+    crate::stage_profile::log_job();
     report
 }
 

@@ -20,6 +20,7 @@ mod layer;
 mod lru_dir;
 mod registry;
 mod scan;
+pub mod stage_profile;
 mod store;
 mod workers;
 

@@ -20,12 +20,17 @@ pub(crate) fn workers_for(items: usize, per_worker: usize) -> usize {
 }
 
 /// Runs `threads` copies of `work` (each given its index) and returns their results in index
-/// order.
+/// order. Each worker's stage times go to the stage profile before it is joined.
 pub(crate) fn run_workers<R: Send>(threads: usize, work: impl Fn(usize) -> R + Sync) -> Vec<R> {
     std::thread::scope(|s| {
         let work = &work;
         let handles: Vec<_> = (0..threads.max(1))
-            .map(|i| s.spawn(move || work(i)))
+            .map(|i| {
+                s.spawn(move || {
+                    let _profiled = crate::stage_profile::ThreadGuard::new();
+                    work(i)
+                })
+            })
             .collect();
         let mut results = Vec::with_capacity(handles.len());
         let mut panicked = None;

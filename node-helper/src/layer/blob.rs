@@ -2,18 +2,22 @@
 //! zstd or none, chosen like containerd), sha256 of the whole tar stream (bytes after the
 //! end marker included) and a walk of the tar entries.
 //!
-//! A reader thread reads, hashes and inflates into recycled 1 MiB chunks; the caller's thread
-//! hashes the tar stream and visits entries, so inflate and compare overlap.
+//! The inflate thread reads the blob in 1 MiB pieces and inflates it into recycled 1 MiB
+//! chunks; the caller's thread walks the tar and visits entries; two more threads hash the
+//! stored pieces (digest) and the inflated chunks (diffID) from the same buffers. On two cores
+//! that keeps both busy: no stage waits behind a hash that another core could run.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use sha2::{Digest, Sha256};
 
 use super::header::{TarHeader, TarReader};
+use crate::stage_profile::{self as profile, Stage};
 
 const CHUNK: usize = 1 << 20;
 const CHUNKS_IN_FLIGHT: usize = 4;
@@ -77,17 +81,100 @@ fn hex_digest(h: Sha256) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
+/// Feeds the stored bytes to the decoder and, in the same 1 MiB pieces, to the blob-digest
+/// thread: the digest costs the inflate thread nothing but a channel send.
+struct DigestTee {
+    file: File,
+    digest: Sender<Arc<Vec<u8>>>,
+    piece: Arc<Vec<u8>>,
+    pos: usize,
+    eof: bool,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl DigestTee {
+    /// Reads the next piece of the blob and hands it to the digest thread.
+    fn refill(&mut self) -> io::Result<()> {
+        // The digest thread usually let go of the last piece already: reuse it.
+        if Arc::get_mut(&mut self.piece).is_none() {
+            self.piece = Arc::new(Vec::with_capacity(CHUNK));
+        }
+        let buf = Arc::make_mut(&mut self.piece);
+        buf.resize(CHUNK, 0);
+        let mut reading = profile::time(Stage::ReadBlob);
+        let read = super::header::read_full(&mut self.file, buf);
+        let n = *read.as_ref().unwrap_or(&0);
+        reading.bytes(n as u64);
+        drop(reading);
+        buf.truncate(n);
+        self.pos = 0;
+        read?;
+        self.eof = n == 0;
+        if n > 0 {
+            // The digest thread is gone only when the stream is being abandoned.
+            let _ = self.digest.send(Arc::clone(&self.piece));
+        }
+        Ok(())
+    }
+}
+
+impl Read for DigestTee {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.pos == self.piece.len() {
+            if self.eof {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let n = buf.len().min(self.piece.len() - self.pos);
+        buf[..n].copy_from_slice(&self.piece[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
+}
+
+impl io::BufRead for DigestTee {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.piece.len() && !self.eof {
+            self.refill()?;
+        }
+        Ok(&self.piece[self.pos..])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.piece.len());
+    }
+}
+
+/// Hashes pieces in the order sent until the senders are gone.
+/// Bytes handed to a hashing thread: inflated chunks (recycled) or shared blob pieces.
+trait Piece {
+    fn bytes(&self) -> &[u8];
+}
+
+impl Piece for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Piece for Arc<Vec<u8>> {
+    fn bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+fn hash_pieces<T: Piece>(stage: Stage, rx: Receiver<T>, recycle: Option<Sender<T>>) -> Sha256 {
+    let mut hasher = Sha256::new();
+    for piece in rx {
+        let mut t = profile::time(stage);
+        t.bytes(piece.bytes().len() as u64);
+        hasher.update(piece.bytes());
+        drop(t);
+        if let Some(r) = &recycle {
+            let _ = r.try_send(piece);
+        }
+    }
+    hasher
 }
 
 enum Msg {
@@ -95,14 +182,34 @@ enum Msg {
     Failed(String),
 }
 
-/// Hands out inflated chunks to the tar reader and hashes them.
+/// Hands out inflated chunks to the tar reader; each chunk, once read to its end, goes to the
+/// diffID thread (which recycles it to the inflate thread).
 struct ChunkReader {
     rx: Receiver<Msg>,
-    recycle: Sender<Vec<u8>>,
+    to_hash: Option<Sender<Vec<u8>>>,
     current: Vec<u8>,
     pos: usize,
-    hasher: Sha256,
     done: bool,
+}
+
+impl ChunkReader {
+    /// Sends what was read of the current chunk to the diffID thread.
+    fn pass_on(&mut self) {
+        let mut old = std::mem::take(&mut self.current);
+        old.truncate(self.pos);
+        self.pos = 0;
+        if !old.is_empty()
+            && let Some(tx) = &self.to_hash
+        {
+            let _ = tx.send(old);
+        }
+    }
+
+    /// The stream is over: the diffID thread gets the last bytes read, then its end.
+    fn finish(&mut self) {
+        self.pass_on();
+        self.to_hash = None;
+    }
 }
 
 impl Read for ChunkReader {
@@ -111,12 +218,11 @@ impl Read for ChunkReader {
             if self.done {
                 return Ok(0);
             }
-            let old = std::mem::take(&mut self.current);
-            if old.capacity() > 0 {
-                let _ = self.recycle.try_send(old);
-            }
-            self.pos = 0;
-            match self.rx.recv() {
+            self.pass_on();
+            let waited = profile::time(Stage::WaitForInflate);
+            let received = self.rx.recv();
+            drop(waited);
+            match received {
                 Ok(Msg::Data(d)) => self.current = d,
                 Ok(Msg::Failed(reason)) => {
                     self.done = true;
@@ -126,34 +232,29 @@ impl Read for ChunkReader {
             }
         }
         let n = buf.len().min(self.current.len() - self.pos);
-        let chunk = &self.current[self.pos..self.pos + n];
-        buf[..n].copy_from_slice(chunk);
-        self.hasher.update(chunk);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
 }
 
-/// Reader thread: inflate into chunks; always hashes the stored bytes to their end.
+/// Inflate thread: reads the blob (through the digest tee) and inflates it into chunks; the
+/// stored bytes are always read to their end, so the digest covers every one of them.
 fn produce(
-    file: File,
+    mut src: DigestTee,
     compression: Compression,
     tx: Sender<Msg>,
     recycle: Receiver<Vec<u8>>,
     cancel: &AtomicBool,
-) -> io::Result<String> {
-    let mut src = HashingReader {
-        inner: BufReader::with_capacity(CHUNK, file),
-        hasher: Sha256::new(),
-    };
+) -> io::Result<()> {
+    profile::role("inflate");
     let outcome: Result<(), String> = (|| {
         let mut decoder: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut src),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-                BufReader::with_capacity(CHUNK, &mut src),
-            )),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut src)),
             Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(&mut src).map_err(|e| format!("zstd: {e}"))?,
+                zstd::stream::read::Decoder::with_buffer(&mut src)
+                    .map_err(|e| format!("zstd: {e}"))?,
             ),
         };
         loop {
@@ -162,6 +263,7 @@ fn produce(
                 .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
             buf.resize(CHUNK, 0);
             let mut filled = 0;
+            let mut inflating = profile::time(Stage::Inflate);
             while filled < CHUNK {
                 match decoder.read(&mut buf[filled..]) {
                     Ok(0) => break,
@@ -170,13 +272,17 @@ fn produce(
                     Err(e) => return Err(format!("{compression:?} stream: {e}")),
                 }
             }
+            inflating.bytes(filled as u64);
+            drop(inflating);
             buf.truncate(filled);
             if filled == 0 {
                 return Ok(());
             }
+            let waiting = profile::time(Stage::WaitForTar);
             if tx.send(Msg::Data(buf)).is_err() || cancel.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            drop(waiting);
         }
     })();
     if let Err(reason) = outcome {
@@ -184,19 +290,18 @@ fn produce(
     }
     drop(tx);
     // The digest covers every stored byte, whatever the decoder left unread.
-    let mut sink = vec![0u8; 64 * 1024];
-    while !cancel.load(Ordering::Relaxed) {
-        match src.read(&mut sink) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    src.pos = src.piece.len();
+    while !src.eof && !cancel.load(Ordering::Relaxed) {
+        src.refill()?;
     }
-    Ok(hex_digest(src.hasher))
+    Ok(())
 }
 
 /// Streams the blob once, calling `visit(header, ordinal, data)` for every tar entry in order.
+///
+/// Four threads share the work: this one (tar and `visit`), the inflate thread, and one
+/// thread each for the blob digest and the diffID, fed the same buffers (nothing is copied
+/// for them).
 pub fn stream_layer<F>(
     blob_path: &Path,
     media_type: &str,
@@ -222,15 +327,36 @@ where
     let cancel = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (tx, rx) = bounded::<Msg>(CHUNKS_IN_FLIGHT);
-        let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT + 2);
+        let (hash_tx, hash_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+        let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(2 * CHUNKS_IN_FLIGHT + 2);
+        let (blob_tx, blob_rx) = bounded::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
         let cancel_ref = &cancel;
-        let producer = scope.spawn(move || produce(file, compression, tx, recycle_rx, cancel_ref));
+        let blob_digest = scope.spawn(move || {
+            let _profiled = profile::ThreadGuard::new();
+            profile::role("blob-digest");
+            hash_pieces(Stage::BlobDigest, blob_rx, None)
+        });
+        let diff_id = scope.spawn(move || {
+            let _profiled = profile::ThreadGuard::new();
+            profile::role("diffid-hash");
+            hash_pieces(Stage::DiffIdHash, hash_rx, Some(recycle_tx))
+        });
+        let src = DigestTee {
+            file,
+            digest: blob_tx,
+            piece: Arc::new(Vec::new()),
+            pos: 0,
+            eof: false,
+        };
+        let producer = scope.spawn(move || {
+            let _profiled = profile::ThreadGuard::new();
+            produce(src, compression, tx, recycle_rx, cancel_ref)
+        });
         let mut reader = ChunkReader {
             rx,
-            recycle: recycle_tx,
+            to_hash: Some(hash_tx),
             current: Vec::new(),
             pos: 0,
-            hasher: Sha256::new(),
             done: false,
         };
         let walked = walk_tar(&mut reader, &mut visit);
@@ -242,25 +368,31 @@ where
         if matches!(walked, Err(WalkError::Visitor(_))) {
             cancel.store(true, Ordering::Relaxed);
         }
-        let uncompressed = hex_digest(std::mem::take(&mut reader.hasher));
+        reader.finish();
         drop(reader);
-        // The engine's one panic policy (`workers`): re-raise, never report as a bad blob.
-        let compressed = producer
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        match (walked, compressed) {
+        let produced = join(producer);
+        let compressed = hex_digest(join(blob_digest));
+        let uncompressed = hex_digest(join(diff_id));
+        match (walked, produced) {
             (Err(WalkError::Visitor(e)), _) => Err(StreamError::Visitor(e)),
-            (Ok(()), Ok(compressed)) => Ok(BlobDigests {
+            (Ok(()), Ok(())) => Ok(BlobDigests {
                 compressed,
                 uncompressed,
             }),
-            (Err(WalkError::Tar(reason)), Ok(compressed)) => Err(StreamError::Unreadable {
+            (Err(WalkError::Tar(reason)), Ok(())) => Err(StreamError::Unreadable {
                 reason,
                 compressed: Some(compressed),
             }),
             (_, Err(e)) => Err(StreamError::Io(e)),
         }
     })
+}
+
+/// A thread's result; its panic is re-raised (the engine's one panic policy, `workers`),
+/// never reported as a bad blob.
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 enum WalkError {
@@ -274,15 +406,14 @@ where
 {
     let mut tar = TarReader::new(reader);
     let mut ordinal = 0u64;
-    while let Some(header) = tar
-        .next_header()
+    while let Some(header) = profile::timed(Stage::TarParse, || tar.next_header())
         .map_err(|e| WalkError::Tar(format!("tar: {e}")))?
     {
         let mut data = tar.data();
         visit(&header, ordinal, &mut data).map_err(WalkError::Visitor)?;
         // A short (or, sparse, overlong) data section is a broken tar: read it to its end
         // here, as containerd's copy does, so the error is the tar's.
-        io::copy(&mut data, &mut io::sink())
+        profile::timed(Stage::TarParse, || io::copy(&mut data, &mut io::sink()))
             .map_err(|e| WalkError::Tar(format!("tar data: {e}")))?;
         ordinal += 1;
     }

@@ -14,9 +14,11 @@ use nix::fcntl::OFlag;
 
 use super::compare::{ContentVerdict, Diff, diff_scoped};
 use super::expected::{EntryKind, InodeId, LayerModel};
+use super::header::read_full;
 use super::observe::{Observation, observe_path, observe_tree};
-use super::pass::{ContentDigest, HashingWriter, copy_through};
+use super::pass::ContentDigest;
 use super::safe_fs::{Beneath, fd_child_path};
+use crate::stage_profile::{self as profile, Stage};
 
 /// What a repair changed inside `fs`.
 #[derive(Debug, Default)]
@@ -73,11 +75,25 @@ fn observe_touched(fs: &Beneath, touched: &Touched) -> io::Result<Observation> {
     Ok(obs)
 }
 
-fn sha256_of(fs: &Beneath, path: &[u8]) -> io::Result<ContentDigest> {
-    let fd = fs.open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
-    let mut hashed = HashingWriter::new(io::sink());
-    copy_through(&mut File::from(fd), &mut hashed, &mut vec![0u8; 256 * 1024])?;
-    Ok(hashed.finish())
+fn sha256_of(fs: &Beneath, path: &[u8], buf: &mut [u8]) -> io::Result<ContentDigest> {
+    use sha2::Digest;
+    let opening = profile::time(Stage::FileOpens);
+    let mut file =
+        File::from(fs.open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?);
+    drop(opening);
+    let mut hasher = sha2::Sha256::new();
+    loop {
+        let mut reading = profile::time(Stage::FileReads);
+        let n = read_full(&mut file, buf)?;
+        reading.bytes(n as u64);
+        drop(reading);
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        let mut hashing = profile::time(Stage::FileHashes);
+        hashing.bytes(n as u64);
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// Reads back every restored file (at one of its paths) and compares it with what was staged.
@@ -100,9 +116,11 @@ fn content_verdicts(
         .map(|(p, id)| (id, p))
         .collect();
     map_chunks(&jobs, workers_for(jobs.len(), 256), |part| {
+        profile::role("confirm");
+        let mut buf = vec![0u8; 256 * 1024];
         part.iter()
             .map(|(id, path)| {
-                let same = sha256_of(fs, path).ok().as_ref() == written.get(id);
+                let same = sha256_of(fs, path, &mut buf).ok().as_ref() == written.get(id);
                 let verdict = if same {
                     ContentVerdict::Same
                 } else {

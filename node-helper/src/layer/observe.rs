@@ -21,6 +21,7 @@ use nix::fcntl::OFlag;
 
 use super::header::Timestamp;
 use super::safe_fs::Beneath;
+use crate::stage_profile::{self as profile, Stage};
 
 /// One entry as found on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,8 +203,10 @@ fn observe_tree_with(
             tx: &tx,
             workers: threads,
         };
+        profile::role("walker");
         let mut found: HashMap<Vec<u8>, Observed> = HashMap::new();
         while let Ok(WalkJob::Dir(dir)) = rx.recv() {
+            let _walking = profile::time(Stage::SnapshotWalk);
             if let Err(e) = walk.dir(&dir, &tx, &pending, &mut found)
                 && let Ok(mut slot) = first_error.lock()
                 && slot.is_none()

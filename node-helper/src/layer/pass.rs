@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -23,6 +23,7 @@ use super::root_path::resolve_root_path;
 use super::safe_fs::Beneath;
 use super::toc::{TocKey, encode as encode_toc};
 use crate::image::ResolvedLayer;
+use crate::stage_profile::{self as profile, Stage};
 
 const COMPARE_BUF: usize = 256 * 1024;
 
@@ -84,6 +85,8 @@ impl<'a> HashingReader<'a> {
 impl Read for HashingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        let mut hashed = profile::time(Stage::FileHashes);
+        hashed.bytes(n as u64);
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -91,7 +94,12 @@ impl Read for HashingReader<'_> {
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut written = profile::time(Stage::StagingWrites);
         let n = self.inner.write(buf)?;
+        written.bytes(n as u64);
+        drop(written);
+        let mut hashed = profile::time(Stage::FileHashes);
+        hashed.bytes(n as u64);
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -161,7 +169,7 @@ pub(crate) fn copy_through(
 ) -> io::Result<u64> {
     let mut total = 0;
     loop {
-        let n = read_full(from, buf)?;
+        let n = profile::timed(Stage::TarParse, || read_full(from, buf))?;
         if n == 0 {
             return Ok(total);
         }
@@ -174,8 +182,91 @@ struct FileCompare<'a> {
     beneath: Option<&'a Beneath>,
     full: bool,
     stage: Option<&'a StageDir<'a>>,
+    /// Writes whole staged files on other threads (repair's first stream only).
+    writers: Option<(&'a StageWriters, crossbeam_channel::Sender<StageJob>)>,
     tar_buf: Vec<u8>,
     disk_buf: Vec<u8>,
+}
+
+/// Files up to this size that a repair stages whole from the tar are written by the staging
+/// writers; larger ones (few, and dominated by their bytes) are written on the tar thread.
+const ASYNC_STAGE_MAX: u64 = 1 << 20;
+/// Staged files queued for the writers: at most this many MiB in memory.
+const ASYNC_STAGE_QUEUE: usize = 32;
+
+/// A file the tar thread read whole, for a writer to stage.
+struct StageJob {
+    ordinal: u64,
+    bytes: Vec<u8>,
+}
+
+/// Staging writers: threads that create, write and hash staged files, so that a rebuild's
+/// thousands of small creates run beside the tar stream instead of inside it.
+struct StageWriters {
+    /// The first write that failed; the tar side stops at its next entry.
+    failed: std::sync::Mutex<Option<crate::Error>>,
+}
+
+impl StageWriters {
+    fn take_failure(&self) -> Option<crate::Error> {
+        self.failed.lock().ok()?.take()
+    }
+
+    fn fail(&self, e: crate::Error) {
+        if let Ok(mut slot) = self.failed.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+
+    /// Writer `index`: its staged files by the ordinal of their tar entry. Each writer creates
+    /// in a directory of its own (`writer-<index>` in staging): two threads creating in one
+    /// ext4 directory serialize on its lock and spin, which cost more CPU than it saved.
+    fn write_all(
+        &self,
+        stage: &StageDir<'_>,
+        index: usize,
+        rx: crossbeam_channel::Receiver<StageJob>,
+    ) -> Vec<(u64, StagedFile)> {
+        let _profiled = profile::ThreadGuard::new();
+        profile::role("stage-writer");
+        let dir = stage.dir.join(format!("writer-{index}"));
+        let made = std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| crate::Error::io(&dir, e));
+        let mut done = Vec::new();
+        if let Err(e) = made {
+            self.fail(e);
+            // Keep taking jobs, so the tar side learns of the failure instead of blocking.
+            for _ in rx {}
+            return done;
+        }
+        for job in rx {
+            let path = dir.join(format!("data-{}", job.ordinal));
+            match stage_whole(&path, &job.bytes) {
+                Ok(sha256) => done.push((job.ordinal, StagedFile { path, sha256 })),
+                Err(e) => self.fail(e),
+            }
+        }
+        done
+    }
+}
+
+/// Creates a staged file holding `bytes`; their sha256.
+fn stage_whole(path: &Path, bytes: &[u8]) -> crate::Result<ContentDigest> {
+    let f = {
+        let _t = profile::time(Stage::StagingWrites);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| crate::Error::io(path, e))?
+    };
+    let mut out = HashingWriter::new(f);
+    out.write_all(bytes)
+        .map_err(|e| crate::Error::io(path, e))?;
+    Ok(out.finish())
 }
 
 impl FileCompare<'_> {
@@ -185,6 +276,7 @@ impl FileCompare<'_> {
             reason: "no staging".into(),
         })?;
         let p = stage.data_path(ordinal);
+        let _t = profile::time(Stage::StagingWrites);
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -203,6 +295,12 @@ impl FileCompare<'_> {
         ordinal: u64,
         data: &mut dyn Read,
     ) -> crate::Result<(ContentVerdict, Option<StagedFile>)> {
+        // A metadata verify compares no bytes, and the walk already has type and size:
+        // opening the file would only cost two syscalls per entry.
+        if !self.full && self.stage.is_none() {
+            return Ok((ContentVerdict::NotCompared, None));
+        }
+        let opening = profile::time(Stage::FileOpens);
         let disk = self
             .beneath
             .and_then(|b| {
@@ -214,8 +312,24 @@ impl FileCompare<'_> {
                 f.metadata()
                     .is_ok_and(|m| m.file_type().is_file() && m.size() == size)
             });
+        drop(opening);
         let Some(mut disk) = disk else {
             // Absent, wrong type or wrong size: the walk reports it; a repair needs all bytes.
+            if let (Some(stage), Some((writers, tx))) = (self.stage, &self.writers)
+                && size <= ASYNC_STAGE_MAX
+            {
+                let mut bytes = Vec::with_capacity(size as usize);
+                profile::timed(Stage::TarParse, || data.read_to_end(&mut bytes))
+                    .map_err(|e| crate::Error::io(stage.data_path(ordinal), e))?;
+                let job = StageJob { ordinal, bytes };
+                let queued = profile::timed(Stage::WaitForTar, || tx.send(job));
+                if queued.is_err() {
+                    return Err(writers.take_failure().unwrap_or_else(|| {
+                        crate::Error::io(stage.dir, io::Error::other("the staging writers stopped"))
+                    }));
+                }
+                return Ok((ContentVerdict::NotCompared, None));
+            }
             if self.stage.is_some() {
                 let (out, p) = self.create_stage(ordinal)?;
                 let mut out = HashingWriter::new(out);
@@ -234,15 +348,21 @@ impl FileCompare<'_> {
         }
         let mut offset: u64 = 0;
         loop {
-            let n = match read_full(data, &mut self.tar_buf) {
+            let n = match profile::timed(Stage::TarParse, || read_full(data, &mut self.tar_buf)) {
                 Ok(n) => n,
                 Err(_) => return Ok((ContentVerdict::NotCompared, None)),
             };
             if n == 0 {
                 return Ok((ContentVerdict::Same, None));
             }
-            let same = disk.read_exact(&mut self.disk_buf[..n]).is_ok()
-                && self.disk_buf[..n] == self.tar_buf[..n];
+            let mut reading = profile::time(Stage::FileReads);
+            let read = disk.read_exact(&mut self.disk_buf[..n]).is_ok();
+            reading.bytes(n as u64);
+            drop(reading);
+            let mut comparing = profile::time(Stage::Compare);
+            comparing.bytes(n as u64);
+            let same = read && self.disk_buf[..n] == self.tar_buf[..n];
+            drop(comparing);
             if !same {
                 let Some(_) = self.stage else {
                     return Ok((ContentVerdict::Differs, None));
@@ -384,29 +504,57 @@ pub fn run_pass(
     let fs = layer.snapshot.as_ref().map(|s| s.fs.clone());
     let beneath = fs.as_deref().and_then(|p| Beneath::open(p).ok());
     let threads = crate::workers::io_threads();
+    profile::role("pass");
 
     let mut model = LayerModel::new(ModelOptions::new(base));
     let mut model_error = None;
     let mut content_verdicts = HashMap::new();
     let mut compared_at = HashMap::new();
     let mut staged = HashMap::new();
+    let (stage_tx, stage_rx) = crossbeam_channel::bounded::<StageJob>(ASYNC_STAGE_QUEUE);
+    let writers = StageWriters {
+        failed: std::sync::Mutex::new(None),
+    };
+    // Inode of each regular file's tar entry, for the files the writers stage.
+    let mut file_at_ordinal: HashMap<u64, InodeId> = HashMap::new();
     let mut compare = FileCompare {
         beneath: beneath.as_ref(),
         full: content == ContentCheck::Full,
         stage,
+        writers: stage.map(|_| (&writers, stage_tx)),
         tar_buf: vec![0; COMPARE_BUF],
         disk_buf: vec![0; COMPARE_BUF],
     };
 
-    let (streamed, observed) = std::thread::scope(|s| {
+    let (streamed, observed, written) = std::thread::scope(|s| {
         let walker = fs
             .as_deref()
             .map(|p| s.spawn(move || observe_tree(p, threads)));
+        let writer_threads: Vec<_> = match stage {
+            Some(stage) => (0..threads)
+                .map(|index| {
+                    let rx = stage_rx.clone();
+                    let writers = &writers;
+                    s.spawn(move || writers.write_all(stage, index, rx))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        drop(stage_rx);
         let streamed = stream_layer(&layer.blob_path, &layer.media_type, |hdr, ordinal, data| {
+            if let Some(e) = writers.take_failure() {
+                return Err(e);
+            }
             if model_error.is_some() {
                 return Ok(());
             }
-            match model.apply(hdr, ordinal) {
+            let applied = profile::timed(Stage::Model, || model.apply(hdr, ordinal));
+            if let Ok(Applied::File { inode, .. }) = &applied
+                && compare.writers.is_some()
+            {
+                file_at_ordinal.insert(ordinal, *inode);
+            }
+            match applied {
                 Ok(Applied::File { path, inode }) if keep_toc => {
                     let mut hashing = HashingReader::new(data);
                     let (verdict, staged_file) =
@@ -434,12 +582,33 @@ pub fn run_pass(
             }
             Ok(())
         });
+        // The writers finish what was queued, then stop.
+        compare.writers = None;
+        let written: Vec<(u64, StagedFile)> = writer_threads
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect();
         let observed = walker.map(|w| {
             w.join()
                 .unwrap_or_else(|_| Err(io::Error::other("snapshot walker panicked")))
         });
-        (streamed, observed)
+        (streamed, observed, written)
     });
+    // A staging write that failed after the last entry fails the pass like one before it.
+    let streamed = match (streamed, writers.take_failure()) {
+        (Ok(_), Some(e)) => Err(StreamError::Visitor(e)),
+        (r, _) => r,
+    };
+    let mut written = written;
+    written.sort_by_key(|(ordinal, _)| *ordinal);
+    for (ordinal, f) in written {
+        if let Some(inode) = file_at_ordinal.get(&ordinal) {
+            staged.insert(*inode, f);
+        }
+    }
 
     let mut blob = blob_check(layer, &streamed);
     if model_error.is_none()

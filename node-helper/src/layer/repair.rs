@@ -36,6 +36,7 @@ use super::pass::{BlobCheck, ContentDigest, FsWalk, HashingWriter, Pass, StageDi
 use super::safe_fs::{Beneath, errno, fd_child_path, lremovexattr, lsetxattr};
 use super::{LayerRepair, RepairOptions, report_from_pass};
 use crate::image::{ResolvedLayer, SnapshotKind, SnapshotRef};
+use crate::stage_profile::{self as profile, Stage};
 use crate::workers::{map_chunks, workers_for};
 use crate::{Error, Result};
 
@@ -417,8 +418,10 @@ fn repair_locked(
     let confirming = std::time::Instant::now();
     let touched = Touched::from_diff(&diff, fs_missing);
     let written = applier.written.into_inner().unwrap_or_default();
-    let left = confirm_repair(&snap.fs, model, &touched, &written, &p.compared_at)
-        .map_err(|e| Error::io(&snap.fs, e))?;
+    let left = profile::timed(Stage::Confirmation, || {
+        confirm_repair(&snap.fs, model, &touched, &written, &p.compared_at)
+    })
+    .map_err(|e| Error::io(&snap.fs, e))?;
     let confirmation = confirmation_report(&report, &left);
     tracing::info!(
         restored = plan.len(),
@@ -598,6 +601,7 @@ impl<'a> Applier<'a> {
     }
 
     fn restore_entries(&self, part: &[Work<'_>]) -> Result<()> {
+        profile::role("restore");
         let mut cache = ParentCache::default();
         for w in part {
             match w {
@@ -684,6 +688,7 @@ impl<'a> Applier<'a> {
 
     /// Moves an unexplained entry (with its subtree) out of `fs` in one rename, then deletes it.
     fn remove_extra(&self, path: &[u8]) -> Result<()> {
+        let _renaming = profile::time(Stage::Renames);
         let (parent, base) = self
             .beneath()?
             .open_parent(path)
@@ -721,6 +726,7 @@ impl<'a> Applier<'a> {
         path: &[u8],
         staged_is_dir: bool,
     ) -> Result<()> {
+        let _renaming = profile::time(Stage::Renames);
         let (parent_path, base) = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&[][..], path),
@@ -800,7 +806,11 @@ impl<'a> Applier<'a> {
     /// copy of the disk file whose bytes the pass compared equal to the tar.
     fn file_bytes(&self, id: InodeId) -> Result<(String, ContentDigest)> {
         if let Some(src) = self.pass.staged.get(&id)
-            && let Some(staged) = src.path.file_name().and_then(|n| n.to_str())
+            && let Some(staged) = src
+                .path
+                .strip_prefix(self.staging)
+                .ok()
+                .and_then(|n| n.to_str())
         {
             return Ok((staged.to_string(), src.sha256));
         }
@@ -831,6 +841,7 @@ impl<'a> Applier<'a> {
 
     /// Builds a complete entry for `inode` in staging and returns its name.
     fn build(&self, id: InodeId, inode: &Inode) -> Result<String> {
+        let _building = profile::time(Stage::Build);
         let name = match &inode.kind {
             EntryKind::File => {
                 let (name, sha256) = self.file_bytes(id)?;
@@ -975,6 +986,7 @@ impl<'a> Applier<'a> {
     /// Owner, xattrs, opaque marker and mode of an existing directory, in place (each change
     /// is one atomic syscall; a directory with children cannot be swapped by rename).
     fn fix_dir(&self, path: &[u8], inode: &Inode) -> Result<()> {
+        let _building = profile::time(Stage::Build);
         let fd = self
             .beneath()?
             .open_at(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
@@ -1020,6 +1032,7 @@ impl<'a> Applier<'a> {
 
     /// Directory mtimes from the tar, re-applied after every change (renames touch parents).
     fn apply_dir_times(&self) -> Result<u64> {
+        let _timing = profile::time(Stage::DirTimes);
         let mut changed = 0;
         for path in self.model.dir_time_order() {
             let Some((_, inode)) = self.model.get(&path) else {

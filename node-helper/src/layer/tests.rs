@@ -1155,3 +1155,50 @@ fn a_hardlink_keeps_the_bytes_of_a_target_that_was_replaced_later() {
     assert_eq!(std::fs::read(f.p("over-link")).unwrap(), b"first version");
     assert_eq!(f.verify().state, LayerState::Healthy);
 }
+
+#[test]
+fn staged_files_written_beside_the_stream_match_the_tar_and_a_failed_write_fails_the_pass() {
+    use super::pass::{BlobCheck, StageDir, run_pass};
+    // Small files go to the staging writers, one over 1 MiB is staged on the tar thread.
+    let big: Vec<u8> = (0..(1u32 << 20) + 4096).map(|i| (i % 251) as u8).collect();
+    let mut t = TarBuilder::new();
+    t.dir("d", 0o755);
+    for i in 0..50 {
+        t.file(&format!("d/f{i}"), 0o644, format!("file {i}").as_bytes());
+    }
+    t.file("d/big", 0o644, &big);
+    let f = fixture(&t.finish(), true).unpacked();
+    std::fs::remove_file(f.p("d/f7")).unwrap();
+    std::fs::remove_file(f.p("d/big")).unwrap();
+
+    let staging = f.root.join("stage-ok");
+    std::fs::create_dir(&staging).unwrap();
+    let p = run_pass(
+        &f.layer,
+        ContentCheck::Full,
+        Some(&StageDir { dir: &staging }),
+        false,
+    );
+    assert_eq!(p.blob, BlobCheck::Verified);
+    let model = p.model.as_ref().unwrap();
+    for (path, want) in [("d/f7", b"file 7".to_vec()), ("d/big", big)] {
+        let id = model.get(path.as_bytes()).unwrap().0;
+        let s = &p.staged[&id];
+        assert_eq!(std::fs::read(&s.path).unwrap(), want, "{path}");
+        assert_eq!(s.sha256, <[u8; 32]>::from(Sha256::digest(&want)), "{path}");
+    }
+    assert_eq!(p.staged.len(), 2);
+
+    // A staging directory that cannot take the files: the pass fails, naming the path.
+    let gone = f.root.join("stage-gone");
+    let p = run_pass(
+        &f.layer,
+        ContentCheck::Full,
+        Some(&StageDir { dir: &gone }),
+        false,
+    );
+    match &p.blob {
+        BlobCheck::Unusable { reason, .. } => assert!(reason.contains("stage-gone"), "{reason}"),
+        other => panic!("a failed staging write must fail the pass: {other:?}"),
+    }
+}

@@ -101,18 +101,9 @@ pub struct Measured {
     pub cpu: Duration,
 }
 
-/// CPU time (user + sys) of every child this process has waited for.
-pub fn children_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// Runs `cmd` to completion; its stdout, wall and CPU time.
 pub fn measure(cmd: &mut Command, what: &str) -> Result<(Measured, String), TestError> {
-    let cpu0 = children_cpu();
+    let cpu0 = super::stages::children_cpu();
     let started = Instant::now();
     let out = cmd.output().map_err(|e| TestError::Command {
         command: what.into(),
@@ -120,7 +111,7 @@ pub fn measure(cmd: &mut Command, what: &str) -> Result<(Measured, String), Test
         stderr: e.to_string(),
     })?;
     let wall = started.elapsed();
-    let cpu = children_cpu().saturating_sub(cpu0);
+    let cpu = super::stages::children_cpu().saturating_sub(cpu0);
     // scan exits 1 when it finds damage; the benchmark's node is healthy, so only 0 is right.
     if !out.status.success() {
         return Err(TestError::Command {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use snapmend_tests::bench::scan::{ScanBenchOptions, render_scan_markdown, run_scan_bench};
+use snapmend_tests::bench::stages::{StagesOptions, render_stages_markdown, run_stages};
 use snapmend_tests::bench::storm::{
     StormOptions, choose_operator, render_storm_markdown, run_storm,
 };
@@ -31,6 +32,9 @@ enum Command {
     /// `scan` of a node with many images sharing base layers, without then with TOCs,
     /// against `tar --compare` of the same unique layers (issue 16).
     Scan(ScanArgs),
+    /// Where one verify and one rebuild spend their time: stages, threads, CPU time and,
+    /// with --callgrind, instruction counts (issue 18).
+    Stages(StagesArgs),
 }
 
 #[derive(Args)]
@@ -52,6 +56,31 @@ struct ScanArgs {
     date: String,
     /// Command line written into the Markdown.
     #[arg(long, default_value = "bench/scan.sh")]
+    command: String,
+}
+
+#[derive(Args)]
+struct StagesArgs {
+    /// Directory for the generated layer (and the tmpfs mount point with --tmpfs).
+    #[arg(long, default_value = "/var/tmp/snapmend-bench")]
+    work_dir: PathBuf,
+    /// Files in the generated layer (about 20 KB each on average).
+    #[arg(long, default_value_t = 5_000)]
+    files: u64,
+    /// The node-helper binary to measure (build it with --release).
+    #[arg(long)]
+    node_helper: PathBuf,
+    /// Also count instructions with valgrind's callgrind (slow: use a small layer).
+    #[arg(long)]
+    callgrind: bool,
+    /// Put containerd's root (blob and snapshot) on a tmpfs: the rebuild without the disk.
+    #[arg(long)]
+    tmpfs: bool,
+    /// Date written into the Markdown.
+    #[arg(long, default_value = "")]
+    date: String,
+    /// Command line written into the Markdown.
+    #[arg(long, default_value = "snapmend-bench stages")]
     command: String,
 }
 
@@ -116,6 +145,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::Storm(args)) => storm(args),
         Some(Command::Scan(args)) => scan(args),
+        Some(Command::Stages(args)) => stages(args),
         None => verify(cli.verify),
     };
     match result {
@@ -152,6 +182,18 @@ fn scan(args: ScanArgs) -> Result<String, String> {
     };
     let report = run_scan_bench(&opts).map_err(|e| e.to_string())?;
     Ok(render_scan_markdown(&report, &args.date, &args.command))
+}
+
+fn stages(args: StagesArgs) -> Result<String, String> {
+    let opts = StagesOptions {
+        work_dir: args.work_dir,
+        files: args.files,
+        node_helper: args.node_helper,
+        callgrind: args.callgrind,
+        tmpfs: args.tmpfs,
+    };
+    let report = run_stages(&opts).map_err(|e| e.to_string())?;
+    Ok(render_stages_markdown(&report, &args.date, &args.command))
 }
 
 fn storm(args: StormArgs) -> Result<String, String> {

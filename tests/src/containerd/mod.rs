@@ -72,10 +72,16 @@ impl ContainerdFixture {
     }
 
     pub fn start_with(options: FixtureOptions) -> Result<Self, TestError> {
+        Self::start_in(options, &std::env::temp_dir())
+    }
+
+    /// [`Self::start_with`] with containerd's directories under `parent` (say a tmpfs, to
+    /// keep the disk out of a benchmark).
+    pub fn start_in(options: FixtureOptions, parent: &Path) -> Result<Self, TestError> {
         let dir = tempfile::Builder::new()
             .prefix("snapmend-ctd-")
-            .tempdir()
-            .map_err(|e| TestError::io(std::env::temp_dir(), e))?;
+            .tempdir_in(parent)
+            .map_err(|e| TestError::io(parent, e))?;
         let base = dir.path().to_path_buf();
         let paths = ConfigPaths {
             root: &base.join("root"),
