@@ -314,8 +314,8 @@ pub fn render_scan_markdown(r: &ScanBenchReport, date: &str, command: &str) -> S
          inflated and hashed, its TOC kept), the same scan again (TOCs used), then GNU `tar \
          --compare -z` of every unique layer's blob against its snapshot, one after another \
          (warm page cache; `sync` and idle disks before each). CPU is user + sys of the \
-         command and its children. The machine is shared with other builders, so wall times \
-         vary; the CPU times and the per-round ratios are the steadier numbers.\n\n",
+         command and its children. On a shared machine wall times vary; the CPU times and the \
+         per-round ratios are the steadier numbers.\n\n",
         r.images,
         r.layer_refs,
         r.unique_layers,
