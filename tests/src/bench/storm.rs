@@ -292,18 +292,26 @@ impl RequestCost {
     }
 }
 
-/// Where start-up ends in a request log: just after the operator's `n`-th WATCH of events.
+/// Where start-up ends in a request log: just after the operator's `n`-th WATCH of events and
+/// its WATCH of SnapshotScans (the scans controller starts on its own), whichever is later.
 pub fn startup_end(records: &[RequestRecord], n: usize) -> Option<usize> {
-    let mut seen = 0;
+    let (mut events_seen, mut events_at, mut scans_at) = (0, None, None);
     for (i, r) in records.iter().enumerate() {
-        if r.from_agent(OPERATOR_AGENT) && r.verb == "watch" && r.resource == "events" {
-            seen += 1;
-            if seen == n {
-                return Some(i + 1);
+        if !r.from_agent(OPERATOR_AGENT) || r.verb != "watch" {
+            continue;
+        }
+        match r.resource.as_str() {
+            "events" => {
+                events_seen += 1;
+                if events_seen == n {
+                    events_at = Some(i + 1);
+                }
             }
+            "snapshotscans" if scans_at.is_none() => scans_at = Some(i + 1),
+            _ => {}
         }
     }
-    None
+    Some(events_at?.max(scans_at?))
 }
 
 #[derive(Clone, Debug)]
@@ -516,7 +524,7 @@ async fn run_event_storm(opts: &StormOptions) -> Result<StormReport, TestError> 
         ],
     )?;
     let startup_at = wait(
-        "the operator's event watches (end of start-up)",
+        "the operator's event and SnapshotScan watches (end of start-up)",
         Duration::from_secs(120),
         &operator.process,
         || async { startup_end(&cluster.sim.requests(), EVENT_WATCHES) },
@@ -760,7 +768,7 @@ pub fn render_storm_markdown(r: &StormReport, date: &str, command: &str) -> Stri
         .unwrap_or_else(|| "—".into());
     let mut out = format!(
         "### Operator storm ({date}, `{command}`)\n\nOperator binary: `{}`. {} realistic Nodes \
-         registered in {:.1} s; start-up (until the operator's {EVENT_WATCHES} event watches) \
+         registered in {:.1} s; start-up (until the operator's {EVENT_WATCHES} event watches and its SnapshotScan watch) \
          {:.1} s.\n\n| | measured | goal |\n| --- | --- | --- |\n",
         r.operator.display(),
         r.nodes,
@@ -926,8 +934,14 @@ mod tests {
                 Some(7),
             ),
         ];
-        assert_eq!(startup_end(&log, 1), Some(3));
-        assert_eq!(startup_end(&log, 2), Some(5));
+        assert_eq!(startup_end(&log, 1), None, "no SnapshotScan watch yet");
+        let mut log = log;
+        log.insert(
+            4,
+            record("watch", "snapshotscans", "snapmend-operator/0.1", None),
+        );
+        assert_eq!(startup_end(&log, 1), Some(5), "the scans watch came later");
+        assert_eq!(startup_end(&log, 2), Some(6));
         assert_eq!(startup_end(&log, 3), None);
     }
 
