@@ -102,8 +102,12 @@ fn median_ratio(ours: &[Duration], reference: &[Duration]) -> f64 {
     r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Wall time and CPU time (user+sys of the command and the children it waited for).
-fn run_checked(cmd: &mut Command, what: &str) -> Result<(Duration, Duration), TestError> {
+/// Runs `cmd` to completion, failing unless it exits 0: its wall time, CPU time (user+sys of
+/// the command and the children it waited for) and stdout.
+pub(crate) fn run_measured(
+    cmd: &mut Command,
+    what: &str,
+) -> Result<(Duration, Duration, Vec<u8>), TestError> {
     let cpu_before = stages::children_cpu();
     let started = Instant::now();
     let out = cmd.output().map_err(|e| TestError::Command {
@@ -124,7 +128,12 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<(Duration, Duration), Te
             ),
         });
     }
-    Ok((took, cpu))
+    Ok((took, cpu, out.stdout))
+}
+
+/// [`run_measured`] without the output.
+fn run_checked(cmd: &mut Command, what: &str) -> Result<(Duration, Duration), TestError> {
+    run_measured(cmd, what).map(|(took, cpu, _)| (took, cpu))
 }
 
 /// I/Os in flight over all block devices (`/proc/diskstats`, the 12th field).

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use snapmend_crds::{LayerReads, Outcome, ScanReport};
 
@@ -103,30 +103,11 @@ pub struct Measured {
 
 /// Runs `cmd` to completion; its stdout, wall and CPU time.
 pub fn measure(cmd: &mut Command, what: &str) -> Result<(Measured, String), TestError> {
-    let cpu0 = super::stages::children_cpu();
-    let started = Instant::now();
-    let out = cmd.output().map_err(|e| TestError::Command {
-        command: what.into(),
-        status: "not started".into(),
-        stderr: e.to_string(),
-    })?;
-    let wall = started.elapsed();
-    let cpu = super::stages::children_cpu().saturating_sub(cpu0);
     // scan exits 1 when it finds damage; the benchmark's node is healthy, so only 0 is right.
-    if !out.status.success() {
-        return Err(TestError::Command {
-            command: what.into(),
-            status: out.status.to_string(),
-            stderr: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        });
-    }
+    let (wall, cpu, stdout) = super::run_measured(cmd, what)?;
     Ok((
         Measured { wall, cpu },
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&stdout).into_owned(),
     ))
 }
 
